@@ -1,0 +1,416 @@
+"""`CascadeClassifier`: stages in order, early exit, confidence-weighted voting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from sklearn.utils import Bunch
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from cascademl import _routing
+from cascademl._typing import CombineMethod, IntArray, LabelArray, ProbaArray
+from cascademl.exceptions import (
+    ClassMismatchError,
+    NotFittedError,
+    PolicyError,
+    StageInterfaceError,
+)
+from cascademl.policies import ConfidencePolicy
+from cascademl.results import CascadeResult
+from cascademl.stages import SklearnStage, check_stage, is_fitted, stage_cost
+from cascademl.voting import COMBINE_METHODS, combine_votes, vote_weights
+
+__all__ = ["CascadeClassifier"]
+
+logger = logging.getLogger(__name__)
+
+
+class CascadeClassifier(ClassifierMixin, BaseEstimator):
+    """Run stages in order; each sample stops at the first stage confident enough.
+
+    Each sample goes through the stages in order. A stage whose confidence (under
+    ``policy``) is at or above its threshold ends the sample there; otherwise the sample
+    escalates and, with ``combine="vote"``, that stage's vote is carried forward with the
+    lowered weight ``escalation_weight``. The final decision is the class with the highest
+    accumulated confidence over the stages the sample visited (sections 3.6-3.7 of
+    Kalaiyarasi et al.). Each stage is called once per batch, with only the samples that
+    reached it.
+
+    Args:
+        stages: list of ``(name, stage)`` pairs, cheapest or least accurate first. A stage is
+            a scikit-learn classifier (fitted ones, ``FrozenEstimator`` and `SklearnStage`
+            wrapping a fitted one are never refit; unfitted ones are cloned and fitted), or
+            any object following the [`Stage`][cascademl.Stage] protocol, used as it is.
+        policy: the [`ConfidencePolicy`][cascademl.ConfidencePolicy]; defaults to
+            ``ConfidencePolicy("max_proba", thresholds=0.9)``.
+        combine: ``"vote"`` (the paper's rule), ``"last"`` (the exiting stage decides) or
+            ``"mean"`` (unweighted mean of the visited stages).
+        escalation_weight: with ``combine="vote"``, the weight in ``[0, 1]`` of the vote of a
+            stage that escalated a sample (the exiting stage votes with weight 1); a number,
+            or one per stage as a weight schedule.
+        batch_size: route at most this many samples at a time (bounds memory); results do
+            not depend on it. ``None`` routes everything at once.
+
+    Attributes:
+        classes_: ndarray of shape (n_classes,), the class labels.
+        stages_: list of the fitted stages, in order.
+        named_stages_: `sklearn.utils.Bunch` of the fitted stages by name.
+        policy_: the policy in use.
+        thresholds_: tuple of one threshold per stage (the last is never consulted).
+        n_features_in_: number of features, when every stage is a scikit-learn estimator.
+
+    Examples:
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> from sklearn.naive_bayes import GaussianNB
+        >>> X, y = load_iris(return_X_y=True)
+        >>> cascade = CascadeClassifier(
+        ...     [("nb", GaussianNB()), ("lr", LogisticRegression(max_iter=1000))],
+        ...     policy=ConfidencePolicy("max_proba", thresholds=0.95),
+        ... ).fit(X, y)
+        >>> result = cascade.route(X)
+        >>> result.exit_counts.sum() == len(X)
+        np.True_
+        >>> round(cascade.score(X, y), 2)
+        0.97
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[tuple[str, Any]],
+        *,
+        policy: ConfidencePolicy | None = None,
+        combine: CombineMethod = "vote",
+        escalation_weight: float | Sequence[float] = 0.5,
+        batch_size: int | None = None,
+    ) -> None:
+        self.stages = stages
+        self.policy = policy
+        self.combine = combine
+        self.escalation_weight = escalation_weight
+        self.batch_size = batch_size
+
+    # ----------------------------------------------------------------- parameters
+    def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: FBT001, FBT002 - sklearn's signature
+        """Parameters of the cascade; with ``deep=True`` also ``<stage>`` and ``<stage>__<param>``."""
+        params: dict[str, Any] = super().get_params(deep=False)
+        if not deep:
+            return params
+        stages = self.stages
+        if isinstance(stages, Sequence):
+            for item in stages:
+                if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):  # noqa: PLR2004
+                    name, stage = item
+                    params[name] = stage
+                    if hasattr(stage, "get_params") and not isinstance(stage, type):
+                        for key, value in stage.get_params(deep=True).items():
+                            params[f"{name}__{key}"] = value
+        return params
+
+    def set_params(self, **params: Any) -> Self:
+        """Set parameters; ``<stage>=est`` replaces a stage, ``<stage>__<param>`` reaches into it."""
+        if "stages" in params:
+            self.stages = params.pop("stages")
+        names = [n for n, _ in self.stages] if _is_pair_list(self.stages) else []
+        replaced = [key for key in params if key in names]
+        if replaced:
+            new = list(self.stages)
+            for key in replaced:
+                index = names.index(key)
+                new[index] = (key, params.pop(key))
+            self.stages = new
+        nested: dict[str, dict[str, Any]] = {}
+        own: dict[str, Any] = {}
+        for key, value in params.items():
+            head, sep, tail = key.partition("__")
+            if sep and head in names:
+                nested.setdefault(head, {})[tail] = value
+            else:
+                own[key] = value
+        for head, sub in nested.items():
+            dict(self.stages)[head].set_params(**sub)
+        if own:
+            super().set_params(**own)
+        return self
+
+    # ----------------------------------------------------------------- fitting
+    def fit(self, X: Any, y: Any) -> Self:  # noqa: N803 - sklearn's name for inputs
+        """Fit the unfitted stages on ``(X, y)`` and check that all stages agree on the classes.
+
+        Args:
+            X: inputs every stage accepts: array-like of shape (n_samples, n_features) for
+                scikit-learn stages, or whatever custom stages take (images, tensors, ...).
+            y: array-like of shape (n_samples,), labels of any type.
+
+        Returns:
+            The fitted cascade.
+
+        Raises:
+            StageInterfaceError: if a stage lacks ``predict_proba`` or ``classes_``, or the
+                stages are not a list of uniquely named ``(name, stage)`` pairs.
+            ClassMismatchError: if stages disagree on the classes or ``y`` holds a class
+                the stages do not know.
+            PolicyError: if the policy, thresholds, ``combine`` or weights are invalid.
+        """
+        pairs = self._validate_stages()
+        policy = self._validate_policy(len(pairs))
+        if _all_sklearn(pairs):
+            X, y = validate_data(  # noqa: N806
+                self, X, y, ensure_all_finite=not self._allow_nan(pairs)
+            )
+        elif hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+        check_classification_targets(y)
+        y = column_or_1d(y, warn=True)
+        fitted = [self._fit_stage(name, stage, X, y) for name, stage in pairs]
+        classes = self._agreed_classes(pairs, fitted, y)
+        self.classes_ = classes
+        self.stages_ = fitted
+        self.named_stages_ = Bunch(**{name: st for (name, _), st in zip(pairs, fitted, strict=True)})
+        self.policy_ = policy
+        self.thresholds_ = policy.thresholds_for(len(pairs))
+        self._columns = [_column_map(st.classes_, classes) for st in fitted]
+        return self
+
+    # ----------------------------------------------------------------- inference
+    def route(self, X: Any, *, batch_size: int | None = None) -> CascadeResult:  # noqa: N803
+        """Route samples through the stages and return everything that happened.
+
+        Args:
+            X: the inputs, as for `fit`.
+            batch_size: overrides the ``batch_size`` parameter for this call.
+
+        Returns:
+            A frozen [`CascadeResult`][cascademl.CascadeResult] with, per sample, the final
+            label and probabilities, the exit stage and each visited stage's probabilities
+            and confidence.
+
+        Raises:
+            NotFittedError: if the cascade is not fitted.
+            StageOutputError: if a stage returns NaN, negative or malformed probabilities.
+        """
+        self._check_fitted()
+        if hasattr(self, "n_features_in_"):  # set by fit when every stage is from sklearn
+            allow_nan = self._allow_nan(self._validate_stages())
+            X = validate_data(self, X, reset=False, ensure_all_finite=not allow_nan)  # noqa: N806
+        n_samples = len(X)
+        size = self.batch_size if batch_size is None else batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            msg = f"batch_size must be a positive integer or None, got {size!r}"
+            raise PolicyError(msg)
+        if size is None or size >= n_samples:
+            return self._route_batch(X, np.arange(n_samples, dtype=np.intp))
+        parts = [
+            self._route_batch(X, np.arange(start, min(start + size, n_samples), dtype=np.intp))
+            for start in range(0, n_samples, size)
+        ]
+        return _concat_results(parts)
+
+    def predict_proba(self, X: Any) -> ProbaArray:  # noqa: N803 - sklearn's name for inputs
+        """Final probabilities, array of shape (n_samples, n_classes); a view over `route`."""
+        return self.route(X).proba
+
+    def predict(self, X: Any) -> LabelArray:  # noqa: N803 - sklearn's name for inputs
+        """Final labels, array of shape (n_samples,); a view over `route`."""
+        return self.route(X).labels
+
+    # ----------------------------------------------------------------- helpers
+    def __sklearn_tags__(self) -> Any:
+        """Tags: a classifier that accepts NaN only when every stage does."""
+        tags = super().__sklearn_tags__()
+        try:
+            pairs = self._validate_stages()
+        except StageInterfaceError:
+            return tags
+        tags.input_tags.allow_nan = self._allow_nan(pairs)
+        return tags
+
+    def _check_fitted(self) -> None:
+        try:
+            check_is_fitted(self, "stages_")
+        except _SklearnNotFittedError as exc:
+            msg = (
+                f"this {type(self).__name__} is not fitted yet; call fit (stages that are "
+                "already trained are not refit) before route, predict or predict_proba"
+            )
+            raise NotFittedError(msg) from exc
+
+    def _validate_stages(self) -> list[tuple[str, Any]]:
+        if not _is_pair_list(self.stages) or len(self.stages) == 0:
+            msg = (
+                "stages must be a non-empty list of (name, stage) pairs, got "
+                f"{type(self.stages).__name__}"
+            )
+            raise StageInterfaceError(msg)
+        pairs = [(str(n), s) for n, s in self.stages]
+        names = [n for n, _ in pairs]
+        reserved = set(super().get_params(deep=False))
+        for name in names:
+            if names.count(name) > 1:
+                msg = f"stage names must be unique, {name!r} appears {names.count(name)} times"
+                raise StageInterfaceError(msg)
+            if "__" in name or not name:
+                msg = f"stage name {name!r} must be non-empty and must not contain '__'"
+                raise StageInterfaceError(msg)
+            if name in reserved:
+                msg = f"stage name {name!r} clashes with the parameter of the same name"
+                raise StageInterfaceError(msg)
+        for name, stage in pairs:
+            check_stage(stage, name, fitted=False)
+        return pairs
+
+    def _validate_policy(self, n_stages: int) -> ConfidencePolicy:
+        policy = ConfidencePolicy() if self.policy is None else self.policy
+        if not isinstance(policy, ConfidencePolicy):
+            msg = f"policy must be a ConfidencePolicy or None, got {type(policy).__name__}"
+            raise PolicyError(msg)
+        policy.thresholds_for(n_stages)
+        if self.combine not in COMBINE_METHODS:
+            msg = f"combine must be one of {COMBINE_METHODS}, got {self.combine!r}"
+            raise PolicyError(msg)
+        # Validate the weight schedule once, on a dummy routing.
+        vote_weights(
+            np.ones((n_stages, 1), dtype=bool),
+            np.zeros(1, dtype=np.intp),
+            method=self.combine,
+            escalation_weight=self.escalation_weight,
+        )
+        return policy
+
+    @staticmethod
+    def _allow_nan(pairs: list[tuple[str, Any]]) -> bool:
+        from sklearn.utils import get_tags  # noqa: PLC0415 - local: only needed for tags
+
+        try:
+            return all(get_tags(_inner(stage)).input_tags.allow_nan for _, stage in pairs)
+        except (AttributeError, TypeError):
+            return False
+
+    @staticmethod
+    def _fit_stage(name: str, stage: Any, X: Any, y: Any) -> Any:  # noqa: N803
+        if isinstance(stage, SklearnStage):
+            fitted = SklearnStage(stage.estimator, cost_per_sample=stage.cost_per_sample)
+            return fitted.fit(X, y)
+        if isinstance(stage, BaseEstimator):
+            return SklearnStage(stage).fit(X, y)
+        if is_fitted(stage):
+            check_stage(stage, name, fitted=True)
+            return stage
+        logger.debug("fitting stage %r (%s)", name, type(stage).__name__)
+        fitted = clone(stage).fit(X, y)
+        check_stage(fitted, name, fitted=True)
+        return fitted
+
+    @staticmethod
+    def _agreed_classes(
+        pairs: list[tuple[str, Any]], fitted: list[Any], y: LabelArray
+    ) -> LabelArray:
+        reference = np.asarray(fitted[0].classes_)
+        ref_set = set(reference.tolist())
+        for (name, _), stage in zip(pairs[1:], fitted[1:], strict=True):
+            classes = set(np.asarray(stage.classes_).tolist())
+            if classes != ref_set:
+                msg = (
+                    f"stage {name!r} has classes {sorted(classes, key=str)} but stage "
+                    f"{pairs[0][0]!r} has {sorted(ref_set, key=str)}; all stages must "
+                    "predict the same set of classes"
+                )
+                raise ClassMismatchError(msg)
+        unknown = set(np.unique(y).tolist()) - ref_set
+        if unknown:
+            msg = (
+                f"y holds classes {sorted(unknown, key=str)} that the stages do not "
+                f"predict (they know {sorted(ref_set, key=str)})"
+            )
+            raise ClassMismatchError(msg)
+        return np.sort(reference)
+
+    def _route_batch(self, X: Any, rows: IntArray) -> CascadeResult:  # noqa: N803
+        stages = self.stages_
+        names = tuple(self.named_stages_.keys())
+        n_classes = len(self.classes_)
+
+        def predict(stage_index: int, idx: IntArray) -> ProbaArray:
+            stage = stages[stage_index]
+            raw = stage.predict_proba(_take(X, rows[idx]))
+            proba = _routing.check_stage_proba(
+                raw, n_samples=idx.size, n_classes=n_classes, stage_name=names[stage_index]
+            )
+            return proba[:, self._columns[stage_index]]
+
+        arrays = _routing.route(
+            predict,
+            n_samples=rows.size,
+            n_classes=n_classes,
+            thresholds=self.thresholds_,
+            measure=self.policy_.measure,
+        )
+        proba = combine_votes(
+            arrays.stage_proba,
+            arrays.visited,
+            arrays.exit_stage,
+            method=self.combine,
+            escalation_weight=self.escalation_weight,
+        )
+        labels = self.classes_[np.argmax(proba, axis=1)] if rows.size else self.classes_[:0]
+        return CascadeResult(
+            classes=self.classes_,
+            stage_names=names,
+            labels=labels,
+            proba=proba,
+            exit_stage=arrays.exit_stage,
+            stage_proba=arrays.stage_proba,
+            stage_confidence=arrays.stage_confidence,
+            visited=arrays.visited,
+            stage_cost=np.array([stage_cost(s) for s in stages], dtype=np.float64),
+        )
+
+
+def _is_pair_list(stages: object) -> bool:
+    return isinstance(stages, (list, tuple)) and all(
+        isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)  # noqa: PLR2004
+        for item in stages
+    )
+
+
+def _inner(stage: Any) -> Any:
+    return stage.estimator if isinstance(stage, SklearnStage) else stage
+
+
+def _all_sklearn(pairs: list[tuple[str, Any]]) -> bool:
+    return all(isinstance(_inner(stage), BaseEstimator) for _, stage in pairs)
+
+
+def _column_map(stage_classes: Any, classes: LabelArray) -> IntArray:
+    position = {label: i for i, label in enumerate(np.asarray(stage_classes).tolist())}
+    return np.array([position[label] for label in classes.tolist()], dtype=np.intp)
+
+
+def _take(X: Any, idx: IntArray) -> Any:  # noqa: N803
+    if hasattr(X, "iloc"):
+        return X.iloc[idx]
+    if isinstance(X, (list, tuple)):
+        return [X[i] for i in idx]
+    return X[idx]
+
+
+def _concat_results(parts: list[CascadeResult]) -> CascadeResult:
+    first = parts[0]
+    return CascadeResult(
+        classes=first.classes,
+        stage_names=first.stage_names,
+        labels=np.concatenate([p.labels for p in parts]),
+        proba=np.concatenate([p.proba for p in parts]),
+        exit_stage=np.concatenate([p.exit_stage for p in parts]),
+        stage_proba=np.concatenate([p.stage_proba for p in parts], axis=1),
+        stage_confidence=np.concatenate([p.stage_confidence for p in parts], axis=1),
+        visited=np.concatenate([p.visited for p in parts], axis=1),
+        stage_cost=first.stage_cost,
+        cost_unit=first.cost_unit,
+    )

@@ -1,0 +1,150 @@
+"""Stages: the classifiers a cascade runs in order.
+
+Anything with a ``classes_`` attribute and a ``predict_proba(X)`` method is a
+[`Stage`][cascademl.Stage]; no base class is needed. scikit-learn classifiers are adapted by
+[`SklearnStage`][cascademl.SklearnStage], which fits a clone of an unfitted estimator and
+never refits a fitted one (or one wrapped in ``sklearn.frozen.FrozenEstimator``).
+
+Optional hooks a stage may offer, which the cascade uses when present:
+
+* ``fit(X, y)``: called by `CascadeClassifier.fit` on stages that are not yet fitted
+  (objects without it, such as pre-trained torch stages, are used as they are);
+* ``cost_per_sample``: a float, the stage's cost for one sample (FLOPs, seconds, or any unit
+  the user picks) used for cost accounting in [`CascadeResult`][cascademl.CascadeResult].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Self, runtime_checkable
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from cascademl._typing import LabelArray, ProbaArray
+from cascademl.exceptions import NotFittedError, StageInterfaceError
+
+__all__ = ["SklearnStage", "Stage", "check_stage", "is_fitted", "stage_cost"]
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """What a cascade needs from a stage.
+
+    Attributes:
+        classes_: ndarray of shape (n_classes,), the labels of ``predict_proba``'s columns.
+    """
+
+    classes_: LabelArray
+
+    def predict_proba(self, X: Any) -> ProbaArray:  # noqa: N803 - sklearn's name for inputs
+        """Return an array-like of shape (n_samples, n_classes) whose rows sum to one."""
+        ...
+
+
+def is_fitted(estimator: object) -> bool:
+    """Whether a scikit-learn style estimator is fitted (a `Stage` without ``fit`` always is)."""
+    if not hasattr(estimator, "fit"):
+        return True
+    try:
+        check_is_fitted(estimator)  # type: ignore[arg-type]
+    except (_SklearnNotFittedError, TypeError):
+        return False
+    return True
+
+
+def check_stage(stage: object, name: str, *, fitted: bool) -> None:
+    """Raise `StageInterfaceError` unless ``stage`` can serve as a cascade stage.
+
+    Args:
+        stage: the candidate.
+        name: the stage's name, used in the message.
+        fitted: whether ``classes_`` must already be present.
+    """
+    if not callable(getattr(stage, "predict_proba", None)):
+        hint = ""
+        if callable(getattr(stage, "decision_function", None)):
+            hint = (
+                "; wrap it in sklearn.calibration.CalibratedClassifierCV (for an SVC: "
+                "CalibratedClassifierCV(SVC(), ensemble=False))"
+            )
+        msg = f"stage {name!r} ({type(stage).__name__}) has no predict_proba method{hint}"
+        raise StageInterfaceError(msg)
+    if fitted and getattr(stage, "classes_", None) is None:
+        msg = f"stage {name!r} ({type(stage).__name__}) has no classes_ attribute"
+        raise StageInterfaceError(msg)
+
+
+def stage_cost(stage: object) -> float:
+    """The stage's ``cost_per_sample`` hook, or 1.0 (one stage call) when it has none."""
+    cost = getattr(stage, "cost_per_sample", None)
+    return 1.0 if cost is None else float(cost)
+
+
+class SklearnStage(ClassifierMixin, BaseEstimator):
+    """Adapt a scikit-learn classifier to the `Stage` protocol.
+
+    ``fit`` trains a clone of ``estimator``, unless ``estimator`` is already fitted (or is a
+    ``FrozenEstimator``): then it is used as it is and never refit, and cloning this stage
+    keeps it (so ``sklearn.base.clone`` of a cascade does not throw trained stages away).
+
+    Args:
+        estimator: a classifier with ``predict_proba``.
+        cost_per_sample: this stage's cost for one sample, in any unit (for cost accounting).
+
+    Attributes:
+        estimator_: the fitted estimator that answers ``predict_proba``.
+        classes_: ndarray of shape (n_classes,).
+
+    Examples:
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> stage = SklearnStage(LogisticRegression()).fit([[0.0], [1.0]], ["a", "b"])
+        >>> stage.classes_.tolist()
+        ['a', 'b']
+    """
+
+    def __init__(self, estimator: Any, *, cost_per_sample: float | None = None) -> None:
+        self.estimator = estimator
+        self.cost_per_sample = cost_per_sample
+
+    def fit(self, X: Any, y: Any) -> Self:  # noqa: N803 - sklearn's name for inputs
+        """Fit a clone of the estimator, or adopt it unchanged when it is already fitted."""
+        check_stage(self.estimator, type(self.estimator).__name__, fitted=False)
+        if is_fitted(self.estimator):
+            self.estimator_ = self.estimator
+        else:
+            self.estimator_ = clone(self.estimator).fit(X, y)
+        return self
+
+    def __sklearn_clone__(self) -> SklearnStage:
+        """Clone the parameters but keep a fitted estimator, which is never refit."""
+        if is_fitted(self.estimator):
+            return SklearnStage(self.estimator, cost_per_sample=self.cost_per_sample)
+        return SklearnStage(clone(self.estimator), cost_per_sample=self.cost_per_sample)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Fitted once ``fit`` ran, or when the wrapped estimator was fitted from the start."""
+        return hasattr(self, "estimator_") or is_fitted(self.estimator)
+
+    @property
+    def classes_(self) -> LabelArray:
+        """The class labels of the fitted estimator."""
+        return np.asarray(self._fitted().classes_)
+
+    def predict_proba(self, X: Any) -> ProbaArray:  # noqa: N803 - sklearn's name for inputs
+        """Class probabilities of the fitted estimator, of shape (n_samples, n_classes)."""
+        return np.asarray(self._fitted().predict_proba(X), dtype=np.float64)
+
+    def predict(self, X: Any) -> LabelArray:  # noqa: N803 - sklearn's name for inputs
+        """Most probable class per sample."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def _fitted(self) -> Any:
+        if hasattr(self, "estimator_"):
+            return self.estimator_
+        if is_fitted(self.estimator):
+            return self.estimator
+        msg = f"this SklearnStage({type(self.estimator).__name__}) is not fitted; call fit first"
+        raise NotFittedError(msg)
