@@ -53,7 +53,7 @@ def confidence_scores(proba: ProbaArray, measure: ConfidenceMeasure) -> FloatArr
         >>> confidence_scores(p, "margin").round(3).tolist()
         [0.5, 0.0]
         >>> confidence_scores(p, "entropy").round(3).tolist()
-        [0.272, 0.0]
+        [0.27, 0.0]
     """
     p = np.asarray(proba, dtype=np.float64)
     n_classes = p.shape[1]
@@ -75,7 +75,7 @@ def confidence_scores(proba: ProbaArray, measure: ConfidenceMeasure) -> FloatArr
     else:
         msg = f"measure must be one of {CONFIDENCE_MEASURES}, got {measure!r}"
         raise PolicyError(msg)
-    return np.clip(scores, 0.0, 1.0)
+    return np.asarray(np.clip(scores, 0.0, 1.0), dtype=np.float64)
 
 
 def check_stage_proba(
@@ -126,7 +126,7 @@ def check_stage_proba(
             f"(row {first} sums to {sums[first]:.6g}); pass probabilities, not logits"
         )
         raise StageOutputError(msg)
-    return p / sums[:, None]
+    return np.asarray(p / sums[:, None], dtype=np.float64)
 
 
 def exit_mask(confidence: FloatArray, threshold: float, *, is_last: bool) -> BoolArray:

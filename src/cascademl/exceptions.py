@@ -4,7 +4,7 @@ Every error derives from [`CascadeMLError`][cascademl.exceptions.CascadeMLError]
 the built-in exception a caller would naturally catch, so ``except ValueError`` keeps working::
 
     CascadeMLError
-    ├── NotFittedError            (also sklearn.exceptions.NotFittedError: ValueError, AttributeError)
+    ├── NotFittedError            (also sklearn's NotFittedError: ValueError, AttributeError)
     ├── StageError
     │   ├── StageInterfaceError   (also TypeError)   a stage lacks classes_ / predict_proba
     │   ├── ClassMismatchError    (also ValueError)  stages disagree on the class set

@@ -49,6 +49,7 @@ class ConfidencePolicy:
     thresholds: float | tuple[float, ...] = 0.9
 
     def __post_init__(self) -> None:
+        """Validate the measure and thresholds; store a sequence as a tuple."""
         if self.measure not in CONFIDENCE_MEASURES:
             msg = f"measure must be one of {CONFIDENCE_MEASURES}, got {self.measure!r}"
             raise PolicyError(msg)

@@ -46,6 +46,7 @@ class CascadeResult:
     cost_unit: str = "stage calls"
 
     def __post_init__(self) -> None:
+        """Copy every array and make it read-only."""
         for name in (
             "classes",
             "labels",
@@ -73,12 +74,12 @@ class CascadeResult:
     @property
     def exit_counts(self) -> IntArray:
         """How many samples each stage ended, shape (n_stages,)."""
-        return np.bincount(self.exit_stage, minlength=self.n_stages).astype(np.intp)
+        return np.asarray(np.bincount(self.exit_stage, minlength=self.n_stages), dtype=np.intp)
 
     @property
     def stage_calls(self) -> IntArray:
         """How many samples each stage processed, shape (n_stages,)."""
-        return self.visited.sum(axis=1).astype(np.intp)
+        return np.asarray(self.visited.sum(axis=1), dtype=np.intp)
 
     @property
     def escalation_rate(self) -> float:

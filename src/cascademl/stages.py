@@ -38,7 +38,7 @@ class Stage(Protocol):
 
     classes_: LabelArray
 
-    def predict_proba(self, X: Any) -> ProbaArray:  # noqa: N803 - sklearn's name for inputs
+    def predict_proba(self, X: Any) -> ProbaArray:
         """Return an array-like of shape (n_samples, n_classes) whose rows sum to one."""
         ...
 
@@ -48,7 +48,7 @@ def is_fitted(estimator: object) -> bool:
     if not hasattr(estimator, "fit"):
         return True
     try:
-        check_is_fitted(estimator)  # type: ignore[arg-type]
+        check_is_fitted(estimator)
     except (_SklearnNotFittedError, TypeError):
         return False
     return True
@@ -108,7 +108,7 @@ class SklearnStage(ClassifierMixin, BaseEstimator):
         self.estimator = estimator
         self.cost_per_sample = cost_per_sample
 
-    def fit(self, X: Any, y: Any) -> Self:  # noqa: N803 - sklearn's name for inputs
+    def fit(self, X: Any, y: Any) -> Self:
         """Fit a clone of the estimator, or adopt it unchanged when it is already fitted."""
         check_stage(self.estimator, type(self.estimator).__name__, fitted=False)
         if is_fitted(self.estimator):
@@ -132,14 +132,14 @@ class SklearnStage(ClassifierMixin, BaseEstimator):
         """The class labels of the fitted estimator."""
         return np.asarray(self._fitted().classes_)
 
-    def predict_proba(self, X: Any) -> ProbaArray:  # noqa: N803 - sklearn's name for inputs
+    def predict_proba(self, X: Any) -> ProbaArray:
         """Class probabilities of the fitted estimator, of shape (n_samples, n_classes)."""
         return np.asarray(self._fitted().predict_proba(X), dtype=np.float64)
 
-    def predict(self, X: Any) -> LabelArray:  # noqa: N803 - sklearn's name for inputs
+    def predict(self, X: Any) -> LabelArray:
         """Most probable class per sample."""
         proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
+        return np.asarray(self.classes_[np.argmax(proba, axis=1)])
 
     def _fitted(self) -> Any:
         if hasattr(self, "estimator_"):

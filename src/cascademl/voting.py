@@ -74,7 +74,8 @@ def combine_votes(
             sample did not visit are ignored (they may be NaN).
         visited: bool array of shape (n_stages, n_samples).
         exit_stage: int array of shape (n_samples,).
-        method: ``"vote"``, ``"last"`` or ``"mean"`` (see [`vote_weights`][cascademl.voting.vote_weights]).
+        method: ``"vote"``, ``"last"`` or ``"mean"``
+            (see [`vote_weights`][cascademl.voting.vote_weights]).
         escalation_weight: the weight schedule of ``"vote"``.
 
     Returns:
@@ -87,9 +88,7 @@ def combine_votes(
         >>> combine_votes(proba, visited, np.array([1]), method="vote", escalation_weight=0.5)
         array([[0.26666667, 0.73333333]])
     """
-    weights = vote_weights(
-        visited, exit_stage, method=method, escalation_weight=escalation_weight
-    )
+    weights = vote_weights(visited, exit_stage, method=method, escalation_weight=escalation_weight)
     safe = np.where(visited[:, :, None], stage_proba, 0.0)
     scores = np.einsum("sn,snk->nk", weights, safe)
     return np.asarray(scores / scores.sum(axis=1, keepdims=True), dtype=np.float64)
@@ -98,12 +97,9 @@ def combine_votes(
 def _escalation_weights(value: float | Sequence[float], n_stages: int) -> FloatArray:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         if len(value) != n_stages:
-            msg = (
-                f"escalation_weight has {len(value)} values but the cascade has "
-                f"{n_stages} stages"
-            )
+            msg = f"escalation_weight has {len(value)} values but the cascade has {n_stages} stages"
             raise PolicyError(msg)
-        items = list(value)
+        items: list[object] = list(value)
     else:
         items = [value] * n_stages
     out = np.empty(n_stages)

@@ -1,0 +1,43 @@
+import subprocess
+import sys
+
+import pytest
+
+from cascademl.__main__ import main, run_demo
+
+
+def test_demo_figures_are_consistent():
+    figures = run_demo(threshold=0.9, seed=0)
+    exits = figures["exit_counts"]
+    calls = figures["stage_calls"]
+    assert sum(exits.values()) == figures["n_test"]
+    assert calls["logreg"] == figures["n_test"]
+    assert calls["svm"] == figures["n_test"] - exits["logreg"]
+    assert 0.0 < figures["calls_saved"] < 1.0
+    assert figures["accuracy"] > 0.95
+    assert -1.0 <= figures["mcc"] <= 1.0
+
+
+def test_main_prints_the_table(capsys):
+    assert main(["demo", "--threshold", "0.95", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    for text in ("cascade accuracy", "cascade MCC", "cascade kappa", "stage calls saved", "forest"):
+        assert text in out
+
+
+def test_unknown_command_exits_with_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train"])
+    assert info.value.code == 2
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "cascademl", "demo", "--threshold", "0.5"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cascade accuracy" in proc.stdout

@@ -1,0 +1,68 @@
+import math
+
+import numpy as np
+import pytest
+
+from cascademl import ConfidencePolicy, PolicyError
+
+
+def test_defaults():
+    policy = ConfidencePolicy()
+    assert policy.measure == "max_proba"
+    assert policy.thresholds_for(3) == (0.9, 0.9, math.inf)
+
+
+def test_sequence_thresholds_are_stored_as_a_tuple_and_expanded():
+    policy = ConfidencePolicy("margin", thresholds=[0.2, 0.4])
+    assert policy.thresholds == (0.2, 0.4)
+    assert policy.thresholds_for(3) == (0.2, 0.4, math.inf)
+    assert policy.thresholds_for(2) == (0.2, 0.4)
+
+
+def test_wrong_number_of_thresholds_names_both_counts():
+    with pytest.raises(PolicyError, match=r"3 values but the cascade has 5 stages"):
+        ConfidencePolicy(thresholds=(0.1, 0.2, 0.3)).thresholds_for(5)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (-0.1, "must be >= 0"),
+        (float("nan"), "must be >= 0"),
+        ("0.5", "number or a sequence"),
+        (True, "real number"),
+        ((0.5, None), r"thresholds\[1\] must be a real number"),
+        ((), "empty"),
+    ],
+)
+def test_invalid_thresholds_are_rejected_on_construction(value, match):
+    with pytest.raises(PolicyError, match=match):
+        ConfidencePolicy(thresholds=value)
+
+
+def test_unknown_measure_is_rejected_on_construction():
+    with pytest.raises(PolicyError, match="'top5'"):
+        ConfidencePolicy("top5")  # type: ignore[arg-type]
+
+
+def test_policy_is_frozen_and_hashable():
+    policy = ConfidencePolicy(thresholds=[0.5, 0.6])
+    with pytest.raises(AttributeError):
+        policy.measure = "margin"  # type: ignore[misc]
+    assert hash(policy) == hash(ConfidencePolicy(thresholds=(0.5, 0.6)))
+
+
+def test_with_thresholds_returns_a_new_policy():
+    policy = ConfidencePolicy("entropy", 0.5)
+    other = policy.with_thresholds([0.1, 0.2])
+    assert other.measure == "entropy"
+    assert other.thresholds == (0.1, 0.2)
+    assert policy.thresholds == 0.5
+
+
+def test_exits_uses_the_stage_threshold_and_last_stage_always_exits():
+    policy = ConfidencePolicy(thresholds=[0.95, 0.6])
+    proba = np.array([[0.9, 0.1], [0.55, 0.45]])
+    assert policy.exits(proba, stage_index=0, n_stages=3).tolist() == [False, False]
+    assert policy.exits(proba, stage_index=1, n_stages=3).tolist() == [True, False]
+    assert policy.exits(proba, stage_index=2, n_stages=3).tolist() == [True, True]
