@@ -1,3 +1,5 @@
+import pytest
+
 import cascademl
 
 
@@ -33,3 +35,10 @@ def test_exception_hierarchy_matches_builtins():
         obj = getattr(cascademl, name)
         if isinstance(obj, type) and issubclass(obj, Exception) and obj.__name__.endswith("Error"):
             assert issubclass(obj, cascademl.CascadeMLError), name
+
+
+def test_torch_names_load_lazily():
+    assert cascademl.TorchStage.__name__ == "TorchStage"
+    assert cascademl.CostReport.__module__ == "cascademl.cost"
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        cascademl.NoSuchThing  # noqa: B018

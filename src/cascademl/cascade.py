@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from cascademl import _routing
 from cascademl._typing import CombineMethod, IntArray, LabelArray, ProbaArray
+from cascademl.abstention import check_reject_threshold, predict_with_abstention
 from cascademl.exceptions import (
     ClassMismatchError,
     NotFittedError,
@@ -56,6 +57,10 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
             or one per stage as a weight schedule.
         batch_size: route at most this many samples at a time (bounds memory); results do
             not depend on it. ``None`` routes everything at once.
+        reject_threshold: a number in ``[0, 1]``: `predict_or_abstain` returns
+            ``cascademl.abstention.ABSTAIN`` for samples whose final confidence
+            (under the policy's measure) is below it. ``None`` never abstains; `predict`
+            never abstains.
 
     Attributes:
         classes_: ndarray of shape (n_classes,), the class labels.
@@ -89,12 +94,14 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         combine: CombineMethod = "vote",
         escalation_weight: float | Sequence[float] = 0.5,
         batch_size: int | None = None,
+        reject_threshold: float | None = None,
     ) -> None:
         self.stages = stages
         self.policy = policy
         self.combine = combine
         self.escalation_weight = escalation_weight
         self.batch_size = batch_size
+        self.reject_threshold = reject_threshold
 
     # ----------------------------------------------------------------- parameters
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -160,6 +167,7 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         """
         pairs = self._validate_stages()
         policy = self._validate_policy(len(pairs))
+        check_reject_threshold(self.reject_threshold)
         if _all_sklearn(pairs):
             X, y = validate_data(self, X, y, ensure_all_finite=not self._allow_nan(pairs))
         elif hasattr(self, "n_features_in_"):
@@ -179,12 +187,24 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # ----------------------------------------------------------------- inference
-    def route(self, X: Any, *, batch_size: int | None = None) -> CascadeResult:
+    def route(
+        self, X: Any, *, batch_size: int | None = None, progress: bool = False
+    ) -> CascadeResult:
         """Route samples through the stages and return everything that happened.
 
+        A torch ``Dataset`` or ``DataLoader``, or an iterator of image batches, is streamed
+        through the torch engine ([`stream_route`][cascademl.inference.stream_route]): each
+        stage runs on full batches of its own ``batch_size`` made of the samples that
+        escalated to it, memory stays bounded by the batch sizes, and the result carries a
+        ``cost_report``. The result is the same as routing the same images in memory.
+
         Args:
-            X: the inputs, as for `fit`.
-            batch_size: overrides the ``batch_size`` parameter for this call.
+            X: the inputs, as for `fit`; or a ``Dataset``, ``DataLoader`` or iterator of
+                image batches (items or batches that are ``(images, targets)`` tuples use
+                the images).
+            batch_size: overrides the ``batch_size`` parameter for this call (when
+                streaming: the batch size of stages that have none of their own).
+            progress: when streaming, show a tqdm progress bar.
 
         Returns:
             A frozen [`CascadeResult`][cascademl.CascadeResult] with, per sample, the final
@@ -196,6 +216,23 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
             StageOutputError: if a stage returns NaN, negative or malformed probabilities.
         """
         self._check_fitted()
+        if not isinstance(X, (np.ndarray, list, tuple)) and not hasattr(X, "iloc"):
+            from cascademl import inference  # noqa: PLC0415 - imports torch only when needed
+
+            if inference.is_stream(X):
+                return inference.stream_route(
+                    self.stages_,
+                    X,
+                    stage_names=tuple(self.named_stages_.keys()),
+                    classes=self.classes_,
+                    columns=self._columns,
+                    thresholds=self.thresholds_,
+                    measure=self.policy_.measure,
+                    combine=self.combine,
+                    escalation_weight=self.escalation_weight,
+                    batch_size=self.batch_size if batch_size is None else batch_size,
+                    progress=progress,
+                )
         if hasattr(self, "n_features_in_"):  # set by fit when every stage is from sklearn
             allow_nan = self._allow_nan(self._validate_stages())
             X = validate_data(self, X, reset=False, ensure_all_finite=not allow_nan)
@@ -219,6 +256,13 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> LabelArray:
         """Final labels, array of shape (n_samples,); a view over `route`."""
         return self.route(X).labels
+
+    def predict_or_abstain(self, X: Any) -> LabelArray:
+        """Final labels, or `ABSTAIN` below ``reject_threshold``; object array (n_samples,)."""
+        result = self.route(X)
+        return predict_with_abstention(
+            result.proba, self.classes_, self.reject_threshold, measure=self.policy_.measure
+        )
 
     # ----------------------------------------------------------------- helpers
     def __sklearn_tags__(self) -> Any:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cascademl._typing import BoolArray, FloatArray, IntArray, LabelArray, ProbaArray
+
+if TYPE_CHECKING:
+    from cascademl.cost import CostReport
 
 __all__ = ["CascadeResult"]
 
@@ -32,6 +36,10 @@ class CascadeResult:
         stage_cost: ndarray of shape (n_stages,), the cost of one sample at each stage
             (1.0 per stage call unless stages report ``cost_per_sample``).
         cost_unit: what ``stage_cost`` counts.
+        cost_report: measured FLOPs and latency per stage and per sample, printable as a
+            table; set by the streaming engine
+            ([`stream_route`][cascademl.inference.stream_route]), ``None`` otherwise (build
+            one with [`CostReport.from_result`][cascademl.cost.CostReport.from_result]).
     """
 
     classes: LabelArray
@@ -44,6 +52,7 @@ class CascadeResult:
     visited: BoolArray
     stage_cost: FloatArray
     cost_unit: str = "stage calls"
+    cost_report: CostReport | None = None
 
     def __post_init__(self) -> None:
         """Copy every array and make it read-only."""

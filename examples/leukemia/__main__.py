@@ -1,0 +1,206 @@
+"""Command line of the leukemia example: ``run``, ``predict`` and ``evaluate``.
+
+python -m examples.leukemia run --data-root DIR --preset cpu --out DIR
+python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV]
+python -m examples.leukemia evaluate --model OUT/cascade --data-root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from .data import LeukemiaDataError, load_rgb
+from .pipeline import evaluate_folder, load_predictor, read_images, run_experiment
+from .presets import PRESETS, get_preset
+from .training import TrainingError
+
+logger = logging.getLogger("examples.leukemia")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.leukemia",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the whole experiment: split, train, tune, test, report")
+    run.add_argument("--data-root", required=True, type=Path, help="Kaggle ALL folder")
+    run.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="settings (cpu)")
+    run.add_argument("--out", required=True, type=Path, help="results folder")
+    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps")
+    run.add_argument("--seed", type=int, default=None, help="seed (overrides the preset's)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting, e.g. epochs=3 or resnet50.lr=5e-4 (repeatable)",
+    )
+    run.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="train from scratch (the cpu and smoke presets always do)",
+    )
+    run.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="local pretrained weights for a backbone (timm name), for offline use",
+    )
+    run.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
+    run.add_argument(
+        "--max-cost-ratio",
+        type=float,
+        default=0.35,
+        help="cost budget of the tuned cascade, share of running all backbones (0.35)",
+    )
+    run.add_argument(
+        "--order",
+        choices=("accuracy", "cost"),
+        default="accuracy",
+        help="stage order: by validation accuracy as in the paper, or cheapest first",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    predict = sub.add_parser("predict", help="label image files or folders with a saved cascade")
+    predict.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
+    predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    predict.add_argument("--output", type=Path, help="CSV file (default: stdout)")
+    predict.add_argument("--device", default=None, help="torch device (default: as saved)")
+    predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a saved cascade on a labelled folder")
+    evaluate.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
+    evaluate.add_argument("--data-root", required=True, type=Path, help="labelled folder")
+    evaluate.add_argument("--output", type=Path, help="JSON file (default: MODEL/../evaluate.json)")
+    evaluate.add_argument("--device", default=None, help="torch device (default: as saved)")
+    evaluate.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    return parser
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    suffixes = {suffix.lower() for suffix in Image.registered_extensions()}
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes))
+        elif path.is_file():
+            files.append(path)
+        else:
+            msg = f"{path}: no such file or folder"
+            raise FileNotFoundError(msg)
+    return files
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.no_pretrained:
+        overrides.append("pretrained=false")
+    preset = get_preset(args.preset, overrides)
+    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
+    summary = run_experiment(
+        args.data_root,
+        preset,
+        args.out,
+        device=args.device,
+        skip_bad=args.skip_bad,
+        checkpoints=checkpoints,
+        max_cost_ratio=args.max_cost_ratio,
+        order=args.order,
+        progress=not args.no_progress,
+    )
+    print(f"order:            {' -> '.join(summary.order)}")
+    print(f"thresholds:       {', '.join(f'{t:.4g}' for t in summary.thresholds)}")
+    print(f"cascade accuracy: {summary.test_accuracy:.2%} (test), MCC {summary.test_mcc:.4f}")
+    print(f"best backbone:    {summary.best_single[0]} {summary.best_single[1]:.2%} (test)")
+    print(f"mean cost:        {summary.cost_ratio_all:.1%} of running all backbones")
+    print(f"report:           {summary.out / 'report.md'} ({summary.seconds / 60:.1f} min)")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    predictor = load_predictor(args.model, device=args.device)
+    files = _expand(args.images)
+    good: list[Path] = []
+    for path in files:
+        try:
+            load_rgb(path)
+        except LeukemiaDataError as exc:
+            if not args.skip_bad:
+                raise
+            logger.warning("skipped %s", exc)
+            continue
+        good.append(path)
+    x, _ = read_images(good, predictor)
+    routed = predictor.cascade.route(x)
+    handle = args.output.open("w", newline="") if args.output else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "confidence", "exit_stage"])
+        for i, path in enumerate(good):
+            writer.writerow(
+                [
+                    str(path),
+                    routed.labels[i],
+                    f"{float(routed.proba[i].max()):.6f}",
+                    routed.stage_names[int(routed.exit_stage[i])],
+                ]
+            )
+    finally:
+        if args.output:
+            handle.close()
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    result = evaluate_folder(args.model, args.data_root, skip_bad=args.skip_bad, device=args.device)
+    output = args.output or args.model.parent / "evaluate.json"
+    output.write_text(json.dumps(result, indent=2))
+    m = result["metrics"]
+    print(f"{result['n_images']} images from {result['data_root']}")
+    print(
+        f"accuracy {m['accuracy']:.4f}  MCC {m['mcc']:.4f}  kappa {m['kappa']:.4f}  "
+        f"error rate {m['error_rate']:.4f}"
+    )
+    for i, name in enumerate(m["classes"]):
+        print(
+            f"  {name:<8} precision {m['precision'][i]:.3f}  recall {m['recall'][i]:.3f}  "
+            f"F1 {m['f1'][i]:.3f}"
+        )
+    print(f"exits per stage: {result['exit_counts']}")
+    print(f"saved to {output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"run": _cmd_run, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
+    try:
+        return commands[args.command](args)
+    except (LeukemiaDataError, TrainingError, FileNotFoundError, KeyError) as exc:
+        logger.error("%s", exc)  # noqa: TRY400 - the message names the file or setting at fault
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

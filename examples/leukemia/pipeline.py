@@ -1,0 +1,695 @@
+"""The experiment: split, stain-normalize, train the backbones, build, tune and test the cascade.
+
+Everything about the cascade itself goes through cascademl's public API
+(`TorchStage`, `CascadeClassifier`, `cascademl.tuning`, `cascademl.cost`,
+`cascademl.metrics`, `cascademl.io`); this module only wires the example's data and training
+layers to it and writes the results folder.
+
+Layout of the results folder ``OUT``::
+
+    OUT/split.csv                  the grouped 80/10/10 split (reused by later runs)
+    OUT/cache/                     stain-normalized images (reused by later runs)
+    OUT/models/<timm name>/        checkpoint.pt (every epoch), best.pt, history.json
+    OUT/cascade/                   the saved cascade + leukemia.json (stain reference)
+    OUT/figures/*.png              training curves, confusion matrices, bars, frontier
+    OUT/metrics.json               every number of the report
+    OUT/report.md                  the paper's Table 1 and the rest
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cascademl import CascadeClassifier, ConfidencePolicy
+from cascademl.cost import CostReport, StageCost, measure_stage_cost
+from cascademl.io import load_cascade, save_cascade
+from cascademl.metrics import ClassificationMetrics, classification_metrics, mcnemar_test
+from cascademl.torch_stage import TorchStage
+from cascademl.tuning import (
+    TuningResult,
+    apply_tuning,
+    order_by_accuracy,
+    stage_probabilities,
+    tune_thresholds,
+)
+
+from . import report
+from .data import (
+    CLASS_NAMES,
+    DatasetScan,
+    SplitManifest,
+    load_rgb,
+    prepare_split,
+    scan_dataset,
+)
+from .presets import BackboneSpec, Preset
+from .training import TrainResult, class_weights, create_backbone, train_model
+from .transforms import (
+    ImageArrayDataset,
+    NormalizedImages,
+    StainNormalizer,
+    build_augmentation,
+    fit_stain_normalizer,
+    load_images,
+    preprocessing_for,
+    to_array,
+)
+
+__all__ = [
+    "ExperimentSummary",
+    "images_to_tensor",
+    "load_predictor",
+    "read_images",
+    "run_experiment",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the example's own settings file inside a saved cascade folder.
+SETTINGS_FILE = "leukemia.json"
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """The headline numbers of one run (the rest is in ``metrics.json``).
+
+    Attributes:
+        out: The results folder.
+        order: Stage names in cascade order.
+        thresholds: The tuned thresholds, one per non-final stage.
+        test_accuracy: The cascade's test accuracy.
+        test_mcc: The cascade's test MCC.
+        best_single: Name and test accuracy of the best backbone alone.
+        cost_ratio_all: The cascade's mean FLOPs per test image over all five backbones'.
+        seconds: Wall time of the whole run.
+    """
+
+    out: Path
+    order: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    test_accuracy: float
+    test_mcc: float
+    best_single: tuple[str, float]
+    cost_ratio_all: float
+    seconds: float
+
+
+def images_to_tensor(images: np.ndarray[Any, Any]) -> torch.Tensor:
+    """Turn uint8 images of shape (n, h, w, 3) into the (n, 3, h, w) tensor stages take."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _fingerprint(
+    preset: Preset, spec: BackboneSpec, manifest: SplitManifest, stain: str
+) -> dict[str, Any]:
+    return {
+        "model": spec.timm_name,
+        "spec": asdict(spec),
+        "pretrained": preset.pretrained,
+        "doubling": preset.doubling,
+        "split": manifest.digest(),
+        "stain": stain,
+        "cache_size": preset.cache_size,
+    }
+
+
+def _train_one(
+    spec: BackboneSpec,
+    preset: Preset,
+    manifest: SplitManifest,
+    images: NormalizedImages,
+    out: Path,
+    *,
+    stain: str,
+    device: str,
+    checkpoints: Mapping[str, str],
+    progress: bool,
+) -> tuple[TrainResult, Any]:
+    checkpoint = checkpoints.get(spec.timm_name) or checkpoints.get(spec.name)
+    model = create_backbone(
+        spec.timm_name,
+        num_classes=len(manifest.classes),
+        pretrained=preset.pretrained,
+        checkpoint=checkpoint,
+        drop_rate=spec.drop_rate,
+        seed=preset.seed,
+    )
+    prep = preprocessing_for(model, spec.image_size)
+    train_set = ImageArrayDataset(
+        images.subset(manifest, "train"),
+        manifest.targets("train"),
+        prep,
+        augment=build_augmentation(),
+        double=preset.doubling,
+    )
+    val_set = ImageArrayDataset(images.subset(manifest, "val"), manifest.targets("val"), prep)
+    result = train_model(
+        model,
+        train_set,
+        val_set,
+        config=preset.train_config(spec),
+        out_dir=out / "models" / spec.timm_name,
+        weights=class_weights(manifest.targets("train"), len(manifest.classes)),
+        device=device,
+        fingerprint=_fingerprint(preset, spec, manifest, stain),
+        progress=progress,
+    )
+    return result, prep
+
+
+def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: str) -> TorchStage:
+    """Wrap a trained backbone: timm's mean/std, the backbone's own input size."""
+    stage = TorchStage.from_timm(
+        spec.timm_name,
+        num_classes=len(CLASS_NAMES),
+        classes=list(CLASS_NAMES),
+        input_size=(3, spec.image_size, spec.image_size),
+        interpolation="bilinear",
+        crop_pct=1.0,
+        batch_size=max(spec.batch_size, 64),
+        device=device,
+        precision="bf16" if preset.amp else "fp32",
+        channels_last=preset.channels_last,
+        drop_rate=spec.drop_rate,
+    )
+    stage.module_.load_state_dict(model.state_dict())
+    stage.module_.eval()
+    return stage
+
+
+def _history_dicts(result: TrainResult) -> list[dict[str, float]]:
+    return [asdict(epoch) for epoch in result.history]
+
+
+def _metrics_json(metrics: ClassificationMetrics) -> dict[str, Any]:
+    out = metrics.as_dict()
+    out["classes"] = [str(c) for c in metrics.classes.tolist()]
+    out["precision"] = metrics.precision.tolist()
+    out["recall"] = metrics.recall.tolist()
+    out["f1"] = metrics.f1.tolist()
+    out["confusion_matrix"] = metrics.confusion_matrix.tolist()
+    return out
+
+
+def _predict_labels(
+    proba: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    return classes[np.argmax(proba, axis=1)]
+
+
+def run_experiment(
+    data_root: str | Path,
+    preset: Preset,
+    out: str | Path,
+    *,
+    device: str = "cpu",
+    skip_bad: bool = False,
+    checkpoints: Mapping[str, str] | None = None,
+    max_cost_ratio: float = 0.35,
+    order: str = "accuracy",
+    progress: bool = False,
+) -> ExperimentSummary:
+    """Run the paper's experiment end to end and write the results folder.
+
+    Steps: a grouped, stratified 80/10/10 split (saved as ``split.csv`` and reused);
+    Macenko stain normalization fitted on training images only and applied to every
+    split (cached); each backbone trained with class-weighted cross-entropy, early stopping
+    on validation accuracy and a checkpoint every epoch (a rerun resumes); every backbone
+    evaluated on validation and test; the stages ordered by validation accuracy, least
+    accurate first, as in the paper (``order="cost"``: cheapest first); the thresholds tuned
+    on the validation split to maximise accuracy under a mean cost of at most
+    ``max_cost_ratio`` times running every backbone; the cascade evaluated on the test split.
+
+    Args:
+        data_root: The dataset folder (class folders, or their ``Original/`` parent).
+        preset: The settings.
+        out: The results folder.
+        device: Torch device for training and inference.
+        skip_bad: Skip unreadable images (listed in the report) instead of failing.
+        checkpoints: ``{backbone: local weights file}`` for pretrained weights offline.
+        max_cost_ratio: Cost budget of the tuned cascade, as a share of all backbones.
+        order: ``"accuracy"`` (the paper) or ``"cost"``.
+        progress: Show progress bars.
+
+    Returns:
+        The headline numbers.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    torch.manual_seed(preset.seed)
+
+    # ---------------------------------------------------------------- data
+    manifest, scan = prepare_split(
+        data_root,
+        out / "split.csv",
+        skip_bad=skip_bad,
+        seed=preset.seed,
+        near_threshold=preset.near_threshold,
+        block_size=preset.group_block,
+        max_per_class=preset.max_images_per_class,
+    )
+    normalizer = (
+        fit_stain_normalizer(manifest, size=preset.cache_size, seed=preset.seed)
+        if (preset.stain_normalize)
+        else None
+    )
+    stain = normalizer.fingerprint() if normalizer is not None else "none"
+    images = load_images(
+        manifest, size=preset.cache_size, normalizer=normalizer, cache_dir=out / "cache"
+    )
+    classes = np.array(manifest.classes)
+    y = {split: classes[manifest.targets(split)] for split in ("val", "test")}
+    x = {split: images_to_tensor(images.subset(manifest, split)) for split in ("val", "test")}
+    logger.info("split: %s", manifest.counts())
+
+    # ---------------------------------------------------------------- training
+    stages, histories, training = _train_all(
+        preset,
+        manifest,
+        images,
+        out,
+        stain=stain,
+        device=device,
+        checkpoints=checkpoints or {},
+        progress=progress,
+    )
+
+    # ---------------------------------------------------------------- every backbone
+    names = [name for name, _ in stages]
+    full = CascadeClassifier(stages, policy=ConfidencePolicy(thresholds=0.0)).fit(
+        x["val"], y["val"]
+    )
+    val_proba = stage_probabilities(full, x["val"])
+    test_proba = stage_probabilities(full, x["test"])
+    costs: list[StageCost] = [
+        measure_stage_cost(stage, x["test"][:1], name=name, repeats=3) for name, stage in stages
+    ]
+    flops = [c.flops_per_sample for c in costs]
+    val_acc = [float(np.mean(_predict_labels(p, classes) == y["val"])) for p in val_proba]
+
+    # ---------------------------------------------------------------- order and tune
+    ordering, budget, tuning, cascade = _order_and_tune(
+        stages,
+        val_proba,
+        flops,
+        x_val=x["val"],
+        y_val=y["val"],
+        classes=classes,
+        order=order,
+        max_cost_ratio=max_cost_ratio,
+    )
+
+    # ---------------------------------------------------------------- test
+    tic = time.perf_counter()
+    routed = cascade.route(x["test"])
+    wall = time.perf_counter() - tic
+    ordered_costs = [costs[i] for i in ordering]
+    cost_report = CostReport.from_result(routed, ordered_costs, wall_time=wall)
+
+    predictions = {"Cascade": routed.labels}
+    for name, proba in zip(names, test_proba, strict=True):
+        predictions[name] = _predict_labels(proba, classes)
+    metrics: dict[str, ClassificationMetrics] = {
+        name: classification_metrics(y["test"], pred, classes=classes)
+        for name, pred in predictions.items()
+    }
+    ensemble = _predict_labels(test_proba.mean(axis=0), classes)
+    ensemble_metrics = classification_metrics(y["test"], ensemble, classes=classes, n_bootstrap=0)
+    mcnemar = {
+        name: asdict(mcnemar_test(y["test"], routed.labels, predictions[name], classes=classes))
+        for name in names
+    }
+    best_name = max(names, key=lambda n: metrics[n].accuracy)
+
+    # ---------------------------------------------------------------- save
+    cascade_dir = save_cascade(cascade, out / "cascade", overwrite=True)
+    settings = {
+        "classes": list(manifest.classes),
+        "cache_size": preset.cache_size,
+        "stain_normalizer": normalizer.to_dict() if normalizer is not None else None,
+        "preset": preset.name,
+    }
+    (cascade_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+
+    # ---------------------------------------------------------------- report
+    references = {f"{name} alone": (flops[i], val_acc[i]) for i, name in enumerate(names)}
+    references["all backbones (vote)"] = (
+        float(sum(flops)),
+        float(np.mean(_predict_labels(val_proba.mean(axis=0), classes) == y["val"])),
+    )
+    figure_files = _write_figures(
+        figures,
+        histories=histories,
+        metrics=metrics,
+        class_names=list(manifest.classes),
+        tuning=tuning,
+        references=references,
+    )
+
+    seconds = time.perf_counter() - started
+    payload: dict[str, Any] = {
+        "preset": asdict(preset),
+        "device": device,
+        "split_counts": manifest.counts(),
+        "skipped": [asdict(s) for s in scan.skipped] if scan is not None else [],
+        "exact_duplicate_groups": [list(g) for g in scan.duplicates] if scan is not None else [],
+        "stain_fallbacks": dict(images.fallbacks),
+        "training": training,
+        "histories": histories,
+        "val_accuracy": dict(zip(names, val_acc, strict=True)),
+        "order": [names[i] for i in ordering],
+        "thresholds": list(tuning.thresholds),
+        "tuning": {
+            "objective": tuning.objective,
+            "budget_flops": budget,
+            "val_accuracy": tuning.score,
+            "val_mean_flops": tuning.mean_cost,
+            "frontier": [asdict(p) for p in tuning.frontier],
+        },
+        "test": {name: _metrics_json(m) for name, m in metrics.items()},
+        "ensemble_all_five_test_accuracy": ensemble_metrics.accuracy,
+        "mcnemar_cascade_vs": mcnemar,
+        "exit_counts": dict(zip(routed.stage_names, routed.exit_counts.tolist(), strict=True)),
+        "cost": {
+            "flops_per_image": dict(zip(names, flops, strict=True)),
+            "latency_per_image_s": {c.name: c.latency_per_sample for c in costs},
+            "cascade_mean_flops": cost_report.mean_flops,
+            "cascade_flops_ratio_all": cost_report.flops_ratio_all,
+            "cascade_flops_ratio_last": cost_report.flops_ratio_last,
+            "cascade_wall_seconds_per_image": wall / max(routed.n_samples, 1),
+            "table": cost_report.to_table(),
+        },
+        "seconds": seconds,
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
+    sections = _report_sections(payload, manifest, scan, best_name, metrics)
+    report.write_markdown_report(
+        out / "report.md",
+        metrics,
+        list(manifest.classes),
+        title=f"Leukemia cascade: results ({preset.name} preset)",
+        sections=sections,
+        figures=figure_files,
+    )
+    return ExperimentSummary(
+        out=out,
+        order=tuple(payload["order"]),
+        thresholds=tuple(tuning.thresholds),
+        test_accuracy=metrics["Cascade"].accuracy,
+        test_mcc=metrics["Cascade"].mcc,
+        best_single=(best_name, metrics[best_name].accuracy),
+        cost_ratio_all=cost_report.flops_ratio_all,
+        seconds=seconds,
+    )
+
+
+def _train_all(
+    preset: Preset,
+    manifest: SplitManifest,
+    images: NormalizedImages,
+    out: Path,
+    *,
+    stain: str,
+    device: str,
+    checkpoints: Mapping[str, str],
+    progress: bool,
+) -> tuple[list[tuple[str, TorchStage]], dict[str, list[dict[str, float]]], dict[str, Any]]:
+    """Train (or resume, or reuse) every backbone and wrap each as a `TorchStage`."""
+    stages: list[tuple[str, TorchStage]] = []
+    histories: dict[str, list[dict[str, float]]] = {}
+    training: dict[str, Any] = {}
+    for spec in preset.backbones:
+        logger.info("training %s (%s @ %d px)", spec.name, spec.timm_name, spec.image_size)
+        result, _ = _train_one(
+            spec,
+            preset,
+            manifest,
+            images,
+            out,
+            stain=stain,
+            device=device,
+            checkpoints=checkpoints,
+            progress=progress,
+        )
+        stages.append((spec.name, _stage(spec, result.model, preset, device)))
+        histories[spec.name] = _history_dicts(result)
+        training[spec.name] = {
+            "best_epoch": result.best_epoch,
+            "best_val_acc": result.best_val_acc,
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "resumed_from": result.resumed_from,
+            "train_seconds": float(sum(e.seconds for e in result.history)),
+        }
+    return stages, histories, training
+
+
+def _order_and_tune(
+    stages: list[tuple[str, TorchStage]],
+    val_proba: np.ndarray[Any, Any],
+    flops: list[float],
+    *,
+    x_val: torch.Tensor,
+    y_val: np.ndarray[Any, Any],
+    classes: np.ndarray[Any, Any],
+    order: str,
+    max_cost_ratio: float,
+) -> tuple[tuple[int, ...], float, TuningResult, CascadeClassifier]:
+    """Order the stages and tune the thresholds on validation probabilities (no test data)."""
+    if order == "accuracy":
+        ordering = order_by_accuracy(val_proba, y_val, classes=classes)
+    elif order == "cost":
+        ordering = tuple(int(i) for i in np.argsort(flops, kind="stable"))
+    else:
+        msg = f"order must be 'accuracy' or 'cost', got {order!r}"
+        raise ValueError(msg)
+    ordered = CascadeClassifier(
+        [stages[i] for i in ordering], policy=ConfidencePolicy(thresholds=0.0)
+    ).fit(x_val, y_val)
+    budget = max_cost_ratio * float(sum(flops))
+    first = flops[ordering[0]]
+    if budget < first:
+        logger.warning(
+            "a budget of %.0f%% of all backbones is below the first stage's own cost; "
+            "tuning under the first stage's cost instead",
+            100 * max_cost_ratio,
+        )
+        budget = first
+    tuning: TuningResult = tune_thresholds(
+        val_proba[list(ordering)],
+        y_val,
+        classes=classes,
+        stage_cost=[flops[i] for i in ordering],
+        max_cost=budget,
+        stage_names=[stages[i][0] for i in ordering],
+    )
+    cascade = apply_tuning(ordered, tuning, x_val, y_val)
+    return ordering, budget, tuning, cascade
+
+
+def _write_figures(
+    folder: Path,
+    *,
+    histories: Mapping[str, list[dict[str, float]]],
+    metrics: Mapping[str, ClassificationMetrics],
+    class_names: list[str],
+    tuning: TuningResult,
+    references: Mapping[str, tuple[float, float]],
+) -> dict[str, Path]:
+    """The paper's figures: curves (8-13), confusion matrices, bars (14-15), the frontier."""
+    files: dict[str, Path] = {}
+    for name, history in histories.items():
+        files[f"Training curves: {name}"] = report.plot_training_curves(
+            history, folder / f"curves-{name}.png", title=name
+        )
+    for name, m in metrics.items():
+        files[f"Confusion matrix: {name}"] = report.plot_confusion_matrix(
+            m.confusion_matrix, class_names, folder / f"confusion-{name}.png", title=name
+        )
+    files["Per-class precision, recall and F1"] = report.plot_per_class_bars(
+        metrics, class_names, folder / "per-class.png"
+    )
+    files["Accuracy, kappa, MCC and error rate"] = report.plot_summary_bars(
+        metrics, folder / "summary.png"
+    )
+    giga = 1e9
+    files["Accuracy-cost frontier (validation)"] = report.plot_cost_frontier(
+        [(p.mean_cost / giga, p.score) for p in tuning.frontier],
+        folder / "frontier.png",
+        chosen=(tuning.mean_cost / giga, tuning.score),
+        references={k: (c / giga, a) for k, (c, a) in references.items()},
+        cost_label="mean GFLOPs per image (validation)",
+    )
+    return files
+
+
+def _report_sections(
+    payload: Mapping[str, Any],
+    manifest: SplitManifest,
+    scan: DatasetScan | None,
+    best_name: str,
+    metrics: Mapping[str, ClassificationMetrics],
+) -> dict[str, str]:
+    cascade = metrics["Cascade"]
+    low, high = cascade.intervals.get("accuracy", (float("nan"), float("nan")))
+    counts = manifest.counts()
+    split_lines = [
+        "| split | " + " | ".join(manifest.classes) + " | total |",
+        "|---|" + "---|" * (len(manifest.classes) + 1),
+    ]
+    for split, per_class in counts.items():
+        split_lines.append(
+            f"| {split} | "
+            + " | ".join(str(per_class[c]) for c in manifest.classes)
+            + f" | {sum(per_class.values())} |"
+        )
+    order = " -> ".join(payload["order"])
+    thresholds = ", ".join(f"{t:.4g}" for t in payload["thresholds"])
+    exits = ", ".join(f"{k}: {v}" for k, v in payload["exit_counts"].items())
+    cost = payload["cost"]
+    val_lines = "\n".join(f"- {k}: {v:.2%}" for k, v in payload["val_accuracy"].items())
+    mcn = "\n".join(
+        f"- vs {k}: only the cascade right on {v['only_a_correct']}, only {k} right on "
+        f"{v['only_b_correct']}, p = {v['p_value']:.3g} ({v['method']})"
+        for k, v in payload["mcnemar_cascade_vs"].items()
+    )
+    latency = "\n".join(f"- {k}: {1e3 * v:.2f} ms" for k, v in cost["latency_per_image_s"].items())
+    skipped = payload["skipped"]
+    data_notes = [
+        (
+            f"- exact-duplicate groups: {len(payload['exact_duplicate_groups'])} (kept on one "
+            "side of the split, with near duplicates, by grouping)"
+        ),
+        (
+            "- stain normalization fell back to the original image for "
+            f"{len(payload['stain_fallbacks'])} image(s)"
+        ),
+        f"- skipped files: {len(skipped)}"
+        + "".join(f"\n  - {s['path']}: {s['reason']}" for s in skipped),
+    ]
+    if scan is None:
+        data_notes.append("- the split was reused from split.csv")
+    return {
+        "Cascade": (
+            f"Order (least accurate on validation first, as in the paper): {order}.\n\n"
+            f"Thresholds (max probability, tuned on validation): {thresholds}.\n\n"
+            f"Test accuracy {cascade.accuracy:.2%} (95% bootstrap CI {low:.2%}-{high:.2%}), "
+            f"MCC {cascade.mcc:.4f}, kappa {cascade.kappa:.4f}. Best single backbone: "
+            f"{best_name}, {metrics[best_name].accuracy:.2%}. All backbones averaged: "
+            f"{payload['ensemble_all_five_test_accuracy']:.2%}.\n\n"
+            f"Samples ended per stage (test): {exits}.\n\n"
+            f"Mean cost: {cost['cascade_mean_flops'] / 1e9:.3f} GFLOPs per image, "
+            f"{cost['cascade_flops_ratio_all']:.1%} of running every backbone, "
+            f"{cost['cascade_flops_ratio_last']:.1%} of the last stage alone."
+        ),
+        "Validation accuracy per backbone": val_lines,
+        "McNemar's test, cascade against each backbone (test split)": mcn,
+        "Inference time per image": (
+            latency + f"\n- Cascade (measured wall time over the test split): "
+            f"{1e3 * cost['cascade_wall_seconds_per_image']:.2f} ms\n\n```text\n"
+            + cost["table"]
+            + "\n```"
+        ),
+        "Data": "\n".join(split_lines) + "\n\n" + "\n".join(data_notes),
+        "Run": f"Wall time {payload['seconds'] / 60:.1f} min on {payload['device']}.",
+    }
+
+
+# ------------------------------------------------------------------------- reuse
+@dataclass(frozen=True)
+class Predictor:
+    """A saved cascade with the example's preprocessing.
+
+    Attributes:
+        cascade: The loaded cascade.
+        cache_size: Side the source images are resized to.
+        normalizer: The stain normalizer fitted on training images, or ``None``.
+    """
+
+    cascade: CascadeClassifier
+    cache_size: int
+    normalizer: StainNormalizer | None
+
+
+def load_predictor(model_dir: str | Path, *, device: str | None = None) -> Predictor:
+    """Load a cascade saved by :func:`run_experiment`, with its stain reference.
+
+    Raises:
+        FileNotFoundError: When ``model_dir`` lacks the example's settings file.
+    """
+    folder = Path(model_dir)
+    settings_file = folder / SETTINGS_FILE
+    if not settings_file.is_file():
+        msg = (
+            f"{settings_file} not found: --model must be the 'cascade' folder written by "
+            "'python -m examples.leukemia run'"
+        )
+        raise FileNotFoundError(msg)
+    settings = json.loads(settings_file.read_text())
+    cascade = load_cascade(folder, device=device)
+    state = settings.get("stain_normalizer")
+    normalizer = StainNormalizer.from_dict(state) if state else None
+    return Predictor(cascade, int(settings["cache_size"]), normalizer)
+
+
+def read_images(paths: Sequence[Path], predictor: Predictor) -> tuple[torch.Tensor, list[str]]:
+    """Decode, resize and stain-normalize image files as the training images were.
+
+    Returns:
+        The (n, 3, h, w) uint8 tensor, and the paths with a stain fallback.
+    """
+    arrays = []
+    fallbacks = []
+    for path in paths:
+        array = to_array(load_rgb(path), predictor.cache_size)
+        if predictor.normalizer is not None:
+            array, reason = predictor.normalizer.transform(array)
+            if reason is not None:
+                fallbacks.append(str(path))
+        arrays.append(array)
+    if not arrays:
+        return torch.empty(
+            (0, 3, predictor.cache_size, predictor.cache_size), dtype=torch.uint8
+        ), []
+    return images_to_tensor(np.stack(arrays)), fallbacks
+
+
+def evaluate_folder(
+    model_dir: str | Path,
+    data_root: str | Path,
+    *,
+    skip_bad: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved cascade on every image of a labelled folder (the Kaggle layout).
+
+    Returns:
+        A JSON-able dict: the cascade's metrics, exit counts and skipped files.
+    """
+    predictor = load_predictor(model_dir, device=device)
+    scan = scan_dataset(data_root, skip_bad=skip_bad, check_manifest=True)
+    paths = [scan.root / r.path for r in scan.records]
+    labels = np.array([r.label for r in scan.records])
+    x, fallbacks = read_images(paths, predictor)
+    routed = predictor.cascade.route(x)
+    metrics = classification_metrics(labels, routed.labels, classes=predictor.cascade.classes_)
+    return {
+        "data_root": str(scan.root),
+        "n_images": len(paths),
+        "metrics": _metrics_json(metrics),
+        "exit_counts": dict(zip(routed.stage_names, routed.exit_counts.tolist(), strict=True)),
+        "skipped": [asdict(s) for s in scan.skipped],
+        "stain_fallbacks": fallbacks,
+    }

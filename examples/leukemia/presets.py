@@ -1,0 +1,318 @@
+"""Experiment presets: ``paper``, ``cpu`` and ``smoke``, with ``key=value`` overrides.
+
+* ``paper``: the paper's settings: the five backbones ImageNet-pretrained, InceptionV3 at
+  299 px and the others at 224 px, 10 epochs, training set doubled by augmentation,
+  Macenko stain normalization. Meant for a GPU.
+* ``cpu``: the same experiment from scratch, sized to finish (five backbones trained and
+  evaluated, plus the cascade) within 60 minutes on a 2-core CPU. Sizes, batch sizes and
+  epochs come from ``benchmarks/leukemia_epoch_time.py`` (see :data:`CPU_BUDGET`).
+* ``smoke``: tiny timm ``test_*`` models at 32 px, a few images per class, one epoch;
+  for tests.
+
+**VGG19.** The ``paper`` preset uses ``vgg19`` (no batch norm), the network the paper
+names, which fine-tunes well from ImageNet weights. The ``cpu`` preset trains from
+scratch and uses ``vgg19_bn``: without batch normalization a 19-layer VGG trained from
+scratch for a few epochs with AdamW often does not leave chance level.
+
+Overrides: top-level fields by name (``epochs=3``), one backbone's field as
+``<backbone>.<field>`` where ``<backbone>`` is its timm name or display name, without
+regard to case (``resnet50.lr=5e-4``, ``DenseNet201.image_size=96``), and
+``backbones=resnet50,densenet201`` to keep a subset (in that order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .training import TrainConfig
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone of an experiment.
+
+    Attributes:
+        name: Display name, as the paper writes it (``"DenseNet201"``).
+        timm_name: timm model name (``"densenet201"``).
+        image_size: Square input side in pixels.
+        batch_size: Training batch size.
+        lr: Peak AdamW learning rate.
+        drop_rate: Dropout before the classifier.
+        weight_decay: AdamW weight decay.
+        epochs: Epochs for this backbone; ``None`` uses the preset's.
+    """
+
+    name: str
+    timm_name: str
+    image_size: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    drop_rate: float = 0.2
+    weight_decay: float = 0.05
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        """Validate the settings."""
+        for field_name in ("image_size", "batch_size"):
+            value = getattr(self, field_name)
+            if value < 1:
+                msg = f"{self.name}.{field_name} must be at least 1, got {value}"
+                raise ValueError(msg)
+        if not 0 <= self.drop_rate < 1:
+            msg = f"{self.name}.drop_rate must be in [0, 1), got {self.drop_rate}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """All settings of one experiment.
+
+    Attributes:
+        name: Preset name.
+        backbones: The backbones, in the paper's order.
+        pretrained: Start from ImageNet weights.
+        epochs: Maximum epochs (a backbone's own ``epochs`` wins).
+        patience: Early-stopping patience in epochs.
+        warmup_epochs: Linear warm-up of the learning rate, in epochs.
+        doubling: Show every training image twice per epoch, plain and augmented.
+        stain_normalize: Apply Macenko stain normalization.
+        cache_size: Side the images are resized to before stain normalization and caching.
+        amp: bfloat16 autocast for training and inference.
+        channels_last: Channels-last memory format.
+        seed: Seed of the split, the stain reference and the training.
+        near_threshold: dHash Hamming threshold for near duplicates (``None``: off).
+        group_block: Also group blocks of this many consecutive file numbers (``None``: off).
+        max_images_per_class: Keep about this many images per class (``None``: all).
+        val_fraction: Share of images in the validation split.
+        test_fraction: Share of images in the test split.
+    """
+
+    name: str
+    backbones: tuple[BackboneSpec, ...]
+    pretrained: bool
+    epochs: int
+    patience: int = 3
+    warmup_epochs: float = 0.5
+    doubling: bool = True
+    stain_normalize: bool = True
+    cache_size: int = 224
+    amp: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    near_threshold: int | None = 6
+    group_block: int | None = None
+    max_images_per_class: int | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def backbone(self, key: str) -> BackboneSpec:
+        """Return the backbone whose timm or display name is ``key`` (any case).
+
+        Raises:
+            KeyError: When no backbone matches.
+        """
+        wanted = key.casefold()
+        for spec in self.backbones:
+            if wanted in (spec.name.casefold(), spec.timm_name.casefold()):
+                return spec
+        known = [spec.timm_name for spec in self.backbones]
+        msg = f"preset {self.name!r} has no backbone {key!r}; it has {known}"
+        raise KeyError(msg)
+
+    def train_config(self, spec: BackboneSpec) -> TrainConfig:
+        """Return the :class:`TrainConfig` of one backbone under this preset."""
+        return TrainConfig(
+            epochs=spec.epochs if spec.epochs is not None else self.epochs,
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            weight_decay=spec.weight_decay,
+            patience=self.patience,
+            warmup_epochs=self.warmup_epochs,
+            amp=self.amp,
+            channels_last=self.channels_last,
+            seed=self.seed,
+        )
+
+    def with_overrides(
+        self, overrides: Mapping[str, Any] | None = None, /, **kwargs: Any
+    ) -> Preset:
+        """Return a copy with some settings replaced.
+
+        Values may be typed values or strings (as from :func:`parse_overrides`); strings
+        are converted to the field's type.
+
+        Args:
+            overrides: ``{key: value}``; keys as in the module docstring.
+            **kwargs: More top-level overrides.
+
+        Returns:
+            The new preset (validated).
+
+        Raises:
+            KeyError: An unknown field or backbone.
+            ValueError: A value that does not fit its field.
+        """
+        items = {**(overrides or {}), **kwargs}
+        preset = self
+        for key, value in items.items():
+            if key == "backbones" and isinstance(value, str):
+                keys = [part.strip() for part in value.split(",") if part.strip()]
+                preset = dataclasses.replace(
+                    preset, backbones=tuple(preset.backbone(k) for k in keys)
+                )
+            elif "." in key:
+                backbone_key, field_name = key.rsplit(".", 1)
+                spec = preset.backbone(backbone_key)
+                new = dataclasses.replace(
+                    spec, **{field_name: _convert(BackboneSpec, field_name, value)}
+                )
+                preset = dataclasses.replace(
+                    preset, backbones=tuple(new if s is spec else s for s in preset.backbones)
+                )
+            else:
+                preset = dataclasses.replace(preset, **{key: _convert(Preset, key, value)})
+        return preset
+
+
+def _convert(cls: type, field_name: str, value: Any) -> Any:
+    hints = typing.get_type_hints(cls)
+    if field_name not in hints:
+        known = sorted(hints)
+        msg = f"{cls.__name__} has no setting {field_name!r}; known: {known}"
+        raise KeyError(msg)
+    if not isinstance(value, str):
+        return value
+    hint = hints[field_name]
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    text = value.strip()
+    if type(None) in options and text.casefold() in {"none", "null", ""}:
+        return None
+    for option in options:
+        if option is bool:
+            if text.casefold() in {"true", "1", "yes", "on"}:
+                return True
+            if text.casefold() in {"false", "0", "no", "off"}:
+                return False
+        elif option in (int, float, str):
+            try:
+                return option(text)
+            except ValueError:
+                continue
+    msg = f"{cls.__name__}.{field_name}: cannot read {value!r} as {hint}"
+    raise ValueError(msg)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """Parse ``key=value`` strings (as given on a command line) into a dict.
+
+    Args:
+        items: Strings such as ``"epochs=3"`` or ``"resnet50.lr=5e-4"``.
+
+    Returns:
+        ``{key: raw value}``, for :meth:`Preset.with_overrides`.
+
+    Raises:
+        ValueError: When an item has no ``=`` or an empty key.
+    """
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            msg = f"override must look like key=value, got {item!r}"
+            raise ValueError(msg)
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+#: Measured with ``python benchmarks/leukemia_epoch_time.py --bf16 --channels-last``
+#: on the 2-core development machine (Xeon with AMX, torch 2.14, 2 threads, idle): seconds
+#: per doubled training epoch (2 x 2,284 images) plus one validation pass, at the
+#: ``cpu`` preset's sizes and batch sizes. With the preset's epochs this is about 40 min
+#: of training, plus ~3 min of stain normalization (cached afterwards) and evaluation.
+CPU_BUDGET: Final[Mapping[str, float]] = types.MappingProxyType(
+    {
+        "efficientnet_b0 @64 x6": 6 * 50.0,
+        "inception_v3 @80 x6": 6 * 66.0,
+        "vgg19_bn @64 x3": 3 * 266.0,
+        "resnet50 @64 x6": 6 * 75.0,
+        "densenet201 @64 x6": 6 * 78.0,
+    }
+)
+
+PAPER: Final = Preset(
+    name="paper",
+    backbones=(
+        BackboneSpec("InceptionV3", "inception_v3", 299, lr=1e-4, drop_rate=0.3),
+        BackboneSpec("EfficientNetB0", "efficientnet_b0", 224, lr=2e-4, drop_rate=0.2),
+        BackboneSpec("VGG19", "vgg19", 224, lr=5e-5, drop_rate=0.5),
+        BackboneSpec("ResNet50", "resnet50", 224, lr=1e-4, drop_rate=0.3),
+        BackboneSpec("DenseNet201", "densenet201", 224, lr=1e-4, drop_rate=0.3),
+    ),
+    pretrained=True,
+    epochs=10,
+    patience=3,
+    warmup_epochs=0.5,
+    amp=False,
+)
+
+CPU: Final = Preset(
+    name="cpu",
+    backbones=(
+        BackboneSpec("InceptionV3", "inception_v3", 80, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("EfficientNetB0", "efficientnet_b0", 64, lr=3e-3, drop_rate=0.2),
+        BackboneSpec("VGG19", "vgg19_bn", 64, lr=5e-4, drop_rate=0.3, epochs=3),
+        BackboneSpec("ResNet50", "resnet50", 64, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("DenseNet201", "densenet201", 64, lr=2e-3, drop_rate=0.2),
+    ),
+    pretrained=False,
+    epochs=6,
+    patience=3,
+    warmup_epochs=0.3,
+    amp=True,
+    channels_last=True,
+)
+
+SMOKE: Final = Preset(
+    name="smoke",
+    backbones=(
+        BackboneSpec("TestResNet", "test_resnet", 32, batch_size=8, lr=3e-3, drop_rate=0.0),
+        BackboneSpec(
+            "TestEfficientNet", "test_efficientnet", 32, batch_size=8, lr=3e-3, drop_rate=0.0
+        ),
+    ),
+    pretrained=False,
+    epochs=1,
+    patience=1,
+    warmup_epochs=0.0,
+    cache_size=64,
+    max_images_per_class=12,
+)
+
+#: The presets by name.
+PRESETS: Final[Mapping[str, Preset]] = types.MappingProxyType(
+    {preset.name: preset for preset in (PAPER, CPU, SMOKE)}
+)
+
+
+def get_preset(name: str, overrides: Iterable[str] = ()) -> Preset:
+    """Return a preset by name, with ``key=value`` overrides applied.
+
+    Args:
+        name: ``"paper"``, ``"cpu"`` or ``"smoke"``.
+        overrides: Strings such as ``"epochs=3"``.
+
+    Returns:
+        The preset.
+
+    Raises:
+        KeyError: An unknown preset name (or override key).
+    """
+    if name not in PRESETS:
+        msg = f"unknown preset {name!r}; choose one of {sorted(PRESETS)}"
+        raise KeyError(msg)
+    return PRESETS[name].with_overrides(parse_overrides(overrides))

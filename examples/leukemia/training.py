@@ -1,0 +1,602 @@
+"""Train one timm backbone: weighted loss, AdamW, early stopping, resumable checkpoints.
+
+:func:`create_backbone` builds a timm model with ImageNet weights from the local caches
+or a file the user gives, and never downloads unless asked to. :func:`train_model` runs
+the epochs; after each one it writes ``checkpoint.pt`` (model, optimizer, scheduler,
+epoch, history, early-stopping state) atomically, and ``best.pt`` (the weights of the best
+validation epoch) whenever they improve, so a rerun with the same output folder resumes
+after the last finished epoch, and a finished run is not retrained.
+
+Randomness: every epoch reseeds the shuffling generator and, inside
+``torch.random.fork_rng``, the global torch generator used by dropout and the
+augmentation, from ``(seed, epoch)``. A resumed run therefore draws the same numbers as
+an uninterrupted one without storing RNG states, and the caller's global RNG state is
+left untouched.
+
+Exceptions::
+
+    TrainingError (RuntimeError)
+    ├── PretrainedWeightsUnavailableError   ImageNet weights are not available offline
+    └── CheckpointMismatchError             a checkpoint from a different configuration
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import huggingface_hub
+import numpy as np
+import timm
+import timm.models
+import torch
+from numpy.typing import NDArray
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME: Final = "checkpoint.pt"
+BEST_NAME: Final = "best.pt"
+HISTORY_NAME: Final = "history.json"
+_FORMAT: Final = 1
+
+
+class TrainingError(RuntimeError):
+    """Base class of the training errors of the leukemia example."""
+
+
+class PretrainedWeightsUnavailableError(TrainingError):
+    """Pretrained weights were requested but cannot be had without a download."""
+
+
+class CheckpointMismatchError(TrainingError):
+    """The checkpoint in the output folder was made with other settings."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run.
+
+    Attributes:
+        epochs: Maximum number of epochs.
+        batch_size: Training batch size.
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        patience: Epochs without a better validation accuracy before stopping.
+        warmup_epochs: Linear warm-up length before the cosine decay, in epochs.
+        label_smoothing: Cross-entropy label smoothing.
+        amp: Run forward passes under bfloat16 autocast (CPU or CUDA).
+        channels_last: Use the channels-last memory format (faster convolutions on CPU).
+        eval_batch_size: Batch size of the validation pass (``None``: twice ``batch_size``).
+        seed: Seed of initialization, shuffling, dropout and augmentation.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    patience: int = 3
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.0
+    amp: bool = False
+    channels_last: bool = False
+    eval_batch_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate the settings."""
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if value < 1:
+                msg = f"TrainConfig.{name} must be at least 1, got {value}"
+                raise ValueError(msg)
+        if self.lr <= 0:
+            msg = f"TrainConfig.lr must be positive, got {self.lr}"
+            raise ValueError(msg)
+        if self.warmup_epochs < 0:
+            msg = f"TrainConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Metrics of one epoch.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        train_loss: Mean training loss.
+        train_acc: Training accuracy (on the augmented, doubled set).
+        val_loss: Mean validation loss.
+        val_acc: Validation accuracy.
+        seconds: Wall time of the epoch, validation included.
+        lr: Learning rate at the end of the epoch.
+    """
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_model`.
+
+    Attributes:
+        model: The model, holding the weights of the best validation epoch.
+        history: One :class:`EpochStats` per finished epoch.
+        best_epoch: 1-based epoch of the best validation accuracy.
+        best_val_acc: That accuracy.
+        stopped_early: Whether patience ran out before ``epochs``.
+        resumed_from: Epochs already done when this call started (0 for a fresh run).
+        checkpoint: Path of the checkpoint file.
+    """
+
+    model: nn.Module
+    history: list[EpochStats]
+    best_epoch: int
+    best_val_acc: float
+    stopped_early: bool
+    resumed_from: int
+    checkpoint: Path
+
+
+def _cached_pretrained_file(name: str) -> Path | None:
+    """Find a model's default pretrained weights in the HF hub or torch hub caches."""
+    config = timm.models.get_pretrained_cfg(name)
+    if config is None:
+        return None
+    if config.hf_hub_id:
+        filenames = [config.hf_hub_filename] if config.hf_hub_filename else []
+        filenames += ["model.safetensors", "pytorch_model.bin"]
+        for filename in filenames:
+            found = huggingface_hub.try_to_load_from_cache(config.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    if config.url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / str(config.url).rsplit("/", 1)[-1]
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def create_backbone(
+    name: str,
+    *,
+    num_classes: int = 4,
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+    drop_rate: float = 0.0,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a timm backbone with a fresh ``num_classes`` head.
+
+    With ``pretrained=True`` the ImageNet weights come, in this order, from
+    ``checkpoint`` (a local file in timm's format), the Hugging Face hub cache or the
+    torch hub cache, or (only with ``allow_download=True``) from the internet.
+
+    Args:
+        name: timm model name, e.g. ``"densenet201"``.
+        num_classes: Output classes.
+        pretrained: Start from ImageNet weights; ``False`` trains from scratch.
+        checkpoint: Local weights file to use when ``pretrained`` is true.
+        allow_download: Let timm download missing weights.
+        drop_rate: Dropout before the classifier.
+        seed: Seed of the random initialization (the caller's RNG state is kept);
+            ``None`` uses the global torch generator.
+        **kwargs: Passed to ``timm.create_model``.
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        PretrainedWeightsUnavailableError: Pretrained weights are requested but neither
+            given, cached, nor allowed to be downloaded. The message names the ways out.
+        FileNotFoundError: ``checkpoint`` does not exist.
+    """
+    options: dict[str, Any] = {"num_classes": num_classes, "drop_rate": drop_rate, **kwargs}
+    if seed is None:
+        return _create(name, pretrained, checkpoint, allow_download, options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _create(name, pretrained, checkpoint, allow_download, options)
+
+
+def _create(
+    name: str,
+    pretrained: bool,
+    checkpoint: str | os.PathLike[str] | None,
+    allow_download: bool,
+    options: dict[str, Any],
+) -> nn.Module:
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **options)
+    file = Path(checkpoint) if checkpoint is not None else _cached_pretrained_file(name)
+    if checkpoint is not None and file is not None and not file.is_file():
+        msg = f"pretrained checkpoint for {name!r} not found: {file}"
+        raise FileNotFoundError(msg)
+    if file is not None:
+        logger.info("loading %s weights from %s", name, file)
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **options
+        )
+    if allow_download:
+        return timm.create_model(name, pretrained=True, **options)
+    config = timm.models.get_pretrained_cfg(name)
+    hub_id = config.hf_hub_id if config is not None and config.hf_hub_id else f"timm/{name}"
+    msg = (
+        f"ImageNet weights for {name!r} are not available offline (not in the Hugging "
+        f"Face hub cache as {hub_id!r}, nor in the torch hub cache {torch.hub.get_dir()}). "
+        f"Ways out: train from scratch with --no-pretrained; give a local weights file "
+        f"with --checkpoint {name}=PATH; pre-populate the Hugging Face hub cache (on a "
+        f"machine with internet: `huggingface-cli download {hub_id}`, then copy "
+        f"~/.cache/huggingface, or set HF_HOME); or allow the download."
+    )
+    raise PretrainedWeightsUnavailableError(msg)
+
+
+def class_weights(targets: Sequence[int] | NDArray[np.int64], num_classes: int) -> torch.Tensor:
+    """Return ``compute_class_weight("balanced")`` weights as a float tensor.
+
+    Args:
+        targets: Training labels in ``range(num_classes)``.
+        num_classes: Number of classes.
+
+    Returns:
+        One weight per class.
+
+    Raises:
+        ValueError: When a class has no training image.
+    """
+    labels = np.asarray(targets, dtype=np.int64)
+    missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+    if missing:
+        msg = f"classes {missing} have no training image; cannot weight the loss"
+        raise ValueError(msg)
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _batches(
+    model: nn.Module,
+    dataset: Dataset[tuple[torch.Tensor, int]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+) -> Any:
+    """Yield ``(logits as float32 on CPU, targets)`` for a dataset, without gradients."""
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with torch.inference_mode():
+        for batch, targets in loader:
+            with _autocast(device, amp):
+                logits = model(batch.to(device, memory_format=memory_format))
+            yield logits.float().cpu(), targets
+
+
+def predict_proba(
+    model: nn.Module,
+    dataset: Dataset[tuple[torch.Tensor, int]],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+) -> NDArray[np.float32]:
+    """Return softmax probabilities of shape (n_samples, n_classes) for a dataset.
+
+    Args:
+        model: A trained model (already on ``device``).
+        dataset: Yields ``(image tensor, label)``; labels are ignored.
+        batch_size: Inference batch size.
+        device: Where the model runs.
+        amp: bfloat16 autocast.
+        channels_last: Channels-last inputs.
+
+    Returns:
+        The probabilities.
+    """
+    parts = [
+        torch.softmax(logits, dim=1).numpy()
+        for logits, _ in _batches(
+            model,
+            dataset,
+            batch_size=batch_size,
+            device=torch.device(device),
+            amp=amp,
+            channels_last=channels_last,
+        )
+    ]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _evaluate(
+    model: nn.Module,
+    dataset: Dataset[tuple[torch.Tensor, int]],
+    criterion: nn.Module,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[float, float]:
+    total_loss, correct, seen = 0.0, 0, 0
+    for logits, targets in _batches(
+        model,
+        dataset,
+        batch_size=config.eval_batch_size or 2 * config.batch_size,
+        device=device,
+        amp=config.amp,
+        channels_last=config.channels_last,
+    ):
+        total_loss += float(criterion(logits, targets)) * len(targets)
+        correct += int((logits.argmax(dim=1) == targets).sum())
+        seen += len(targets)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def train_model(
+    model: nn.Module,
+    train_set: Dataset[tuple[torch.Tensor, int]],
+    val_set: Dataset[tuple[torch.Tensor, int]],
+    *,
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    weights: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+    fingerprint: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Train ``model``, or resume or reuse the run saved in ``out_dir``.
+
+    The model is trained with class-weighted cross-entropy and AdamW under a per-step
+    linear warm-up and cosine decay. After every epoch the validation accuracy is
+    measured; the best weights are kept, and training stops after ``config.patience``
+    epochs without improvement (ties on accuracy are broken by the lower validation loss).
+
+    Args:
+        model: A freshly built backbone (its weights are replaced on resume).
+        train_set: Training items ``(image tensor, label)``.
+        val_set: Validation items.
+        config: Training settings.
+        out_dir: Folder for ``checkpoint.pt``, ``best.pt`` and ``history.json``.
+        weights: Per-class loss weights (see :func:`class_weights`); ``None``: unweighted.
+        device: Where to train.
+        fingerprint: Extra JSON-serializable facts (model name, split digest, ...) that
+            must match for a checkpoint to be resumed.
+        progress: Show tqdm progress bars.
+        on_epoch_end: Called with each finished epoch's stats, after its checkpoint is
+            written; an exception it raises interrupts training (as a crash would).
+
+    Returns:
+        The model with its best weights, the history and the stopping facts.
+
+    Raises:
+        CheckpointMismatchError: ``out_dir`` holds a checkpoint made with other settings.
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = folder / CHECKPOINT_NAME
+    best_path = folder / BEST_NAME
+    parts = _Parts.build(model, config, len(train_set), weights, torch.device(device))  # type: ignore[arg-type]
+    identity = json.loads(json.dumps({"config": asdict(config), **(fingerprint or {})}))
+    state: dict[str, Any] = {
+        "format": _FORMAT,
+        "identity": identity,
+        "epoch": 0,
+        "history": [],
+        "best": None,
+        "bad_epochs": 0,
+        "finished": False,
+        "stopped_early": False,
+    }
+    if checkpoint_path.is_file():
+        state = parts.restore(checkpoint_path, state)
+        logger.info("resuming %s after epoch %d", checkpoint_path, state["epoch"])
+    resumed_from = int(state["epoch"])
+
+    while not state["finished"]:
+        start = time.perf_counter()
+        train_loss, train_acc = parts.train_epoch(train_set, state["epoch"], progress=progress)
+        val_loss, val_acc = _evaluate(model, val_set, parts.criterion, config, parts.device)
+        stats = EpochStats(
+            epoch=state["epoch"] + 1,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - start,
+            lr=float(parts.scheduler.get_last_lr()[0]),
+        )
+        if _record(state, stats, config.epochs, config.patience):
+            _atomic_save(model.state_dict(), best_path)
+        logger.info(
+            "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
+            stats.epoch,
+            config.epochs,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            stats.seconds,
+        )
+        _atomic_save({**state, **parts.state_dicts()}, checkpoint_path)
+        (folder / HISTORY_NAME).write_text(json.dumps(state["history"], indent=1))
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+
+    best = state["best"]
+    model.load_state_dict(torch.load(best_path, map_location=parts.device, weights_only=True))
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=[EpochStats(**row) for row in state["history"]],
+        best_epoch=int(best["epoch"]),
+        best_val_acc=float(best["val_acc"]),
+        stopped_early=bool(state["stopped_early"]),
+        resumed_from=resumed_from,
+        checkpoint=checkpoint_path,
+    )
+
+
+def _record(state: dict[str, Any], stats: EpochStats, epochs: int, patience: int) -> bool:
+    """Add an epoch to the run state; return whether it is the best so far."""
+    state["history"].append(asdict(stats))
+    state["epoch"] = stats.epoch
+    best = state["best"]
+    improved = best is None or (stats.val_acc, -stats.val_loss) > (
+        best["val_acc"],
+        -best["val_loss"],
+    )
+    if improved:
+        state["best"] = {"epoch": stats.epoch, "val_acc": stats.val_acc, "val_loss": stats.val_loss}
+        state["bad_epochs"] = 0
+    else:
+        state["bad_epochs"] += 1
+    state["stopped_early"] = state["bad_epochs"] >= patience
+    state["finished"] = stats.epoch >= epochs or state["stopped_early"]
+    return improved
+
+
+@dataclass
+class _Parts:
+    """The model and what trains it: loss, optimizer, scheduler, settings, device."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: TrainConfig
+    device: torch.device
+    drop_last: bool
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        config: TrainConfig,
+        train_size: int,
+        weights: torch.Tensor | None,
+        device: torch.device,
+    ) -> _Parts:
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model.to(device)
+        model.to(memory_format=memory_format)
+        criterion = nn.CrossEntropyLoss(
+            weight=None if weights is None else weights.to(device),
+            label_smoothing=config.label_smoothing,
+        )
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=device.type in {"cpu", "cuda"},
+        )
+        drop_last = train_size > config.batch_size
+        steps_per_epoch = train_size // config.batch_size if drop_last else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            _schedule(
+                steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)
+            ),
+        )
+        return cls(model, criterion, optimizer, scheduler, config, device, drop_last)
+
+    def state_dicts(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def restore(self, path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+        """Load a checkpoint into the parts; return its run state."""
+        saved = torch.load(path, map_location=self.device, weights_only=True)
+        if saved.get("format") != _FORMAT or saved.get("identity") != fresh["identity"]:
+            msg = (
+                f"{path} was written with other settings (saved {saved.get('identity')}, "
+                f"now {fresh['identity']}); delete it or choose another output folder"
+            )
+            raise CheckpointMismatchError(msg)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        return {key: saved[key] for key in fresh}
+
+    def train_epoch(
+        self, dataset: Dataset[tuple[torch.Tensor, int]], epoch: int, *, progress: bool
+    ) -> tuple[float, float]:
+        """Run one epoch (0-based ``epoch``) with RNG seeded from ``(seed, epoch)``."""
+        config = self.config
+        seed = _epoch_seed(config.seed, epoch)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        total_loss, correct, seen = 0.0, 0, 0
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            loader = DataLoader(
+                dataset,
+                batch_size=config.batch_size,
+                shuffle=True,
+                drop_last=self.drop_last,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            self.model.train()
+            description = f"epoch {epoch + 1}/{config.epochs}"
+            for batch, labels in tqdm(loader, desc=description, disable=not progress, leave=False):
+                inputs = batch.to(self.device, memory_format=memory_format)
+                targets = labels.to(self.device)
+                self.optimizer.zero_grad(set_to_none=True)
+                with _autocast(self.device, config.amp):
+                    logits = self.model(inputs)
+                loss = self.criterion(logits.float(), targets)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                total_loss += float(loss.detach()) * len(targets)
+                correct += int((logits.argmax(dim=1) == targets).sum())
+                seen += len(targets)
+        return total_loss / max(seen, 1), correct / max(seen, 1)

@@ -1,0 +1,332 @@
+"""Cost accounting: FLOPs and latency per stage, and what a cascade run cost per sample.
+
+Two measurements per stage:
+
+* **FLOPs per sample**, counted by torch's own ``torch.utils.flop_counter.FlopCounterMode``
+  on one sample (one multiply-add counts as two FLOPs; preprocessing such as resizing is not
+  counted);
+* **latency per sample**, measured on the stage's actual device: seconds of the stage's
+  ``predict_proba`` (transfer, preprocessing, forward pass and softmax) divided by the
+  number of samples.
+
+A [`CostReport`][cascademl.cost.CostReport] combines them with how many samples each stage
+processed in a run: the mean cost per sample, and its ratio to running every stage on every
+sample (a voting ensemble) and to running only the last stage. The streaming engine
+attaches one to every result (``result.cost_report``); for in-memory routing, build one
+with [`CostReport.from_result`][cascademl.cost.CostReport.from_result] and stage costs from
+[`measure_stage_cost`][cascademl.cost.measure_stage_cost].
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cascademl.exceptions import PolicyError
+
+if TYPE_CHECKING:
+    from cascademl.results import CascadeResult
+
+__all__ = ["CostReport", "StageCost", "count_flops", "measure_stage_cost"]
+
+
+def count_flops(stage: Any, example: Any) -> float:
+    """FLOPs of one sample through ``stage.predict_proba``, by torch's flop counter.
+
+    Args:
+        stage: anything with ``predict_proba`` that runs torch operations.
+        example: a batch of inputs; only its first sample is run.
+
+    Returns:
+        The FLOPs per sample, or NaN when the counter saw no operation it knows (a stage
+        that does not use torch, for example).
+    """
+    with FlopCounterMode(display=False) as counter:
+        stage.predict_proba(example[:1])
+    total = counter.get_total_flops()
+    return float(total) if total > 0 else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class StageCost:
+    """What one sample costs at one stage.
+
+    Attributes:
+        name: the stage's name.
+        flops_per_sample: FLOPs per sample (NaN when unknown).
+        latency_per_sample: seconds per sample at ``batch_size`` on ``device``.
+        batch_size: the batch size the latency was measured at.
+        device: the device the latency was measured on.
+    """
+
+    name: str
+    flops_per_sample: float
+    latency_per_sample: float
+    batch_size: int
+    device: str
+
+
+def measure_stage_cost(
+    stage: Any,
+    example: Any,
+    *,
+    name: str = "stage",
+    batch_size: int | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    timer: Callable[[], float] = time.perf_counter,
+) -> StageCost:
+    """Profile a stage: FLOPs per sample and the median latency per sample of full batches.
+
+    The batch is built by repeating the samples of ``example``; timing calls the stage's
+    ``predict_proba``, which returns CPU numpy arrays and so waits for the device.
+
+    Args:
+        stage: a stage, typically a [`TorchStage`][cascademl.torch_stage.TorchStage].
+        example: tensor or array of shape (n, c, h, w) holding at least one source image.
+        name: the stage's name in the report.
+        batch_size: samples per timed call; the stage's own ``batch_size`` when ``None``.
+        repeats: timed calls; the median is kept.
+        warmup: untimed calls first (lazy initialisation, cuDNN autotuning, caches).
+        timer: the clock (seconds).
+
+    Returns:
+        The stage's cost.
+
+    Raises:
+        PolicyError: for a non-positive ``repeats`` or ``batch_size``, or an empty example.
+    """
+    size = batch_size if batch_size is not None else getattr(stage, "batch_size", None) or 1
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        msg = f"batch_size must be a positive integer, got {size!r}"
+        raise PolicyError(msg)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        msg = f"repeats must be a positive integer, got {repeats!r}"
+        raise PolicyError(msg)
+    source = torch.as_tensor(example)
+    if source.ndim == 0 or source.shape[0] == 0:
+        msg = "example must hold at least one sample"
+        raise PolicyError(msg)
+    batch = source[torch.arange(size) % source.shape[0]]
+    flops = count_flops(stage, batch)
+    for _ in range(warmup):
+        stage.predict_proba(batch)
+    times = []
+    for _ in range(repeats):
+        start = timer()
+        stage.predict_proba(batch)
+        times.append(timer() - start)
+    device = getattr(stage, "device_", None)
+    return StageCost(
+        name=name,
+        flops_per_sample=flops,
+        latency_per_sample=statistics.median(times) / size,
+        batch_size=size,
+        device=str(device) if device is not None else "cpu",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CostReport:
+    """What a cascade run cost, per stage and per sample.
+
+    Mean costs count each stage's cost for every sample it processed, divided by the number
+    of samples. The ratios compare them with running every stage on every sample
+    (``*_ratio_all``, a voting ensemble) and with running only the last stage
+    (``*_ratio_last``): below 1 the cascade is cheaper.
+
+    Attributes:
+        stage_names: the stages' names, in order.
+        flops_per_sample: per stage, FLOPs per sample (NaN when unknown).
+        latency_per_sample: per stage, seconds per sample (NaN for a stage that processed
+            nothing in a run that measured it).
+        stage_calls: per stage, how many samples it processed.
+        n_samples: how many samples were routed.
+        batch_sizes: per stage, the batch size it ran at (``None`` when not recorded).
+        devices: per stage, the device it ran on (``None`` when not recorded).
+        wall_time: seconds for the whole run (``None`` when not recorded).
+
+    Examples:
+        >>> report = CostReport(
+        ...     stage_names=("small", "large"), flops_per_sample=(1e6, 1e8),
+        ...     latency_per_sample=(1e-4, 1e-2), stage_calls=(100, 20), n_samples=100)
+        >>> report.mean_flops
+        21000000.0
+        >>> round(report.flops_ratio_last, 2), round(report.flops_ratio_all, 3)
+        (0.21, 0.208)
+    """
+
+    stage_names: tuple[str, ...]
+    flops_per_sample: tuple[float, ...]
+    latency_per_sample: tuple[float, ...]
+    stage_calls: tuple[int, ...]
+    n_samples: int
+    batch_sizes: tuple[int, ...] | None = None
+    devices: tuple[str, ...] | None = None
+    wall_time: float | None = None
+
+    def __post_init__(self) -> None:
+        """Check that every per-stage tuple has one value per stage."""
+        n = len(self.stage_names)
+        for field in ("flops_per_sample", "latency_per_sample", "stage_calls"):
+            if len(getattr(self, field)) != n:
+                msg = f"{field} has {len(getattr(self, field))} values for {n} stages"
+                raise PolicyError(msg)
+
+    @classmethod
+    def from_result(
+        cls,
+        result: CascadeResult,
+        stage_costs: Sequence[StageCost],
+        *,
+        wall_time: float | None = None,
+    ) -> CostReport:
+        """Combine a routing result with profiled stage costs.
+
+        Args:
+            result: what [`CascadeClassifier.route`][cascademl.CascadeClassifier.route]
+                returned.
+            stage_costs: one [`StageCost`][cascademl.cost.StageCost] per stage, in order,
+                e.g. from [`measure_stage_cost`][cascademl.cost.measure_stage_cost].
+            wall_time: the run's wall time in seconds, if measured.
+
+        Returns:
+            The report.
+
+        Raises:
+            PolicyError: if there is not one stage cost per stage.
+        """
+        if len(stage_costs) != result.n_stages:
+            msg = f"stage_costs has {len(stage_costs)} entries for {result.n_stages} stages"
+            raise PolicyError(msg)
+        return cls(
+            stage_names=tuple(result.stage_names),
+            flops_per_sample=tuple(c.flops_per_sample for c in stage_costs),
+            latency_per_sample=tuple(c.latency_per_sample for c in stage_costs),
+            stage_calls=tuple(int(c) for c in result.stage_calls),
+            n_samples=result.n_samples,
+            batch_sizes=tuple(c.batch_size for c in stage_costs),
+            devices=tuple(c.device for c in stage_costs),
+            wall_time=wall_time,
+        )
+
+    # ----------------------------------------------------------------- FLOPs
+    @property
+    def mean_flops(self) -> float:
+        """Mean FLOPs per routed sample."""
+        return self._mean(self.flops_per_sample)
+
+    @property
+    def flops_ratio_all(self) -> float:
+        """``mean_flops`` over the FLOPs of running every stage on every sample."""
+        return _ratio(self.mean_flops, math.fsum(self.flops_per_sample))
+
+    @property
+    def flops_ratio_last(self) -> float:
+        """``mean_flops`` over the FLOPs of running only the last stage."""
+        return _ratio(self.mean_flops, self.flops_per_sample[-1])
+
+    # ----------------------------------------------------------------- latency
+    @property
+    def mean_latency(self) -> float:
+        """Mean seconds per routed sample, summed over the stages it visited."""
+        return self._mean(self.latency_per_sample)
+
+    @property
+    def latency_ratio_all(self) -> float:
+        """``mean_latency`` over the latency of running every stage on every sample."""
+        return _ratio(self.mean_latency, math.fsum(self.latency_per_sample))
+
+    @property
+    def latency_ratio_last(self) -> float:
+        """``mean_latency`` over the latency of running only the last stage."""
+        return _ratio(self.mean_latency, self.latency_per_sample[-1])
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second over the whole run (NaN when ``wall_time`` is unknown)."""
+        if self.wall_time is None or self.wall_time <= 0:
+            return math.nan
+        return self.n_samples / self.wall_time
+
+    def _mean(self, per_sample: tuple[float, ...]) -> float:
+        if self.n_samples == 0:
+            return math.nan
+        total = math.fsum(c * v for c, v in zip(self.stage_calls, per_sample, strict=True) if c)
+        return total / self.n_samples
+
+    # ----------------------------------------------------------------- display
+    def to_table(self) -> str:
+        """The report as a fixed-width text table, one row per stage and a summary.
+
+        Examples:
+            >>> report = CostReport(("a", "b"), (2e6, 8e6), (1e-3, 4e-3), (10, 5), 10)
+            >>> print(report.to_table())  # doctest: +NORMALIZE_WHITESPACE
+            stage   samples   share   MFLOPs/sample   ms/sample
+            a            10  100.0%           2.000       1.000
+            b             5   50.0%           8.000       4.000
+            mean cost per sample: 6.000 MFLOPs, 3.000 ms
+            vs every stage on every sample: 0.60x FLOPs, 0.60x latency
+            vs the last stage alone: 0.75x FLOPs, 0.75x latency
+        """
+        known = [f for f in self.flops_per_sample if not math.isnan(f)]
+        scale, unit = _flops_unit(max(known, default=0.0))
+        width = max(5, *(len(n) for n in self.stage_names))
+        lines = [f"{'stage':<{width}}   samples   share   {unit}/sample   ms/sample"]
+        for name, calls, flops, latency in zip(
+            self.stage_names,
+            self.stage_calls,
+            self.flops_per_sample,
+            self.latency_per_sample,
+            strict=True,
+        ):
+            share = calls / self.n_samples if self.n_samples else math.nan
+            lines.append(
+                f"{name:<{width}} {calls:>9d} {share:>7.1%} "
+                f"{_fmt(flops / scale):>{len(unit) + 7}}  {_fmt(latency * 1e3):>10}"
+            )
+        lines.append(
+            f"mean cost per sample: {_fmt(self.mean_flops / scale)} {unit}, "
+            f"{_fmt(self.mean_latency * 1e3)} ms"
+        )
+        lines.append(
+            f"vs every stage on every sample: {_fmt(self.flops_ratio_all, 2)}x FLOPs, "
+            f"{_fmt(self.latency_ratio_all, 2)}x latency"
+        )
+        lines.append(
+            f"vs the last stage alone: {_fmt(self.flops_ratio_last, 2)}x FLOPs, "
+            f"{_fmt(self.latency_ratio_last, 2)}x latency"
+        )
+        if self.wall_time is not None:
+            lines.append(
+                f"wall time: {self.wall_time:.3f} s ({_fmt(self.throughput, 1)} samples/s)"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        """The table of [`to_table`][cascademl.cost.CostReport.to_table]."""
+        return self.to_table()
+
+
+def _ratio(value: float, reference: float) -> float:
+    if math.isnan(value) or math.isnan(reference) or reference == 0:
+        return math.nan
+    return value / reference
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _flops_unit(largest: float) -> tuple[float, str]:
+    for scale, unit in ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs")):
+        if largest >= scale:
+            return scale, unit
+    return 1.0, "FLOPs"

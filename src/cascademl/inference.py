@@ -1,0 +1,737 @@
+"""The torch inference engine: devices, batching, precision and streaming routing.
+
+This is the only module of cascademl that touches ``torch.device``, moves tensors with
+``.to()``, enters autocast or channels-last, or groups samples into batches. The rest of the
+library calls into it:
+
+* [`resolve_device`][cascademl.inference.resolve_device] turns ``"auto"``, ``"cpu"``,
+  ``"cuda"``, ``"cuda:N"`` or ``"mps"`` into a ``torch.device``, or raises
+  [`DeviceUnavailableError`][cascademl.exceptions.DeviceUnavailableError];
+* [`predict_proba_batched`][cascademl.inference.predict_proba_batched] runs a module over
+  inputs batch by batch and yields CPU numpy probabilities (as skorch's ``forward_iter``);
+* [`stream_route`][cascademl.inference.stream_route] routes a stream of inputs (a tensor, a
+  numpy array, a ``Dataset``, a ``DataLoader`` or an iterator of batches) through the stages
+  with *batched escalation*: each stage keeps a buffer of the samples that reached it and
+  runs only on full batches of its own ``batch_size``; partial batches are flushed only once
+  the input is exhausted. Memory is bounded by the batch sizes, not by the dataset size.
+
+The escalation rule itself is not here: the engine calls
+[`check_stage_proba`][cascademl._routing.check_stage_proba],
+[`confidence_scores`][cascademl._routing.confidence_scores],
+``cascademl._routing.exit_mask`` and
+[`combine_votes`][cascademl.voting.combine_votes], so its results equal those of
+[`CascadeClassifier.route`][cascademl.CascadeClassifier.route] on in-memory inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cascademl import _routing
+from cascademl._typing import CombineMethod, ConfidenceMeasure, IntArray, LabelArray, ProbaArray
+from cascademl.cost import CostReport
+from cascademl.exceptions import (
+    DeviceUnavailableError,
+    DeviceWarning,
+    PolicyError,
+    StageInterfaceError,
+    StageOutputError,
+)
+from cascademl.results import CascadeResult
+from cascademl.stages import stage_cost
+from cascademl.voting import combine_votes
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from torch import nn
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "PRECISIONS",
+    "Precision",
+    "as_tensor",
+    "autocast",
+    "available_devices",
+    "forward_proba",
+    "is_stream",
+    "iter_batches",
+    "predict_proba_batched",
+    "prepare_module",
+    "resolve_device",
+    "state_dict_to_cpu",
+    "stream_route",
+    "to_device",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Names of the numeric precisions a stage may run in.
+Precision: TypeAlias = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
+#: Batch size of stages that do not set their own (non-torch stages).
+DEFAULT_BATCH_SIZE = 64
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: (device type, precision) pairs where autocast is applied; elsewhere fp32 with a warning.
+_AUTOCAST_SUPPORTED = {("cuda", "bf16"), ("cuda", "fp16"), ("cpu", "bf16")}
+
+
+# --------------------------------------------------------------------------- devices
+def available_devices() -> list[str]:
+    """Names of the torch devices present on this machine.
+
+    Returns:
+        ``["cpu"]``, then ``"cuda:0"``, ``"cuda:1"``, ... for each visible GPU, then ``"mps"``
+        where Apple's Metal backend is available.
+
+    Examples:
+        >>> "cpu" in available_devices()
+        True
+    """
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names.extend(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+    if _mps_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn a device name into a ``torch.device`` that exists on this machine.
+
+    This is the only place where cascademl chooses a device: nothing falls back silently.
+
+    Args:
+        device: ``"auto"`` (the first CUDA GPU, else Apple's ``"mps"``, else ``"cpu"``; the
+            choice is logged at INFO level), ``"cpu"``, ``"cuda"`` (the current GPU),
+            ``"cuda:N"``, ``"mps"``, or a ``torch.device``.
+
+    Returns:
+        The device.
+
+    Raises:
+        DeviceUnavailableError: if the device is absent (``"cuda"`` without a GPU, an index
+            past the last GPU, ``"mps"`` off Apple silicon) or the name is not one of the
+            forms above; the message names the device and those that exist.
+
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            chosen = torch.device("cuda", torch.cuda.current_device())
+        elif _mps_available():
+            chosen = torch.device("mps")
+        else:
+            chosen = torch.device("cpu")
+        logger.info("device='auto' chose %r (available: %s)", str(chosen), available_devices())
+        return chosen
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        msg = (
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device, got "
+            f"{device!r} (available on this machine: {available_devices()})"
+        )
+        raise DeviceUnavailableError(msg) from exc
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        return _check_cuda(dev)
+    if dev.type == "mps":
+        if not _mps_available():
+            msg = (
+                f"device 'mps' was requested but Apple's Metal backend is not available; "
+                f"available: {available_devices()}"
+            )
+            raise DeviceUnavailableError(msg)
+        return dev
+    msg = (
+        f"device {str(dev)!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N' or "
+        f"'mps' (available on this machine: {available_devices()})"
+    )
+    raise DeviceUnavailableError(msg)
+
+
+def _check_cuda(dev: torch.device) -> torch.device:
+    if not torch.cuda.is_available():
+        msg = (
+            f"device {str(dev)!r} was requested but CUDA is not available (no GPU, no "
+            f"driver, or a CPU-only torch build); available: {available_devices()}"
+        )
+        raise DeviceUnavailableError(msg)
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        msg = (
+            f"device {str(dev)!r} was requested but this machine has {count} CUDA "
+            f"device(s); available: {available_devices()}"
+        )
+        raise DeviceUnavailableError(msg)
+    return dev
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+# --------------------------------------------------------------------------- tensors
+def as_tensor(X: Any, *, name: str = "X") -> torch.Tensor:
+    """Check that ``X`` is a batch of images and return it as a tensor, without copying.
+
+    Args:
+        X: a ``torch.Tensor`` or numpy array of shape (n_samples, channels, height, width).
+        name: named in error messages.
+
+    Returns:
+        The tensor (numpy arrays share memory with the result where possible).
+
+    Raises:
+        StageInterfaceError: if ``X`` is neither a tensor nor a numeric numpy array, or is not
+            four-dimensional.
+    """
+    if isinstance(X, torch.Tensor):
+        tensor = X
+    elif isinstance(X, np.ndarray):
+        if X.dtype.kind not in "biuf":
+            msg = f"{name} must hold numbers, got a numpy array of dtype {X.dtype}"
+            raise StageInterfaceError(msg)
+        tensor = torch.from_numpy(np.ascontiguousarray(X))
+    else:
+        msg = (
+            f"{name} must be a torch.Tensor or numpy array of shape (n_samples, channels, "
+            f"height, width), got {type(X).__name__}"
+        )
+        raise StageInterfaceError(msg)
+    if tensor.ndim != 4:  # noqa: PLR2004 - (N, C, H, W)
+        msg = (
+            f"{name} must have shape (n_samples, channels, height, width), got shape "
+            f"{tuple(tensor.shape)}"
+        )
+        raise StageInterfaceError(msg)
+    return tensor
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move ``x`` to ``device``; float64 inputs become float32 first (models run in fp32).
+
+    Pinned CPU tensors are copied asynchronously to CUDA devices.
+    """
+    if x.dtype == torch.float64:
+        x = x.float()
+    if x.device == device:
+        return x
+    return x.to(device, non_blocking=device.type == "cuda" and x.is_pinned())
+
+
+def prepare_module(module: nn.Module, device: torch.device, *, channels_last: bool) -> nn.Module:
+    """Put ``module`` in eval mode on ``device``, in channels-last layout when asked.
+
+    Returns:
+        The same module, modified in place.
+    """
+    module.eval()
+    module.to(device)
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def autocast(device: torch.device, precision: Precision) -> AbstractContextManager[Any]:
+    """A context that runs the forward pass in ``precision`` on ``device``.
+
+    ``"fp32"`` does nothing. ``"bf16"`` and ``"fp16"`` use ``torch.autocast`` on CUDA;
+    ``"bf16"`` also on CPU. Elsewhere the pass stays in fp32 and a
+    [`DeviceWarning`][cascademl.exceptions.DeviceWarning] says so.
+
+    Raises:
+        PolicyError: if ``precision`` is not one of ``"fp32"``, ``"bf16"``, ``"fp16"``.
+    """
+    if precision not in PRECISIONS:
+        msg = f"precision must be one of {PRECISIONS}, got {precision!r}"
+        raise PolicyError(msg)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if (device.type, precision) not in _AUTOCAST_SUPPORTED:
+        import warnings  # noqa: PLC0415 - only on this rare path
+
+        msg = (
+            f"precision={precision!r} is not supported on device {str(device)!r}; running "
+            "in fp32 (bf16 and fp16 autocast need CUDA; bf16 also works on CPU)"
+        )
+        warnings.warn(msg, DeviceWarning, stacklevel=3)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def iter_batches(X: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Yield consecutive slices of at most ``batch_size`` samples (views, no copies)."""
+    _check_batch_size(batch_size, "batch_size")
+    for start in range(0, X.shape[0], batch_size):
+        yield X[start : start + batch_size]
+
+
+def forward_proba(
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    n_classes: int,
+    precision: Precision = "fp32",
+    channels_last: bool = False,
+) -> ProbaArray:
+    """Run one batch through ``module`` and return softmax probabilities on the CPU.
+
+    The batch is moved to ``device``, preprocessed there, optionally converted to
+    channels-last, and run under ``torch.inference_mode`` and ``precision``'s autocast; the
+    logits are moved to the CPU and turned into float64 probabilities.
+
+    Args:
+        module: maps a float tensor (n, c, h, w) to logits of shape (n, n_classes); already
+            on ``device`` (see [`prepare_module`][cascademl.inference.prepare_module]).
+        x: the raw batch.
+        device: where to run.
+        preprocess: maps the raw batch (on ``device``) to the module's input.
+        n_classes: the expected number of logits per sample.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        channels_last: convert the input to channels-last memory format.
+
+    Returns:
+        ndarray of shape (n, n_classes), float64, rows summing to one.
+
+    Raises:
+        StageOutputError: if the module does not return logits of shape (n, n_classes).
+    """
+    with torch.inference_mode():
+        batch = preprocess(to_device(x, device))
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = module(batch)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (x.shape[0], n_classes):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            msg = (
+                f"{type(module).__name__} returned {shape}; expected logits of shape "
+                f"({x.shape[0]}, {n_classes})"
+            )
+            raise StageOutputError(msg)
+        proba = torch.softmax(logits.to("cpu", torch.float64), dim=1)
+    return proba.numpy()
+
+
+def predict_proba_batched(
+    module: nn.Module,
+    X: Any,
+    *,
+    batch_size: int,
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    n_classes: int,
+    precision: Precision = "fp32",
+    channels_last: bool = False,
+) -> Iterator[ProbaArray]:
+    """Yield the probabilities of ``module`` on ``X``, one CPU numpy array per batch.
+
+    Args:
+        module: as in [`forward_proba`][cascademl.inference.forward_proba].
+        X: tensor or numpy array of shape (n_samples, channels, height, width).
+        batch_size: samples per forward pass.
+        device: where to run.
+        preprocess: maps a raw batch to the module's input.
+        n_classes: the expected number of logits per sample.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        channels_last: convert inputs to channels-last memory format.
+
+    Yields:
+        ndarray of shape (n_batch, n_classes), float64.
+    """
+    for batch in iter_batches(as_tensor(X), batch_size):
+        yield forward_proba(
+            module,
+            batch,
+            device=device,
+            preprocess=preprocess,
+            n_classes=n_classes,
+            precision=precision,
+            channels_last=channels_last,
+        )
+
+
+def state_dict_to_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's ``state_dict`` with every tensor detached, contiguous and on the CPU."""
+    return {
+        key: value.detach().to("cpu").contiguous() for key, value in module.state_dict().items()
+    }
+
+
+# --------------------------------------------------------------------------- streaming
+def is_stream(X: object) -> bool:
+    """Whether ``X`` is routed by streaming: a ``Dataset``, a ``DataLoader`` or an iterator.
+
+    In-memory arrays, tensors and lists are not streams (they are indexed directly).
+
+    Examples:
+        >>> is_stream(iter([])), is_stream(torch.zeros(2, 3, 8, 8))
+        (True, False)
+    """
+    return isinstance(X, (Dataset, DataLoader, Iterator))
+
+
+def stream_route(
+    stages: Sequence[Any],
+    data: Any,
+    *,
+    stage_names: Sequence[str],
+    classes: LabelArray,
+    columns: Sequence[IntArray] | None = None,
+    thresholds: Sequence[float],
+    measure: ConfidenceMeasure,
+    combine: CombineMethod = "vote",
+    escalation_weight: float | Sequence[float] = 0.5,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> CascadeResult:
+    """Route a stream of images through the stages with batched escalation.
+
+    Each stage keeps a buffer of the samples that reached it and runs only when the buffer
+    holds a full batch of the stage's ``batch_size`` (a stage's own attribute, else
+    ``batch_size``, else 64); the samples it does not end join the next stage's buffer.
+    Partial batches are run only when the input is exhausted, from the first stage to the
+    last. Buffers hold raw source samples, so each stage preprocesses them its own way.
+
+    [`CascadeClassifier.route`][cascademl.CascadeClassifier.route] calls this for
+    ``Dataset``, ``DataLoader`` and iterator inputs; call it directly to stream tensors.
+
+    Args:
+        stages: the fitted stages, in order (anything with ``predict_proba``).
+        data: a tensor or numpy array (n_samples, c, h, w), a map-style or iterable
+            ``Dataset`` (read through a ``DataLoader`` with the first stage's batch size), a
+            ``DataLoader``, or an iterator of batches. Items or batches that are tuples or
+            lists, such as ``(images, targets)``, contribute their first element.
+        stage_names: one name per stage, used in messages and the result.
+        classes: ndarray of shape (n_classes,), the cascade's class order.
+        columns: per stage, the indices that reorder its ``predict_proba`` columns into
+            ``classes`` order; ``None`` when every stage already uses that order.
+        thresholds: one threshold per stage (the last is never consulted).
+        measure: the confidence measure.
+        combine: ``"vote"``, ``"last"`` or ``"mean"``.
+        escalation_weight: the weight schedule of ``"vote"``.
+        batch_size: the batch size of stages without their own ``batch_size`` attribute.
+        progress: show a tqdm progress bar over the samples decided (needs ``tqdm``).
+
+    Returns:
+        A [`CascadeResult`][cascademl.CascadeResult] in input order, with ``cost_report``
+        set: FLOPs per sample counted once per torch stage, latency per sample measured
+        in this run (wall time of the stage's ``predict_proba`` over the samples it saw),
+        and the run's wall time.
+
+    Raises:
+        PolicyError: for an invalid batch size or mismatched arguments.
+        StageOutputError: if a stage returns NaN, negative or malformed probabilities.
+        StageInterfaceError: if the input is not images of shape (n, c, h, w).
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> from cascademl.torch_stage import TorchStage
+        >>> stage = TorchStage(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)),
+        ...                    classes=["no", "yes"], batch_size=4, device="cpu")
+        >>> result = stream_route([stage], torch.rand(10, 3, 2, 2), stage_names=["s"],
+        ...                       classes=np.array(["no", "yes"]), thresholds=[math.inf],
+        ...                       measure="max_proba")
+        >>> result.n_samples, result.cost_report.stage_calls
+        (10, (10,))
+    """
+    names = tuple(str(n) for n in stage_names)
+    if len(stages) == 0 or len(names) != len(stages) or len(thresholds) != len(stages):
+        msg = (
+            f"stages, stage_names and thresholds must have the same non-zero length, got "
+            f"{len(stages)}, {len(names)} and {len(thresholds)}"
+        )
+        raise PolicyError(msg)
+    if batch_size is not None:
+        _check_batch_size(batch_size, "batch_size")
+    sizes = [
+        _stage_batch_size(stage, batch_size, name)
+        for stage, name in zip(stages, names, strict=True)
+    ]
+    cols = (
+        [np.arange(len(classes), dtype=np.intp)] * len(stages)
+        if columns is None
+        else [np.asarray(c, dtype=np.intp) for c in columns]
+    )
+    engine = _Engine(
+        stages,
+        names,
+        sizes,
+        cols,
+        n_classes=len(classes),
+        thresholds=tuple(float(t) for t in thresholds),
+        measure=measure,
+    )
+    start = time.perf_counter()
+    with _progress_bar(progress, _length(data)) as bar:
+        engine.on_decided = bar.update
+        for batch in _iter_source(data, sizes[0]):
+            engine.feed(batch)
+        engine.finish()
+    wall = time.perf_counter() - start
+    return engine.result(
+        np.asarray(classes), combine=combine, escalation_weight=escalation_weight, wall_time=wall
+    )
+
+
+class _Buffer:
+    """Pending samples of one stage: global indices and raw inputs, in arrival order."""
+
+    def __init__(self) -> None:
+        self.indices: list[IntArray] = []
+        self.inputs: list[torch.Tensor] = []
+        self.size = 0
+
+    def push(self, indices: IntArray, inputs: torch.Tensor) -> None:
+        if indices.size:
+            self.indices.append(indices)
+            self.inputs.append(inputs)
+            self.size += int(indices.size)
+
+    def pop(self, count: int) -> tuple[IntArray, torch.Tensor]:
+        """Remove and return the first ``min(count, size)`` samples."""
+        take_idx: list[IntArray] = []
+        take_x: list[torch.Tensor] = []
+        need = count
+        while need > 0 and self.indices:
+            idx, x = self.indices[0], self.inputs[0]
+            if idx.size <= need:
+                take_idx.append(idx)
+                take_x.append(x)
+                self.indices.pop(0)
+                self.inputs.pop(0)
+                need -= int(idx.size)
+            else:
+                take_idx.append(idx[:need])
+                take_x.append(x[:need])
+                self.indices[0] = idx[need:]
+                self.inputs[0] = x[need:]
+                need = 0
+        taken = count - need
+        self.size -= taken
+        if len(take_x) == 1:
+            return take_idx[0], take_x[0]
+        return np.concatenate(take_idx), torch.cat(take_x)
+
+
+class _Engine:
+    """State of one streaming run: per-stage buffers and per-sample outputs."""
+
+    def __init__(
+        self,
+        stages: Sequence[Any],
+        names: tuple[str, ...],
+        sizes: list[int],
+        columns: list[IntArray],
+        *,
+        n_classes: int,
+        thresholds: tuple[float, ...],
+        measure: ConfidenceMeasure,
+    ) -> None:
+        self.stages = stages
+        self.names = names
+        self.sizes = sizes
+        self.columns = columns
+        self.n_classes = n_classes
+        self.thresholds = thresholds
+        self.measure = measure
+        n_stages = len(stages)
+        self.buffers = [_Buffer() for _ in range(n_stages)]
+        self.seen_idx: list[list[IntArray]] = [[] for _ in range(n_stages)]
+        self.seen_proba: list[list[ProbaArray]] = [[] for _ in range(n_stages)]
+        self.seen_conf: list[list[np.ndarray[Any, np.dtype[np.float64]]]] = [
+            [] for _ in range(n_stages)
+        ]
+        self.seconds = [0.0] * n_stages
+        self.flops = [math.nan] * n_stages
+        self.n_seen = 0
+        self.on_decided: Callable[[int], object] = lambda _: None
+
+    def feed(self, batch: Any) -> None:
+        x = as_tensor(batch, name="each input batch")
+        if self.n_seen == 0 and x.shape[0] > 0:
+            self._count_flops(x[:1])
+        indices = np.arange(self.n_seen, self.n_seen + x.shape[0], dtype=np.intp)
+        self.n_seen += int(x.shape[0])
+        self.buffers[0].push(indices, x)
+        self._drain(final=False)
+
+    def finish(self) -> None:
+        self._drain(final=True)
+
+    def _drain(self, *, final: bool) -> None:
+        n_stages = len(self.stages)
+        while True:
+            # Deepest full buffer first: escalated samples leave memory as soon as possible.
+            ready = [s for s in range(n_stages) if self.buffers[s].size >= self.sizes[s]]
+            if ready:
+                stage = ready[-1]
+            elif final:
+                # A partial batch runs only once every earlier buffer is empty, so no
+                # further sample can reach this stage.
+                pending = [s for s in range(n_stages) if self.buffers[s].size > 0]
+                if not pending:
+                    return
+                stage = pending[0]
+            else:
+                return
+            indices, inputs = self.buffers[stage].pop(self.sizes[stage])
+            self._run(stage, indices, inputs)
+
+    def _run(self, s: int, indices: IntArray, inputs: torch.Tensor) -> None:
+        start = time.perf_counter()
+        raw = self.stages[s].predict_proba(inputs)
+        self.seconds[s] += time.perf_counter() - start
+        proba = _routing.check_stage_proba(
+            raw, n_samples=indices.size, n_classes=self.n_classes, stage_name=self.names[s]
+        )[:, self.columns[s]]
+        conf = _routing.confidence_scores(proba, self.measure)
+        done = _routing.exit_mask(conf, self.thresholds[s], is_last=s == len(self.stages) - 1)
+        self.seen_idx[s].append(indices)
+        self.seen_proba[s].append(proba)
+        self.seen_conf[s].append(conf)
+        if not done.all():
+            keep = torch.from_numpy(~done).to(inputs.device)
+            self.buffers[s + 1].push(indices[~done], inputs[keep])
+        self.on_decided(int(done.sum()))
+
+    def _count_flops(self, example: torch.Tensor) -> None:
+        for s, stage in enumerate(self.stages):
+            counter = getattr(stage, "flops_per_sample", None)
+            if callable(counter):
+                self.flops[s] = float(counter(example))
+
+    def result(
+        self,
+        classes: LabelArray,
+        *,
+        combine: CombineMethod,
+        escalation_weight: float | Sequence[float],
+        wall_time: float,
+    ) -> CascadeResult:
+        n_stages, n, k = len(self.stages), self.n_seen, self.n_classes
+        stage_proba = np.full((n_stages, n, k), np.nan)
+        stage_conf = np.full((n_stages, n), np.nan)
+        visited = np.zeros((n_stages, n), dtype=bool)
+        exit_stage = np.full(n, -1, dtype=np.intp)
+        for s in range(n_stages):
+            if not self.seen_idx[s]:
+                continue
+            idx = np.concatenate(self.seen_idx[s])
+            stage_proba[s, idx] = np.concatenate(self.seen_proba[s])
+            stage_conf[s, idx] = np.concatenate(self.seen_conf[s])
+            visited[s, idx] = True
+            exit_stage[idx] = s  # later stages overwrite: the deepest visited stage ended it
+        proba = combine_votes(
+            stage_proba, visited, exit_stage, method=combine, escalation_weight=escalation_weight
+        )
+        labels = classes[np.argmax(proba, axis=1)] if n else classes[:0]
+        calls = tuple(int(c) for c in visited.sum(axis=1))
+        latency = tuple(
+            self.seconds[s] / calls[s] if calls[s] else math.nan for s in range(n_stages)
+        )
+        report = CostReport(
+            stage_names=self.names,
+            flops_per_sample=tuple(self.flops),
+            latency_per_sample=latency,
+            stage_calls=calls,
+            n_samples=n,
+            batch_sizes=tuple(self.sizes),
+            devices=tuple(_device_name(stage) for stage in self.stages),
+            wall_time=wall_time,
+        )
+        return CascadeResult(
+            classes=classes,
+            stage_names=self.names,
+            labels=labels,
+            proba=proba,
+            exit_stage=exit_stage,
+            stage_proba=stage_proba,
+            stage_confidence=stage_conf,
+            visited=visited,
+            stage_cost=np.array([stage_cost(stage) for stage in self.stages], dtype=np.float64),
+            cost_report=report,
+        )
+
+
+def _iter_source(data: Any, batch_size: int) -> Iterator[Any]:
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        yield from iter_batches(as_tensor(data), batch_size)
+        return
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    elif not isinstance(data, (DataLoader, Iterable)):
+        msg = (
+            "data must be a tensor, a numpy array, a torch Dataset or DataLoader, or an "
+            f"iterator of batches, got {type(data).__name__}"
+        )
+        raise StageInterfaceError(msg)
+    for batch in data:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _length(data: Any) -> int | None:
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return int(data.shape[0])
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def _check_batch_size(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a positive integer, got {value!r}"
+        raise PolicyError(msg)
+    return value
+
+
+def _stage_batch_size(stage: Any, default: int | None, name: str) -> int:
+    own = getattr(stage, "batch_size", None)
+    if own is not None:
+        return _check_batch_size(own, f"batch_size of stage {name!r}")
+    return DEFAULT_BATCH_SIZE if default is None else default
+
+
+def _device_name(stage: Any) -> str:
+    device = getattr(stage, "device_", None)
+    return str(device) if device is not None else "cpu"
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        """Do nothing."""
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int | None) -> Iterator[Any]:
+    if not enabled:
+        yield _NoBar()
+        return
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # noqa: PLC0415 - optional
+    except ImportError as exc:  # pragma: no cover - tqdm ships with the example extra
+        msg = "progress=True needs tqdm: pip install 'cascademl[example]' (or tqdm)"
+        raise ImportError(msg) from exc
+    with tqdm(total=total, unit="sample", desc="cascade") as bar:
+        yield bar

@@ -1,0 +1,633 @@
+"""`TorchStage`: a pre-trained PyTorch image classifier as a cascade stage.
+
+A [`TorchStage`][cascademl.torch_stage.TorchStage] wraps any ``torch.nn.Module`` that maps
+images to logits, together with its own preprocessing (input size, interpolation, crop,
+mean and std), so stages with different input sizes run from the same source images. For
+timm models the preprocessing comes from timm's data config
+(``timm.data.resolve_model_data_config``); nothing is hard-coded. Device placement, batching,
+autocast and channels-last are delegated to [`cascademl.inference`][cascademl.inference].
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch's own convention
+from torch import nn
+
+from cascademl import inference
+from cascademl._typing import LabelArray, ProbaArray
+from cascademl.cost import count_flops
+from cascademl.exceptions import PolicyError, SerializationError, StageError, StageInterfaceError
+
+__all__ = ["CONFIG_FORMAT", "CONFIG_VERSION", "Interpolation", "Preprocessing", "TorchStage"]
+
+#: Interpolation modes for resizing.
+Interpolation: TypeAlias = Literal["nearest", "bilinear", "bicubic"]
+_INTERPOLATIONS: tuple[Interpolation, ...] = ("nearest", "bilinear", "bicubic")
+
+#: The ``"format"`` key of `TorchStage.to_config`.
+CONFIG_FORMAT = "cascademl.TorchStage"
+#: The ``"version"`` key of `TorchStage.to_config`; bumped on incompatible changes.
+CONFIG_VERSION = 1
+
+_UINT8_MAX = 255.0
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocessing:
+    """Turn a batch of source images into a model's input, on whatever device it is on.
+
+    Steps, in timm's evaluation order: ``uint8`` images are scaled to ``[0, 1]`` (float
+    inputs are taken as already in ``[0, 1]``); the shorter side is resized to
+    ``floor(size / crop_pct)`` and the centre cropped to ``input_size`` (with
+    ``crop_pct=1`` that is a plain resize, skipped when the size already matches); then
+    ``(x - mean) / std`` per channel.
+
+    Attributes:
+        input_size: ``(channels, height, width)`` the model takes, or ``None`` to keep the
+            source size (the channels are then not checked).
+        interpolation: ``"nearest"``, ``"bilinear"`` or ``"bicubic"`` (antialiased when
+            downsampling).
+        mean: per-channel mean, or ``None`` for no normalisation.
+        std: per-channel standard deviation, or ``None`` for no normalisation.
+        crop_pct: share of the resized image kept by the centre crop, in ``(0, 1]``.
+
+    Examples:
+        >>> prep = Preprocessing((3, 4, 4), "bilinear", (0.5,) * 3, (0.5,) * 3)
+        >>> prep(torch.full((2, 3, 8, 8), 255, dtype=torch.uint8)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    input_size: tuple[int, int, int] | None = None
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    crop_pct: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Validate and normalise the fields."""
+        if self.input_size is not None:
+            size = tuple(self.input_size)
+            if len(size) != 3 or not all(  # noqa: PLR2004 - (C, H, W)
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+            ):
+                msg = f"input_size must be (channels, height, width) > 0, got {self.input_size!r}"
+                raise PolicyError(msg)
+            object.__setattr__(self, "input_size", size)
+        if self.interpolation not in _INTERPOLATIONS:
+            msg = f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
+            raise PolicyError(msg)
+        if (self.mean is None) != (self.std is None):
+            msg = (
+                "mean and std must both be given or both be None, got "
+                f"mean={self.mean!r}, std={self.std!r}"
+            )
+            raise PolicyError(msg)
+        if self.mean is not None and self.std is not None:
+            mean = tuple(float(v) for v in self.mean)
+            std = tuple(float(v) for v in self.std)
+            if len(mean) != len(std) or any(not (s > 0) for s in std):
+                msg = f"std must be positive with one value per mean, got mean={mean}, std={std}"
+                raise PolicyError(msg)
+            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "std", std)
+        crop = float(self.crop_pct)
+        if not 0 < crop <= 1:
+            msg = f"crop_pct must be in (0, 1], got {self.crop_pct!r}"
+            raise PolicyError(msg)
+        object.__setattr__(self, "crop_pct", crop)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocess a batch of shape (n, c, h, w); returns float32 (n, *input_size).
+
+        The input is never modified; the ``uint8`` scaling and the normalisation are fused
+        into one multiply-add, done in place on intermediate tensors.
+        """
+        scale = 1.0 / _UINT8_MAX if x.dtype == torch.uint8 else 1.0
+        owned = x.dtype != torch.float32  # .float() below copies: ours to modify
+        x = x.float()
+        if self.input_size is not None:
+            channels, height, width = self.input_size
+            if x.shape[1] != channels:
+                msg = (
+                    f"the model takes {channels}-channel images, got {x.shape[1]} channels "
+                    f"(input shape {tuple(x.shape)})"
+                )
+                raise StageInterfaceError(msg)
+            x, resized = self._resize_crop(x, height, width)
+            owned = owned or resized
+        if self.mean is not None and self.std is not None:
+            if x.shape[1] != len(self.mean):
+                msg = f"mean has {len(self.mean)} values for {x.shape[1]}-channel images"
+                raise StageInterfaceError(msg)
+            # One fused multiply-add: x times scale/std, plus -mean/std.
+            factor = [scale / s for s in self.std]
+            shift = [-m / s for m, s in zip(self.mean, self.std, strict=True)]
+            factor_t = torch.tensor(factor, device=x.device).view(1, -1, 1, 1)
+            shift_t = torch.tensor(shift, device=x.device).view(1, -1, 1, 1)
+            if owned:
+                return x.mul_(factor_t).add_(shift_t)
+            return torch.addcmul(shift_t, x, factor_t)
+        if scale != 1.0:
+            return x.mul_(scale) if owned else x * scale
+        return x
+
+    def _resize_crop(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, bool]:
+        """Resize and crop; also say whether the result is a new tensor (not a view of x)."""
+        src_h, src_w = int(x.shape[-2]), int(x.shape[-1])
+        if self.crop_pct == 1.0:
+            if (src_h, src_w) == (height, width):
+                return x, False
+            return self._resize(x, height, width), True
+        scale_h = math.floor(height / self.crop_pct)
+        scale_w = math.floor(width / self.crop_pct)
+        if scale_h == scale_w:  # timm: resize the shorter side, keep the aspect ratio
+            factor = scale_h / min(src_h, src_w)
+            new_h = max(height, round(src_h * factor))
+            new_w = max(width, round(src_w * factor))
+        else:
+            new_h, new_w = scale_h, scale_w
+        resized = (new_h, new_w) != (src_h, src_w)
+        if resized:
+            x = self._resize(x, new_h, new_w)
+        top = (new_h - height) // 2
+        left = (new_w - width) // 2
+        return x[:, :, top : top + height, left : left + width], resized
+
+    def _resize(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if self.interpolation == "nearest":
+            return F.interpolate(x, size=(height, width), mode="nearest")
+        return F.interpolate(
+            x, size=(height, width), mode=self.interpolation, align_corners=False, antialias=True
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The preprocessing as JSON-able values."""
+        return {
+            "input_size": list(self.input_size) if self.input_size is not None else None,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+            "crop_pct": self.crop_pct,
+        }
+
+
+class TorchStage:
+    """A pre-trained ``torch.nn.Module`` image classifier, used as a cascade stage.
+
+    The stage is never fitted by a cascade (it has no ``fit``), and ``sklearn.base.clone``
+    returns it unchanged (``__sklearn_clone__``), so a trained network is never refit or
+    copied. ``predict_proba`` accepts tensors or numpy arrays of raw source images of shape
+    (n_samples, channels, height, width), ``uint8`` in ``[0, 255]`` or float in ``[0, 1]``,
+    preprocesses them for this model (see [`Preprocessing`][cascademl.torch_stage.Preprocessing])
+    and returns float64 softmax probabilities, ``batch_size`` samples per forward pass.
+
+    Preprocessing arguments left at ``None`` come from timm's data config when ``module`` is
+    a timm model (``timm.data.resolve_model_data_config``); for other modules ``None``
+    means no resize and no normalisation, and ``interpolation`` defaults to ``"bilinear"``.
+
+    Args:
+        module: maps a float tensor (n, c, h, w) to logits of shape (n, n_classes).
+        classes: array-like of shape (n_classes,), the label of each logit, in order.
+        input_size: ``(channels, height, width)`` of the model's input.
+        interpolation: ``"nearest"``, ``"bilinear"`` or ``"bicubic"``.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation.
+        crop_pct: centre-crop share, as in timm (``1.0`` is a plain resize).
+        batch_size: samples per forward pass; the streaming engine gathers escalated
+            samples into full batches of this size.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; resolved by
+            [`resolve_device`][cascademl.inference.resolve_device] on first use.
+        precision: ``"fp32"`` (default), or ``"bf16"``/``"fp16"`` autocast (CUDA; ``"bf16"``
+            also on CPU).
+        channels_last: run in channels-last memory format (faster convolutions on recent
+            GPUs).
+        cost_per_sample: this stage's cost for one sample, in any unit, for the
+            ``stage_cost`` of [`CascadeResult`][cascademl.CascadeResult]; e.g.
+            ``stage.flops_per_sample(images)``.
+
+    Attributes:
+        classes_: ndarray of shape (n_classes,).
+        preprocessing_: the resolved [`Preprocessing`][cascademl.torch_stage.Preprocessing].
+        device_: the resolved ``torch.device``, set on first use.
+        module_: the wrapped module, in eval mode on ``device_`` once used.
+
+    Raises:
+        PolicyError: for an invalid ``batch_size``, ``precision`` or preprocessing value.
+        StageInterfaceError: if ``module`` is not a ``torch.nn.Module`` or ``classes`` is
+            empty.
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+        >>> stage = TorchStage(net, classes=["cat", "dog"], input_size=(3, 8, 8),
+        ...                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device="cpu")
+        >>> stage.predict_proba(torch.rand(5, 3, 16, 16)).shape
+        (5, 2)
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        classes: Any,
+        input_size: tuple[int, int, int] | None = None,
+        interpolation: Interpolation | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        crop_pct: float | None = None,
+        batch_size: int = 64,
+        device: str | torch.device = "auto",
+        precision: inference.Precision = "fp32",
+        channels_last: bool = False,
+        cost_per_sample: float | None = None,
+    ) -> None:
+        if not isinstance(module, nn.Module):
+            msg = f"module must be a torch.nn.Module, got {type(module).__name__}"
+            raise StageInterfaceError(msg)
+        labels = np.asarray(classes)
+        if labels.ndim != 1 or labels.size == 0:
+            msg = f"classes must be a non-empty 1-d array-like, got shape {labels.shape}"
+            raise StageInterfaceError(msg)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            msg = f"batch_size must be a positive integer, got {batch_size!r}"
+            raise PolicyError(msg)
+        if precision not in inference.PRECISIONS:
+            msg = f"precision must be one of {inference.PRECISIONS}, got {precision!r}"
+            raise PolicyError(msg)
+        self.module = module
+        self.classes = classes
+        self.input_size = input_size
+        self.interpolation = interpolation
+        self.mean = mean
+        self.std = std
+        self.crop_pct = crop_pct
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self.cost_per_sample = cost_per_sample
+        self.classes_: LabelArray = labels
+        self.module_ = module
+        self.preprocessing_ = _resolve_preprocessing(
+            module,
+            input_size=input_size,
+            interpolation=interpolation,
+            mean=mean,
+            std=std,
+            crop_pct=crop_pct,
+        )
+        self._architecture: dict[str, Any] = {
+            "source": "module",
+            "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        }
+        self._flops: dict[tuple[int, ...], float] = {}
+        self._device: torch.device | None = None
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_timm(
+        cls,
+        name: str,
+        *,
+        num_classes: int,
+        pretrained: bool = False,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        classes: Any = None,
+        input_size: tuple[int, int, int] | None = None,
+        interpolation: Interpolation | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        crop_pct: float | None = None,
+        batch_size: int = 64,
+        device: str | torch.device = "auto",
+        precision: inference.Precision = "fp32",
+        channels_last: bool = False,
+        cost_per_sample: float | None = None,
+        **model_kwargs: Any,
+    ) -> TorchStage:
+        """Build a stage from a timm model name, with timm's preprocessing for it.
+
+        Args:
+            name: a timm model name, e.g. ``"resnet18"`` or ``"inception_v3"``.
+            num_classes: outputs of the classifier head.
+            pretrained: start from timm's pretrained weights (downloaded by timm into the
+                Hugging Face hub cache unless already there, or read from
+                ``checkpoint_path``); the head is re-initialised when ``num_classes``
+                differs from the pretrained one.
+            checkpoint_path: a local weights file. With ``pretrained=True`` it holds the
+                pretrained weights (no download); with ``pretrained=False`` it is a full
+                checkpoint of this architecture with ``num_classes`` outputs (e.g. a
+                fine-tuned model), loaded strictly.
+            classes: labels of the outputs; ``range(num_classes)`` by default.
+            input_size: overrides timm's input size, e.g. ``(3, 64, 64)``.
+            interpolation: overrides timm's interpolation.
+            mean: overrides timm's mean.
+            std: overrides timm's std.
+            crop_pct: overrides timm's crop share.
+            batch_size: samples per forward pass.
+            device: as for the class.
+            precision: as for the class.
+            channels_last: as for the class.
+            cost_per_sample: as for the class.
+            **model_kwargs: JSON-able keyword arguments for ``timm.create_model`` (e.g.
+                ``drop_rate``); ``None`` values are dropped, as timm does.
+
+        Returns:
+            The stage.
+
+        Raises:
+            ImportError: if timm is not installed.
+            StageError: if pretrained weights cannot be had offline: the message names the
+                ways out.
+            FileNotFoundError: if ``checkpoint_path`` does not exist.
+        """
+        timm = _import_timm()
+        kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
+        if checkpoint_path is not None and not os.path.isfile(checkpoint_path):  # noqa: PTH113
+            msg = f"checkpoint_path {os.fspath(checkpoint_path)!r} does not exist"
+            raise FileNotFoundError(msg)
+        create: dict[str, Any] = {"num_classes": num_classes, **kwargs}
+        if pretrained and checkpoint_path is not None:
+            create["pretrained_cfg_overlay"] = {"file": os.fspath(checkpoint_path)}
+        elif checkpoint_path is not None:
+            create["checkpoint_path"] = os.fspath(checkpoint_path)
+        try:
+            module = timm.create_model(name, pretrained=pretrained, **create)
+        except OSError as exc:
+            if not pretrained or checkpoint_path is not None:
+                raise
+            msg = (
+                f"pretrained weights for timm model {name!r} could not be loaded (no network, "
+                f"and not in the Hugging Face hub cache): {exc}. Ways out: pass "
+                "checkpoint_path='<local weights file>' with pretrained=True; pre-populate "
+                "the Hugging Face hub cache on a machine with network access (e.g. "
+                f"timm.create_model({name!r}, pretrained=True) there, then copy "
+                "~/.cache/huggingface/hub, or point HF_HUB_CACHE at it); or use "
+                "pretrained=False (random weights)"
+            )
+            raise StageError(msg) from exc
+        stage = cls(
+            module,
+            classes=np.arange(num_classes) if classes is None else classes,
+            input_size=input_size,
+            interpolation=interpolation,
+            mean=mean,
+            std=std,
+            crop_pct=crop_pct,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            cost_per_sample=cost_per_sample,
+        )
+        stage._architecture = {
+            "source": "timm",
+            "name": name,
+            "num_classes": num_classes,
+            "kwargs": kwargs,
+        }
+        return stage
+
+    # ----------------------------------------------------------------- inference
+    @property
+    def device_(self) -> torch.device:
+        """The resolved device; resolving it moves the module there (once)."""
+        if self._device is None:
+            device = inference.resolve_device(self.device)
+            inference.prepare_module(self.module_, device, channels_last=self.channels_last)
+            self._device = device
+        return self._device
+
+    def predict_proba_batched(self, X: Any) -> Iterator[ProbaArray]:
+        """Yield probabilities batch by batch, as CPU float64 arrays of shape (n_batch, n_classes).
+
+        Args:
+            X: tensor or numpy array of shape (n_samples, channels, height, width).
+        """
+        yield from inference.predict_proba_batched(
+            self.module_,
+            X,
+            batch_size=self.batch_size,
+            device=self.device_,
+            preprocess=self.preprocessing_,
+            n_classes=len(self.classes_),
+            precision=self.precision,
+            channels_last=self.channels_last,
+        )
+
+    def predict_proba(self, X: Any) -> ProbaArray:
+        """Class probabilities, float64 ndarray of shape (n_samples, n_classes).
+
+        Args:
+            X: tensor or numpy array of shape (n_samples, channels, height, width).
+
+        Raises:
+            StageInterfaceError: if ``X`` is not a batch of images with the right channels.
+            StageOutputError: if the module's output is not (n_samples, n_classes) logits.
+        """
+        parts = list(self.predict_proba_batched(X))
+        if not parts:
+            return np.empty((0, len(self.classes_)), dtype=np.float64)
+        return np.concatenate(parts)
+
+    def predict(self, X: Any) -> LabelArray:
+        """Most probable class per sample, ndarray of shape (n_samples,)."""
+        return np.asarray(self.classes_[np.argmax(self.predict_proba(X), axis=1)])
+
+    def flops_per_sample(self, example: Any) -> float:
+        """FLOPs of one sample (torch's flop counter), cached per source image shape.
+
+        Args:
+            example: tensor or numpy array (n, c, h, w); its first sample is run once.
+        """
+        x = inference.as_tensor(example, name="example")
+        key = tuple(int(v) for v in x.shape[1:])
+        if key not in self._flops:
+            self._flops[key] = count_flops(self, x[:1])
+        return self._flops[key]
+
+    # ----------------------------------------------------------------- sklearn
+    def __sklearn_clone__(self) -> TorchStage:
+        """Return this stage itself: a trained network is never copied or refit."""
+        return self
+
+    def __repr__(self) -> str:
+        """Name the model, classes and device."""
+        arch = self._architecture.get("name") or self._architecture["class"]
+        return (
+            f"TorchStage({arch}, classes={self.classes_.tolist()!r}, "
+            f"batch_size={self.batch_size}, device={str(self.device)!r})"
+        )
+
+    # ----------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's weights, as contiguous CPU tensors (ready for safetensors)."""
+        return inference.state_dict_to_cpu(self.module_)
+
+    def to_config(self) -> dict[str, Any]:
+        """Everything but the weights, as a JSON-able dict.
+
+        Keys (format version 1):
+
+        * ``"format"``: ``"cascademl.TorchStage"``; ``"version"``: ``1``;
+        * ``"architecture"``: ``{"source": "timm", "name": str, "num_classes": int,
+          "kwargs": dict}`` for stages built by `from_timm`, else
+          ``{"source": "module", "class": "package.module.ClassName"}`` (informative: the
+          module must be passed to `from_config`);
+        * ``"classes"``: list of labels (ints, floats, strings or bools);
+        * ``"preprocessing"``: ``{"input_size": [c, h, w] | null, "interpolation": str,
+          "mean": [float] | null, "std": [float] | null, "crop_pct": float}``, the
+          resolved values;
+        * ``"batch_size"``: int; ``"device"``: str (as given, e.g. ``"auto"``);
+          ``"precision"``: ``"fp32" | "bf16" | "fp16"``; ``"channels_last"``: bool;
+          ``"cost_per_sample"``: float | null.
+
+        Raises:
+            SerializationError: if a value (a class label or a timm keyword) is not JSON-able.
+        """
+        config: dict[str, Any] = {
+            "format": CONFIG_FORMAT,
+            "version": CONFIG_VERSION,
+            "architecture": self._architecture,
+            "classes": self.classes_.tolist(),
+            "preprocessing": self.preprocessing_.to_dict(),
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+            "precision": self.precision,
+            "channels_last": bool(self.channels_last),
+            "cost_per_sample": (
+                None if self.cost_per_sample is None else float(self.cost_per_sample)
+            ),
+        }
+        try:
+            return dict(json.loads(json.dumps(config)))
+        except (TypeError, ValueError) as exc:
+            msg = f"this TorchStage's config is not JSON-able: {exc}"
+            raise SerializationError(msg) from exc
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        module: nn.Module | None = None,
+        device: str | torch.device | None = None,
+    ) -> TorchStage:
+        """Rebuild a stage from `to_config` and `state_dict` output.
+
+        Args:
+            config: the dict from [`to_config`][cascademl.torch_stage.TorchStage.to_config].
+            state_dict: the weights from
+                [`state_dict`][cascademl.torch_stage.TorchStage.state_dict].
+            module: a freshly built module of the saved architecture; required unless the
+                stage came from timm (then it is rebuilt with ``pretrained=False``).
+            device: overrides the saved device (e.g. ``"cpu"`` to load a GPU stage here).
+
+        Returns:
+            The stage, with the saved weights loaded strictly.
+
+        Raises:
+            SerializationError: for another format or version, missing keys, a missing
+                ``module``, or weights that do not fit the architecture.
+        """
+        if config.get("format") != CONFIG_FORMAT or config.get("version") != CONFIG_VERSION:
+            msg = (
+                f"expected a config with format {CONFIG_FORMAT!r} version {CONFIG_VERSION}, "
+                f"got format {config.get('format')!r} version {config.get('version')!r}"
+            )
+            raise SerializationError(msg)
+        try:
+            arch = config["architecture"]
+            prep = config["preprocessing"]
+            if module is None:
+                if arch.get("source") != "timm":
+                    msg = (
+                        f"this stage wraps a {arch.get('class')!r} module: pass a freshly "
+                        "built one as module="
+                    )
+                    raise SerializationError(msg)
+                module = _import_timm().create_model(
+                    arch["name"],
+                    pretrained=False,
+                    num_classes=arch["num_classes"],
+                    **arch["kwargs"],
+                )
+            stage = cls(
+                module,
+                classes=np.asarray(config["classes"]),
+                input_size=None if prep["input_size"] is None else tuple(prep["input_size"]),
+                interpolation=prep["interpolation"],
+                mean=prep["mean"],
+                std=prep["std"],
+                crop_pct=prep["crop_pct"],
+                batch_size=config["batch_size"],
+                device=config["device"] if device is None else device,
+                precision=config["precision"],
+                channels_last=config["channels_last"],
+                cost_per_sample=config["cost_per_sample"],
+            )
+        except KeyError as exc:
+            msg = f"the TorchStage config lacks the key {exc.args[0]!r}"
+            raise SerializationError(msg) from exc
+        try:
+            module.load_state_dict(dict(state_dict), strict=True)
+        except RuntimeError as exc:
+            msg = f"the saved weights do not fit the {type(module).__name__} module: {exc}"
+            raise SerializationError(msg) from exc
+        stage._architecture = dict(arch)
+        return stage
+
+
+def _import_timm() -> Any:
+    if importlib.util.find_spec("timm") is None:  # pragma: no cover - timm is in the dev env
+        msg = "timm models need timm: pip install 'cascademl[timm]'"
+        raise ImportError(msg)
+    import timm  # noqa: PLC0415 - optional dependency
+    import timm.data  # noqa: PLC0415 - optional dependency
+
+    return timm
+
+
+def _resolve_preprocessing(
+    module: nn.Module,
+    *,
+    input_size: tuple[int, int, int] | None,
+    interpolation: Interpolation | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    crop_pct: float | None,
+) -> Preprocessing:
+    defaults: dict[str, Any] = {}
+    if isinstance(getattr(module, "pretrained_cfg", None), Mapping):
+        cfg = _import_timm().data.resolve_model_data_config(module)
+        defaults = {
+            "input_size": tuple(cfg["input_size"]),
+            "interpolation": cfg["interpolation"]
+            if cfg["interpolation"] in _INTERPOLATIONS
+            else "bilinear",
+            "mean": tuple(cfg["mean"]),
+            "std": tuple(cfg["std"]),
+            "crop_pct": cfg.get("crop_pct", 1.0),
+        }
+    return Preprocessing(
+        input_size=input_size if input_size is not None else defaults.get("input_size"),
+        interpolation=(
+            interpolation
+            if interpolation is not None
+            else defaults.get("interpolation", "bilinear")
+        ),
+        mean=tuple(mean) if mean is not None else defaults.get("mean"),
+        std=tuple(std) if std is not None else defaults.get("std"),
+        crop_pct=crop_pct if crop_pct is not None else defaults.get("crop_pct", 1.0),
+    )

@@ -1,0 +1,56 @@
+"""Fixtures for the leukemia example: a small synthetic 4-class image folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("Benign", "Early", "Pre", "Pro")
+# Stain-like colours (dark enough in every channel for Macenko) and blob radii per class.
+COLOURS = {
+    "Benign": (120, 40, 150),
+    "Early": (60, 60, 170),
+    "Pre": (150, 60, 90),
+    "Pro": (90, 120, 60),
+}
+RADII = {"Benign": 14, "Early": 9, "Pre": 6, "Pro": 11}
+PER_CLASS = 12
+SIZE = 48
+
+
+def blob_image(label: str, index: int, size: int = SIZE) -> np.ndarray:
+    """A light background with one coloured disc whose colour and size depend on the class."""
+    rng = np.random.default_rng([CLASSES.index(label), index])
+    image = np.full((size, size, 3), 232, dtype=np.float32) + rng.normal(0, 4, (size, size, 3))
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= RADII[label] ** 2
+    image[disc] = np.array(COLOURS[label]) + rng.normal(0, 6, (int(disc.sum()), 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_leukemia_folder(root: Path, per_class: int = PER_CLASS) -> Path:
+    """Write ``root/<class>/<class>-NNN.png``; file 002 of Pro duplicates file 001."""
+    for label in CLASSES:
+        folder = root / label
+        folder.mkdir(parents=True)
+        for index in range(1, per_class + 1):
+            Image.fromarray(blob_image(label, index)).save(folder / f"{label}-{index:03d}.png")
+    shutil.copyfile(root / "Pro" / "Pro-001.png", root / "Pro" / "Pro-002.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def leukemia_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention synthetic dataset shared by the tests."""
+    return make_leukemia_folder(tmp_path_factory.mktemp("leukemia") / "data")
+
+
+@pytest.fixture
+def leukemia_copy(leukemia_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the synthetic dataset that a test may damage."""
+    return Path(shutil.copytree(leukemia_root, tmp_path / "data"))

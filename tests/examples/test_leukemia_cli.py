@@ -1,0 +1,141 @@
+"""The smoke preset end to end: train, tune, evaluate, save, load, predict (on CPU)."""
+
+import csv
+import io
+import json
+import logging
+from contextlib import redirect_stdout
+
+import pytest
+from examples.leukemia.__main__ import main
+from examples.leukemia.pipeline import load_predictor
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, leukemia_root):
+    out = tmp_path_factory.mktemp("smoke-run")
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        status = main(
+            [
+                "run",
+                "--data-root",
+                str(leukemia_root),
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+    assert status == 0
+    return out, buffer.getvalue()
+
+
+def test_run_writes_the_results_folder(smoke_run):
+    out, printed = smoke_run
+    assert "cascade accuracy" in printed
+    for name in (
+        "split.csv",
+        "metrics.json",
+        "report.md",
+        "cascade/cascade.json",
+        "cascade/leukemia.json",
+        "figures/frontier.png",
+        "figures/per-class.png",
+        "figures/summary.png",
+        "figures/confusion-Cascade.png",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"Cascade", "TestResNet", "TestEfficientNet"}
+    assert sum(metrics["exit_counts"].values()) == sum(metrics["split_counts"]["test"].values())
+    assert 0 <= metrics["test"]["Cascade"]["accuracy"] <= 1
+    report = (out / "report.md").read_text()
+    assert "| Metric | Cascade | TestResNet | TestEfficientNet | Paper: Cascade |" in report
+    assert "## McNemar's test" in report
+
+
+def test_rerun_reuses_split_and_checkpoints(smoke_run, leukemia_root, caplog):
+    out, _ = smoke_run
+    before = (out / "split.csv").read_text()
+    with caplog.at_level(logging.INFO), redirect_stdout(io.StringIO()):
+        assert (
+            main(
+                [
+                    "run",
+                    "--data-root",
+                    str(leukemia_root),
+                    "--preset",
+                    "smoke",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+    assert (out / "split.csv").read_text() == before
+    assert "reusing split" in caplog.text
+    assert "after epoch 1" in caplog.text  # resumed or reused, not retrained
+
+
+def test_saved_cascade_loads_and_predicts(smoke_run, leukemia_root, tmp_path):
+    out, _ = smoke_run
+    predictor = load_predictor(out / "cascade")
+    assert predictor.cascade.classes_.tolist() == ["Benign", "Early", "Pre", "Pro"]
+    csv_file = tmp_path / "pred.csv"
+    status = main(
+        [
+            "predict",
+            "--model",
+            str(out / "cascade"),
+            str(leukemia_root / "Pre"),
+            str(leukemia_root / "Benign" / "Benign-001.png"),
+            "--output",
+            str(csv_file),
+        ]
+    )
+    assert status == 0
+    rows = list(csv.DictReader(csv_file.read_text().splitlines()))
+    assert list(rows[0]) == ["path", "label", "confidence", "exit_stage"]
+    assert len(rows) == 13
+    stage_names = {"TestResNet", "TestEfficientNet"}
+    for row in rows:
+        assert row["label"] in {"Benign", "Early", "Pre", "Pro"}
+        assert 0 < float(row["confidence"]) <= 1
+        assert row["exit_stage"] in stage_names
+
+
+def test_evaluate_saves_metrics(smoke_run, leukemia_root, tmp_path):
+    out, _ = smoke_run
+    target = tmp_path / "eval.json"
+    with redirect_stdout(io.StringIO()) as printed:
+        status = main(
+            [
+                "evaluate",
+                "--model",
+                str(out / "cascade"),
+                "--data-root",
+                str(leukemia_root),
+                "--output",
+                str(target),
+            ]
+        )
+    assert status == 0
+    result = json.loads(target.read_text())
+    assert result["n_images"] == 48
+    assert "accuracy" in printed.getvalue()
+
+
+def test_predict_names_a_corrupt_image(smoke_run, tmp_path, caplog):
+    out, _ = smoke_run
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", "--model", str(out / "cascade"), str(bad)]) == 2
+    assert "bad.png" in caplog.text
+
+
+def test_missing_model_folder_is_named(tmp_path, caplog):
+    assert main(["predict", "--model", str(tmp_path / "nothing"), str(tmp_path)]) == 2
+    assert "leukemia.json" in caplog.text

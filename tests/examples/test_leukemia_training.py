@@ -1,0 +1,239 @@
+import dataclasses
+import shutil
+
+import huggingface_hub
+import numpy as np
+import pytest
+import timm
+import torch
+from examples.leukemia import data, presets, training, transforms
+
+
+@pytest.fixture(scope="module")
+def split(leukemia_root):
+    return data.split_dataset(data.scan_dataset(leukemia_root), seed=0)
+
+
+@pytest.fixture(scope="module")
+def images(split):
+    return transforms.load_images(split, size=32)
+
+
+def _datasets(split, images, model, *, double=True):
+    prep = transforms.preprocessing_for(model, 32)
+    train = transforms.ImageArrayDataset(
+        images.subset(split, "train"),
+        split.targets("train"),
+        prep,
+        augment=transforms.build_augmentation(),
+        double=double,
+    )
+    val = transforms.ImageArrayDataset(images.subset(split, "val"), split.targets("val"), prep)
+    return train, val
+
+
+CONFIG = training.TrainConfig(epochs=1, batch_size=8, lr=3e-3, warmup_epochs=0.0, seed=1)
+
+
+def test_tiny_model_trains_one_epoch(split, images, tmp_path):
+    model = training.create_backbone("test_resnet", seed=0)
+    train, val = _datasets(split, images, model)
+    weights = training.class_weights(split.targets("train"), 4)
+    result = training.train_model(
+        model, train, val, config=CONFIG, out_dir=tmp_path, weights=weights
+    )
+    assert len(result.history) == 1
+    stats = result.history[0]
+    assert np.isfinite(stats.train_loss)
+    assert 0.0 <= stats.val_acc <= 1.0
+    assert stats.seconds > 0
+    assert (tmp_path / training.CHECKPOINT_NAME).is_file()
+    assert (tmp_path / training.BEST_NAME).is_file()
+    proba = training.predict_proba(result.model, val)
+    assert proba.shape == (len(val), 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+class SimulatedCrashError(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(split, images, tmp_path):
+    config = dataclasses.replace(CONFIG, epochs=2, patience=5)
+
+    def fresh():
+        model = training.create_backbone("test_resnet", seed=0)
+        return (model, *_datasets(split, images, model))
+
+    model, train, val = fresh()
+    reference = training.train_model(
+        model, train, val, config=config, out_dir=tmp_path / "straight"
+    )
+
+    def stop_after_first(stats):
+        if stats.epoch == 1:
+            raise SimulatedCrashError
+
+    model, train, val = fresh()
+    with pytest.raises(SimulatedCrashError):
+        training.train_model(
+            model,
+            train,
+            val,
+            config=config,
+            out_dir=tmp_path / "resumed",
+            on_epoch_end=stop_after_first,
+        )
+    seen = []
+    model, train, val = fresh()
+    resumed = training.train_model(
+        model, train, val, config=config, out_dir=tmp_path / "resumed", on_epoch_end=seen.append
+    )
+    assert resumed.resumed_from == 1
+    assert [s.epoch for s in seen] == [2]
+    assert [s.epoch for s in resumed.history] == [1, 2]
+    assert resumed.best_epoch == reference.best_epoch
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
+    again = []
+    model, train, val = fresh()
+    finished = training.train_model(
+        model, train, val, config=config, out_dir=tmp_path / "resumed", on_epoch_end=again.append
+    )
+    assert again == []
+    assert finished.resumed_from == 2
+    assert len(finished.history) == 2
+
+
+def test_checkpoint_from_other_settings_is_refused(split, images, tmp_path):
+    model = training.create_backbone("test_resnet", seed=0)
+    train, val = _datasets(split, images, model)
+    training.train_model(model, train, val, config=CONFIG, out_dir=tmp_path)
+    other = dataclasses.replace(CONFIG, lr=1e-4)
+    with pytest.raises(training.CheckpointMismatchError, match="other settings"):
+        training.train_model(model, train, val, config=other, out_dir=tmp_path)
+
+
+def test_pretrained_unavailable_names_the_ways_out(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    real_create = timm.create_model
+
+    def offline_create(name, pretrained=False, **kwargs):
+        if pretrained and "pretrained_cfg_overlay" not in kwargs:
+            pytest.fail("create_backbone tried to download weights")
+        return real_create(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline_create)
+    with pytest.raises(training.PretrainedWeightsUnavailableError) as caught:
+        training.create_backbone("test_resnet", pretrained=True)
+    message = str(caught.value)
+    assert "--no-pretrained" in message
+    assert "--checkpoint test_resnet=PATH" in message
+    assert "huggingface-cli download timm/test_resnet" in message
+
+
+def test_pretrained_from_a_local_checkpoint(tmp_path):
+    source = timm.create_model("test_resnet", pretrained=False)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    model = training.create_backbone("test_resnet", pretrained=True, checkpoint=path)
+    loaded, original = model.state_dict(), source.state_dict()
+    backbone_keys = [k for k in original if not k.startswith("fc.")]
+    assert backbone_keys
+    for key in backbone_keys:
+        torch.testing.assert_close(loaded[key], original[key], msg=key)
+    assert model.get_classifier().out_features == 4
+    with pytest.raises(FileNotFoundError, match="missing"):
+        training.create_backbone("test_resnet", pretrained=True, checkpoint=tmp_path / "missing")
+
+
+def test_class_weights_are_balanced():
+    weights = training.class_weights([0, 0, 0, 1, 2, 3], 4)
+    torch.testing.assert_close(weights, torch.tensor([0.5, 1.5, 1.5, 1.5]))
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        training.class_weights([0, 1, 2], 4)
+
+
+def test_stain_reference_is_fitted_on_training_images_only(split, tmp_path):
+    train_paths = {row.path for row in split.select("train")}
+    normalizer = transforms.fit_stain_normalizer(split, size=32, per_class=2, seed=0)
+    assert normalizer.fitted
+    assert len(normalizer.reference_paths) == 8
+    assert set(normalizer.reference_paths) <= train_paths
+
+    damaged = tmp_path / "data"
+    shutil.copytree(split.root, damaged)
+    for row in split.select("val") + split.select("test"):
+        (damaged / row.path).write_bytes(b"")
+    moved = dataclasses.replace(split, root=damaged)
+    refit = transforms.fit_stain_normalizer(moved, size=32, per_class=2, seed=0)
+    assert refit.he_ref == normalizer.he_ref
+    assert refit.max_c_ref == normalizer.max_c_ref
+
+
+def test_stain_normalization_is_cached_and_falls_back(split, tmp_path, monkeypatch):
+    normalizer = transforms.fit_stain_normalizer(split, size=32)
+    white = np.full((32, 32, 3), 250, np.uint8)
+    same, reason = normalizer.transform(white)
+    assert reason is not None
+    assert "stained pixels" in reason
+    np.testing.assert_array_equal(same, white)
+
+    first = transforms.load_images(split, size=32, normalizer=normalizer, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("stain-*.npy"))) == 1
+    assert first.images.shape == (len(split.rows), 32, 32, 3)
+
+    def fail(image):
+        pytest.fail("the cache was not used")
+
+    monkeypatch.setattr(normalizer, "transform", fail)
+    second = transforms.load_images(split, size=32, normalizer=normalizer, cache_dir=tmp_path)
+    np.testing.assert_array_equal(second.images, first.images)
+
+    restored = transforms.StainNormalizer.from_dict(normalizer.to_dict())
+    assert restored.fingerprint() == normalizer.fingerprint()
+
+
+def test_doubling_serves_plain_then_augmented(split, images):
+    model = training.create_backbone("test_resnet", seed=0)
+    train, _ = _datasets(split, images, model)
+    plain, _ = _datasets(split, images, model, double=False)
+    count = len(split.select("train"))
+    assert len(train) == 2 * count
+    first, label = train[0]
+    assert first.shape == (3, 32, 32)
+    assert label == train[count][1]
+    torch.testing.assert_close(first, train[0][0])
+    torch.manual_seed(0)
+    assert not torch.equal(train[count][0], first)
+    assert len(plain) == count
+
+
+def test_presets_and_overrides():
+    cpu = presets.get_preset("cpu", ["epochs=2", "resnet50.lr=5e-4", "amp=false"])
+    assert cpu.epochs == 2
+    assert cpu.amp is False
+    assert cpu.backbone("ResNet50").lr == 5e-4
+    assert presets.CPU.backbone("resnet50").lr != 5e-4
+    assert not cpu.pretrained
+    paper = presets.PAPER
+    assert paper.backbone("inception_v3").image_size == 299
+    assert {s.image_size for s in paper.backbones if s.timm_name != "inception_v3"} == {224}
+    assert paper.pretrained
+    subset = presets.PAPER.with_overrides(backbones="densenet201,resnet50", group_block="20")
+    assert [s.timm_name for s in subset.backbones] == ["densenet201", "resnet50"]
+    assert subset.group_block == 20
+    assert presets.SMOKE.with_overrides(group_block="none").group_block is None
+    config = cpu.train_config(cpu.backbone("vgg19_bn"))
+    assert config.epochs == cpu.backbone("vgg19_bn").epochs
+    assert config.amp is False
+    with pytest.raises(KeyError, match="no setting"):
+        presets.CPU.with_overrides(epoch="3")
+    with pytest.raises(KeyError, match="no backbone"):
+        presets.CPU.with_overrides({"alexnet.lr": "1"})
+    with pytest.raises(ValueError, match="key=value"):
+        presets.parse_overrides(["epochs"])
+    with pytest.raises(ValueError, match="cannot read"):
+        presets.CPU.with_overrides(epochs="many")

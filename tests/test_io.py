@@ -1,0 +1,203 @@
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import GaussianNB
+from sklearn.tree import DecisionTreeClassifier
+
+from cascademl import CascadeClassifier, ConfidencePolicy, NotFittedError, SerializationError
+from cascademl.calibration import TemperatureScaledStage, with_temperatures
+from cascademl.io import CONFIG_FILE, TENSORS_FILE, load_cascade, save_cascade
+from cascademl.torch_stage import TorchStage
+from strategies import TableStage
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return X, y
+
+
+def _sklearn_cascade(X, labels, **kwargs):
+    return CascadeClassifier(
+        [
+            ("nb", GaussianNB()),
+            ("tree", DecisionTreeClassifier(max_depth=3, random_state=0)),
+            ("lr", LogisticRegression(max_iter=500)),
+        ],
+        policy=ConfidencePolicy("margin", (0.8, math.inf)),
+        escalation_weight=[0.3, 0.6, 1.0],
+        batch_size=17,
+        reject_threshold=0.7,
+        **kwargs,
+    ).fit(X, labels)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array(["setosa", "versicolor", "virginica"]),
+        np.array([10, 20, 30], dtype=np.int32),
+        np.array([-1, 0, 1], dtype=np.int64),
+        np.array([0.5, 1.5, 2.5]).astype(int),
+    ],
+)
+def test_sklearn_round_trip_is_identical(tmp_path, iris, labels):
+    X, y = iris
+    cascade = _sklearn_cascade(X, labels[y])
+    save_cascade(cascade, tmp_path / "saved")
+    loaded = load_cascade(tmp_path / "saved", allow_pickle=True)
+    before, after = cascade.route(X), loaded.route(X)
+    np.testing.assert_array_equal(after.labels, before.labels)
+    assert after.labels.dtype == before.labels.dtype
+    np.testing.assert_array_equal(after.proba, before.proba)
+    np.testing.assert_array_equal(after.exit_stage, before.exit_stage)
+    assert loaded.classes_.dtype == cascade.classes_.dtype
+    assert loaded.policy_ == cascade.policy_
+    assert loaded.escalation_weight == [0.3, 0.6, 1.0]
+    assert loaded.batch_size == 17
+    assert loaded.reject_threshold == 0.7
+    assert loaded.n_features_in_ == 4
+    assert list(loaded.named_stages_) == ["nb", "tree", "lr"]
+    np.testing.assert_array_equal(
+        loaded.predict_or_abstain(X).astype(str), cascade.predict_or_abstain(X).astype(str)
+    )
+
+
+def test_loading_pickled_stages_needs_allow_pickle(tmp_path, iris, monkeypatch):
+    X, y = iris
+    save_cascade(_sklearn_cascade(X, y), tmp_path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("unpickled without allow_pickle")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    with pytest.raises(SerializationError, match="allow_pickle=True") as info:
+        load_cascade(tmp_path)
+    assert "stage_0.pkl" in str(info.value)
+
+
+def test_temperature_stages_round_trip(tmp_path, iris):
+    X, y = iris
+    calibrated = with_temperatures(_sklearn_cascade(X, y), [2.0, 0.5, 1.25], X, y)
+    save_cascade(calibrated, tmp_path)
+    loaded = load_cascade(tmp_path, allow_pickle=True)
+    assert [s.temperature for s in loaded.stages_] == [2.0, 0.5, 1.25]
+    assert all(isinstance(s, TemperatureScaledStage) for s in loaded.stages_)
+    np.testing.assert_array_equal(loaded.predict_proba(X), calibrated.predict_proba(X))
+
+
+def _net(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+
+
+def test_torch_stages_round_trip_without_unpickling(tmp_path, monkeypatch):
+    images = torch.rand(20, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    stages = [
+        (
+            name,
+            TorchStage(_net(i), classes=["a", "b", "c"], device="cpu", cost_per_sample=i + 1.0),
+        )
+        for i, name in enumerate(["small", "big"])
+    ]
+    cascade = CascadeClassifier(stages, policy=ConfidencePolicy("max_proba", 0.5)).fit(
+        images, np.array(["a", "b", "c"] * 6 + ["a", "b"])
+    )
+    calibrated = with_temperatures(cascade, [1.5, 1.0], images, ["a"] * 20)
+    save_cascade(calibrated, tmp_path)
+    assert (tmp_path / TENSORS_FILE).is_file()
+    assert not list(tmp_path.glob("*.pkl"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("unpickled")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    modules = {"small": _net(100), "big": _net(200)}  # fresh weights, overwritten on load
+    loaded = load_cascade(tmp_path, modules=modules, device="cpu")
+    np.testing.assert_array_equal(loaded.predict_proba(images), calibrated.predict_proba(images))
+    np.testing.assert_array_equal(loaded.predict(images), calibrated.predict(images))
+    assert loaded.stages_[1].stage.cost_per_sample == 2.0
+    with pytest.raises(SerializationError, match="module="):
+        load_cascade(tmp_path)
+
+
+def test_corrupt_and_mismatched_files(tmp_path, iris):
+    X, y = iris
+    save_cascade(_sklearn_cascade(X, y), tmp_path)
+    config_path = tmp_path / CONFIG_FILE
+    original = config_path.read_text()
+
+    config = json.loads(original)
+    config["format_version"] = 99
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SerializationError, match="format_version 99") as info:
+        load_cascade(tmp_path, allow_pickle=True)
+    assert CONFIG_FILE in str(info.value)
+
+    config_path.write_text(original[:50])
+    with pytest.raises(SerializationError, match="not valid JSON"):
+        load_cascade(tmp_path, allow_pickle=True)
+
+    config = json.loads(original)
+    del config["params"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SerializationError, match="missing key 'params'"):
+        load_cascade(tmp_path, allow_pickle=True)
+
+    config = json.loads(original)
+    config["format"] = "something else"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SerializationError, match="not a saved cascade"):
+        load_cascade(tmp_path, allow_pickle=True)
+
+    config_path.write_text(original)
+    pkl = tmp_path / "stage_1.pkl"
+    pkl.write_bytes(pkl.read_bytes()[:-10])
+    with pytest.raises(SerializationError, match="checksum") as info:
+        load_cascade(tmp_path, allow_pickle=True)
+    assert "stage_1.pkl" in str(info.value)
+
+    pkl.unlink()
+    with pytest.raises(SerializationError, match="missing"):
+        load_cascade(tmp_path, allow_pickle=True)
+
+    with pytest.raises(SerializationError, match="not found"):
+        load_cascade(tmp_path / "nowhere")
+
+
+def test_corrupt_tensors_file(tmp_path):
+    images = torch.rand(6, 3, 4, 4)
+    stage = TorchStage(_net(0), classes=[0, 1, 2], device="cpu")
+    cascade = CascadeClassifier([("only", stage)]).fit(images, [0, 1, 2, 0, 1, 2])
+    save_cascade(cascade, tmp_path)
+    tensors = tmp_path / TENSORS_FILE
+    tensors.write_bytes(b"garbage")
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    config["files"][TENSORS_FILE] = __import__("hashlib").sha256(b"garbage").hexdigest()
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SerializationError, match="unreadable safetensors") as info:
+        load_cascade(tmp_path, modules={"only": _net(1)})
+    assert TENSORS_FILE in str(info.value)
+
+
+def test_save_errors(tmp_path, iris):
+    X, y = iris
+    with pytest.raises(NotFittedError):
+        save_cascade(CascadeClassifier([("nb", GaussianNB())]), tmp_path)
+    cascade = _sklearn_cascade(X, y)
+    save_cascade(cascade, tmp_path)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_cascade(cascade, tmp_path)
+    save_cascade(cascade, tmp_path, overwrite=True)
+    table = np.full((3, 2), 0.5)
+    custom = CascadeClassifier([("t", TableStage(table, np.array([0, 1])))]).fit(
+        np.arange(3).reshape(-1, 1), [0, 1, 0]
+    )
+    with pytest.raises(SerializationError, match="cannot be saved"):
+        save_cascade(custom, tmp_path / "custom")
