@@ -466,7 +466,7 @@ def _order_and_tune(
     classes: np.ndarray[Any, Any],
     order: str,
     max_cost_ratio: float,
-) -> tuple[tuple[int, ...], float, TuningResult, CascadeClassifier]:
+) -> tuple[tuple[int, ...], float | None, TuningResult, CascadeClassifier]:
     """Order the stages and tune the thresholds on validation probabilities (no test data)."""
     if order == "accuracy":
         ordering = order_by_accuracy(val_proba, y_val, classes=classes)
@@ -478,15 +478,14 @@ def _order_and_tune(
     ordered = CascadeClassifier(
         [stages[i] for i in ordering], policy=ConfidencePolicy(thresholds=0.0)
     ).fit(x_val, y_val)
-    budget = max_cost_ratio * float(sum(flops))
-    first = flops[ordering[0]]
-    if budget < first:
+    budget: float | None = max_cost_ratio * float(sum(flops))
+    if budget is not None and budget < flops[ordering[0]]:
         logger.warning(
-            "a budget of %.0f%% of all backbones is below the first stage's own cost; "
-            "tuning under the first stage's cost instead",
+            "a budget of %.0f%% of all backbones is below the first stage's own cost in this "
+            "order; tuning for the best validation accuracy without a budget instead",
             100 * max_cost_ratio,
         )
-        budget = first
+        budget = None
     tuning: TuningResult = tune_thresholds(
         val_proba[list(ordering)],
         y_val,
@@ -557,6 +556,12 @@ def _report_sections(
         )
     order = " -> ".join(payload["order"])
     thresholds = ", ".join(f"{t:.4g}" for t in payload["thresholds"])
+    budget = payload["tuning"]["budget_flops"]
+    objective = (
+        f"the best validation accuracy at a mean cost of at most {budget / 1e9:.3f} GFLOPs"
+        if budget is not None
+        else "the best validation accuracy (no budget: the first stage alone exceeds it)"
+    )
     exits = ", ".join(f"{k}: {v}" for k, v in payload["exit_counts"].items())
     cost = payload["cost"]
     val_lines = "\n".join(f"- {k}: {v:.2%}" for k, v in payload["val_accuracy"].items())
@@ -571,6 +576,8 @@ def _report_sections(
         (
             f"- exact-duplicate groups: {len(payload['exact_duplicate_groups'])} (kept on one "
             "side of the split, with near duplicates, by grouping)"
+            if scan is not None
+            else "- the split was reused from split.csv (duplicates were grouped when it was made)"
         ),
         (
             "- stain normalization fell back to the original image for "
@@ -579,12 +586,10 @@ def _report_sections(
         f"- skipped files: {len(skipped)}"
         + "".join(f"\n  - {s['path']}: {s['reason']}" for s in skipped),
     ]
-    if scan is None:
-        data_notes.append("- the split was reused from split.csv")
     return {
         "Cascade": (
             f"Order (least accurate on validation first, as in the paper): {order}.\n\n"
-            f"Thresholds (max probability, tuned on validation): {thresholds}.\n\n"
+            f"Thresholds (max probability), tuned for {objective}: {thresholds}.\n\n"
             f"Test accuracy {cascade.accuracy:.2%} (95% bootstrap CI {low:.2%}-{high:.2%}), "
             f"MCC {cascade.mcc:.4f}, kappa {cascade.kappa:.4f}. Best single backbone: "
             f"{best_name}, {metrics[best_name].accuracy:.2%}. All backbones averaged: "
@@ -603,7 +608,13 @@ def _report_sections(
             + "\n```"
         ),
         "Data": "\n".join(split_lines) + "\n\n" + "\n".join(data_notes),
-        "Run": f"Wall time {payload['seconds'] / 60:.1f} min on {payload['device']}.",
+        "Run": (
+            f"Wall time of this invocation {payload['seconds'] / 60:.1f} min on "
+            f"{payload['device']}; training time of the backbones, summed over every epoch "
+            "(including epochs of an earlier, interrupted or finished run that this one "
+            f"reused): {sum(t['train_seconds'] for t in payload['training'].values()) / 60:.1f}"
+            " min."
+        ),
     }
 
 
