@@ -133,7 +133,7 @@ def _train_one(
     device: str,
     checkpoints: Mapping[str, str],
     progress: bool,
-) -> tuple[TrainResult, Any]:
+) -> TrainResult:
     checkpoint = checkpoints.get(spec.timm_name) or checkpoints.get(spec.name)
     model = create_backbone(
         spec.timm_name,
@@ -152,7 +152,7 @@ def _train_one(
         double=preset.doubling,
     )
     val_set = ImageArrayDataset(images.subset(manifest, "val"), manifest.targets("val"), prep)
-    result = train_model(
+    return train_model(
         model,
         train_set,
         val_set,
@@ -163,7 +163,6 @@ def _train_one(
         fingerprint=_fingerprint(preset, spec, manifest, stain),
         progress=progress,
     )
-    return result, prep
 
 
 def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: str) -> TorchStage:
@@ -432,7 +431,7 @@ def _train_all(
     training: dict[str, Any] = {}
     for spec in preset.backbones:
         logger.info("training %s (%s @ %d px)", spec.name, spec.timm_name, spec.image_size)
-        result, _ = _train_one(
+        result = _train_one(
             spec,
             preset,
             manifest,
