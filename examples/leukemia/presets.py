@@ -263,19 +263,20 @@ PAPER: Final = Preset(
 CPU: Final = Preset(
     name="cpu",
     backbones=(
-        BackboneSpec("InceptionV3", "inception_v3", 80, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("InceptionV3", "inception_v3", 96, lr=2e-3, drop_rate=0.2),
         BackboneSpec("EfficientNetB0", "efficientnet_b0", 64, lr=3e-3, drop_rate=0.2),
-        BackboneSpec("VGG19", "vgg19_bn", 64, lr=5e-4, drop_rate=0.3, epochs=3),
-        BackboneSpec("ResNet50", "resnet50", 64, lr=2e-3, drop_rate=0.2),
-        BackboneSpec("DenseNet201", "densenet201", 64, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("VGG19", "vgg19_bn", 48, lr=5e-4, drop_rate=0.3, epochs=4),
+        BackboneSpec("ResNet50", "resnet50", 80, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("DenseNet201", "densenet201", 80, lr=2e-3, drop_rate=0.2),
     ),
     pretrained=False,
-    epochs=6,
-    patience=3,
+    epochs=8,
+    patience=5,
     warmup_epochs=0.3,
     amp=True,
     channels_last=True,
 )
+
 
 SMOKE: Final = Preset(
     name="smoke",
