@@ -5,7 +5,8 @@
   Macenko stain normalization. Meant for a GPU.
 * ``cpu``: the same experiment from scratch, sized to finish (five backbones trained and
   evaluated, plus the cascade) within 60 minutes on a 2-core CPU. Sizes, batch sizes and
-  epochs come from ``benchmarks/leukemia_epoch_time.py`` (see :data:`CPU_BUDGET`).
+  epochs were sized with ``benchmarks/leukemia_epoch_time.py`` and checked against a
+  full run's logged epoch times (see :data:`CPU_BUDGET`).
 * ``smoke``: tiny timm ``test_*`` models at 32 px, a few images per class, one epoch;
   for tests.
 
@@ -229,20 +230,23 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     return parsed
 
 
-#: Measured with ``python benchmarks/leukemia_epoch_time.py --bf16 --channels-last``
-#: on the 2-core development machine (Xeon with AMX, torch 2.14, 2 threads, idle): seconds
-#: per doubled training epoch (2 x 2,284 images) plus one validation pass, at the
-#: ``cpu`` preset's sizes and batch sizes. With the preset's epochs this is about 40 min
-#: of training, plus ~3 min of stain normalization (cached afterwards) and evaluation.
+#: Seconds per doubled training epoch (2 x 2,284 images) plus one validation pass, at the
+#: ``cpu`` preset's sizes and batch sizes, times its epochs: the per-epoch times logged by
+#: ``python -m examples.leukemia run --preset cpu`` on the 2-core development machine
+#: (Xeon with AMX, torch 2.14.1, bf16, channels-last, shared with light work), see
+#: ``docs/examples/leukemia.md``. About 45 min of training, plus about 1 min of splitting
+#: and stain normalization (cached afterwards) and 2 min of evaluation. Size a new preset
+#: with ``python benchmarks/leukemia_epoch_time.py --bf16 --channels-last`` first.
 CPU_BUDGET: Final[Mapping[str, float]] = types.MappingProxyType(
     {
-        "efficientnet_b0 @64 x6": 6 * 50.0,
-        "inception_v3 @80 x6": 6 * 66.0,
-        "vgg19_bn @64 x3": 3 * 266.0,
-        "resnet50 @64 x6": 6 * 75.0,
-        "densenet201 @64 x6": 6 * 78.0,
+        "inception_v3 @96 x8": 8 * 45.5,
+        "efficientnet_b0 @64 x8": 8 * 46.0,
+        "vgg19_bn @48 x4": 4 * 195.0,
+        "resnet50 @80 x8": 8 * 60.0,
+        "densenet201 @80 x8": 8 * 90.0,
     }
 )
+
 
 PAPER: Final = Preset(
     name="paper",
