@@ -299,16 +299,21 @@ def run_experiment(
     val_acc = [float(np.mean(_predict_labels(p, classes) == y["val"])) for p in val_proba]
 
     # ---------------------------------------------------------------- order and tune
-    ordering, budget, tuning, cascade = _order_and_tune(
-        stages,
-        val_proba,
-        flops,
-        x_val=x["val"],
-        y_val=y["val"],
-        classes=classes,
-        order=order,
-        max_cost_ratio=max_cost_ratio,
-    )
+    other_order = "cost" if order == "accuracy" else "accuracy"
+    tuned = {
+        rule: _order_and_tune(
+            stages,
+            val_proba,
+            flops,
+            x_val=x["val"],
+            y_val=y["val"],
+            classes=classes,
+            order=rule,
+            max_cost_ratio=max_cost_ratio,
+        )
+        for rule in (order, other_order)
+    }
+    ordering, budget, tuning, cascade = tuned[order]
 
     # ---------------------------------------------------------------- test
     tic = time.perf_counter()
@@ -331,16 +336,14 @@ def run_experiment(
         for name in names
     }
     best_name = max(names, key=lambda n: metrics[n].accuracy)
-    other_order = "cost" if order == "accuracy" else "accuracy"
     alternative = _alternative_order(
         stages,
-        val_proba,
         flops,
-        x=x,
-        y=y,
+        tuned[other_order],
+        rule=other_order,
+        x_test=x["test"],
+        y_test=y["test"],
         classes=classes,
-        order=other_order,
-        max_cost_ratio=max_cost_ratio,
     )
 
     # ---------------------------------------------------------------- save
@@ -512,36 +515,26 @@ def _order_and_tune(
 
 def _alternative_order(
     stages: list[tuple[str, TorchStage]],
-    val_proba: np.ndarray[Any, Any],
     flops: list[float],
+    tuned: tuple[tuple[int, ...], float | None, TuningResult, CascadeClassifier],
     *,
-    x: Mapping[str, torch.Tensor],
-    y: Mapping[str, np.ndarray[Any, Any]],
+    rule: str,
+    x_test: torch.Tensor,
+    y_test: np.ndarray[Any, Any],
     classes: np.ndarray[Any, Any],
-    order: str,
-    max_cost_ratio: float,
 ) -> dict[str, Any]:
-    """Tune the other stage order on validation too, and evaluate it on test for the report.
+    """Evaluate the other stage order on test for the report.
 
-    Only the ordering rule differs; the thresholds are again tuned on the validation split
-    alone, so the comparison is as fair to both orders as the primary result is.
+    Only the ordering rule differs; its thresholds were tuned on the validation split alone
+    by :func:`_order_and_tune`, as the primary result's were.
     """
-    ordering, budget, tuning, cascade = _order_and_tune(
-        stages,
-        val_proba,
-        flops,
-        x_val=x["val"],
-        y_val=y["val"],
-        classes=classes,
-        order=order,
-        max_cost_ratio=max_cost_ratio,
-    )
-    routed = cascade.route(x["test"])
-    test = classification_metrics(y["test"], routed.labels, classes=classes, n_bootstrap=0)
+    ordering, budget, tuning, cascade = tuned
+    routed = cascade.route(x_test)
+    test = classification_metrics(y_test, routed.labels, classes=classes, n_bootstrap=0)
     visited = np.cumsum([flops[i] for i in ordering])
     mean_flops = float(np.mean(visited[routed.exit_stage]))
     return {
-        "rule": order,
+        "rule": rule,
         "order": [stages[i][0] for i in ordering],
         "thresholds": list(tuning.thresholds),
         "budget_flops": budget,
