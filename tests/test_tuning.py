@@ -17,6 +17,7 @@ from cascademl.tuning import (
     apply_tuning,
     order_by_accuracy,
     order_by_cost,
+    score_thresholds,
     search_orders,
     search_stage_orders,
     single_stage_scores,
@@ -76,6 +77,43 @@ def test_every_frontier_point_matches_the_real_cascade(combine):
         score, cost = _routed(tables, y, classes, point.thresholds, costs, combine=combine)
         assert score == pytest.approx(point.score, abs=1e-12)
         assert cost == pytest.approx(point.mean_cost, rel=1e-12)
+
+
+@pytest.mark.parametrize("combine", ["vote", "last"])
+def test_score_thresholds_matches_the_real_cascade_and_the_tuner(combine):
+    tables, y, classes = _synthetic(seed=3)
+    costs = [1.0, 2.0, 5.0, 20.0]
+    tuned = tune_thresholds(
+        tables, y, classes=classes, stage_cost=costs, combine=combine, scoring="neg_log_loss"
+    )
+    for point in tuned.frontier:
+        again = score_thresholds(
+            tables,
+            y,
+            point.thresholds,
+            classes=classes,
+            stage_cost=costs,
+            combine=combine,
+            scoring="neg_log_loss",
+        )
+        assert again.score == pytest.approx(point.score, rel=1e-12)
+        assert again.mean_cost == pytest.approx(point.mean_cost, rel=1e-12)
+        # Read in accuracy, the same thresholds score as the real cascade routes them.
+        accuracy = score_thresholds(
+            tables, y, point.thresholds, classes=classes, stage_cost=costs, combine=combine
+        )
+        score, cost = _routed(tables, y, classes, point.thresholds, costs, combine=combine)
+        assert accuracy.score == pytest.approx(score, abs=1e-12)
+        assert accuracy.mean_cost == pytest.approx(cost, rel=1e-12)
+        assert accuracy.thresholds == point.thresholds
+
+
+def test_score_thresholds_rejects_a_wrong_number_of_thresholds():
+    tables, y, classes = _synthetic(n_stages=3)
+    with pytest.raises(PolicyError, match="2 numbers"):
+        score_thresholds(tables, y, [0.5], classes=classes)
+    with pytest.raises(PolicyError, match="2 numbers"):
+        score_thresholds(tables, y, [0.5, math.nan], classes=classes)
 
 
 def test_budget_is_respected_and_beats_a_shared_threshold_grid():

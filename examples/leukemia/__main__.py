@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         default="accuracy",
         help="stage order: by validation accuracy as in the paper, or cheapest first",
     )
+    run.add_argument(
+        "--scoring",
+        default="neg_log_loss",
+        help="what the thresholds optimise on validation: a scikit-learn scorer name such as "
+        "neg_log_loss (default) or accuracy",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     predict = sub.add_parser("predict", help="label image files or folders with a saved cascade")
@@ -122,6 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         checkpoints=checkpoints,
         max_cost_ratio=args.max_cost_ratio,
         order=args.order,
+        scoring=args.scoring,
         progress=not args.no_progress,
     )
     print(f"order:            {' -> '.join(summary.order)}")

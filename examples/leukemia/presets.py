@@ -80,6 +80,7 @@ class Preset:
         epochs: Maximum epochs (a backbone's own ``epochs`` wins).
         patience: Early-stopping patience in epochs.
         warmup_epochs: Linear warm-up of the learning rate, in epochs.
+        ema_decay: Decay of the weight average that is validated and kept (``None``: off).
         doubling: Show every training image twice per epoch, plain and augmented.
         stain_normalize: Apply Macenko stain normalization.
         cache_size: Side the images are resized to before stain normalization and caching.
@@ -99,6 +100,7 @@ class Preset:
     epochs: int
     patience: int = 3
     warmup_epochs: float = 0.5
+    ema_decay: float | None = None
     doubling: bool = True
     stain_normalize: bool = True
     cache_size: int = 224
@@ -134,6 +136,7 @@ class Preset:
             weight_decay=spec.weight_decay,
             patience=self.patience,
             warmup_epochs=self.warmup_epochs,
+            ema_decay=self.ema_decay,
             amp=self.amp,
             channels_last=self.channels_last,
             seed=self.seed,
@@ -234,7 +237,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 #: ``cpu`` preset's sizes and batch sizes, times its epochs: the per-epoch times logged by
 #: ``python -m examples.leukemia run --preset cpu`` on the 2-core development machine
 #: (Xeon with AMX, torch 2.14.1, bf16, channels-last, shared with light work), see
-#: ``docs/examples/leukemia.md``. About 45 min of training, plus about 1 min of splitting
+#: ``docs/examples/leukemia.md``. About 50 min of training, plus about 1 min of splitting
 #: and stain normalization (cached afterwards) and 2 min of evaluation. Size a new preset
 #: with ``python benchmarks/leukemia_epoch_time.py --bf16 --channels-last`` first.
 CPU_BUDGET: Final[Mapping[str, float]] = types.MappingProxyType(
@@ -242,8 +245,8 @@ CPU_BUDGET: Final[Mapping[str, float]] = types.MappingProxyType(
         "inception_v3 @96 x8": 8 * 45.5,
         "efficientnet_b0 @64 x8": 8 * 46.0,
         "vgg19_bn @48 x4": 4 * 195.0,
-        "resnet50 @80 x8": 8 * 60.0,
-        "densenet201 @80 x8": 8 * 90.0,
+        "resnet50 @80 x10": 10 * 60.0,
+        "densenet201 @80 x10": 10 * 90.0,
     }
 )
 
@@ -270,13 +273,14 @@ CPU: Final = Preset(
         BackboneSpec("InceptionV3", "inception_v3", 96, lr=2e-3, drop_rate=0.2),
         BackboneSpec("EfficientNetB0", "efficientnet_b0", 64, lr=3e-3, drop_rate=0.2),
         BackboneSpec("VGG19", "vgg19_bn", 48, lr=5e-4, drop_rate=0.3, epochs=4),
-        BackboneSpec("ResNet50", "resnet50", 80, lr=2e-3, drop_rate=0.2),
-        BackboneSpec("DenseNet201", "densenet201", 80, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("ResNet50", "resnet50", 80, lr=2e-3, drop_rate=0.2, epochs=10),
+        BackboneSpec("DenseNet201", "densenet201", 80, lr=2e-3, drop_rate=0.2, epochs=10),
     ),
     pretrained=False,
     epochs=8,
     patience=5,
     warmup_epochs=0.3,
+    ema_decay=0.998,
     amp=True,
     channels_last=True,
 )

@@ -2,10 +2,17 @@
 
 :func:`create_backbone` builds a timm model with ImageNet weights from the local caches
 or a file the user gives, and never downloads unless asked to. :func:`train_model` runs
-the epochs; after each one it writes ``checkpoint.pt`` (model, optimizer, scheduler,
-epoch, history, early-stopping state) atomically, and ``best.pt`` (the weights of the best
-validation epoch) whenever they improve, so a rerun with the same output folder resumes
+the epochs; after each one it writes ``checkpoint.pt`` (model, weight average, optimizer,
+scheduler, epoch, history, early-stopping state) atomically, and ``best.pt`` (the weights
+of the best validation epoch) whenever they improve, so a rerun with the same output folder resumes
 after the last finished epoch, and a finished run is not retrained.
+
+Weight averaging: with ``TrainConfig.ema_decay`` set, an exponential moving average of
+the weights and batch-norm statistics (timm's ``ModelEmaV3``) is updated after every
+step, and it is the averaged model that is validated, kept as the best and returned. A
+from-scratch network trained at a high learning rate for a few epochs swings on
+validation from one epoch to the next (its batch-norm statistics lag its weights); the
+average does not.
 
 Randomness: every epoch reseeds the shuffling generator and, inside
 ``torch.random.fork_rng``, the global torch generator used by dropout and the
@@ -40,6 +47,7 @@ import timm.models
 import torch
 from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
@@ -49,7 +57,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME: Final = "checkpoint.pt"
 BEST_NAME: Final = "best.pt"
 HISTORY_NAME: Final = "history.json"
-_FORMAT: Final = 1
+_FORMAT: Final = 2
 
 
 class TrainingError(RuntimeError):
@@ -76,6 +84,10 @@ class TrainConfig:
         patience: Epochs without a better validation accuracy before stopping.
         warmup_epochs: Linear warm-up length before the cosine decay, in epochs.
         label_smoothing: Cross-entropy label smoothing.
+        ema_decay: Decay of the weight average that is validated and kept (``None``: no
+            average, the trained weights themselves). The decay ramps up from 0 over the
+            first steps (timm's warm-up), so early epochs are not dominated by the random
+            initialization.
         amp: Run forward passes under bfloat16 autocast (CPU or CUDA).
         channels_last: Use the channels-last memory format (faster convolutions on CPU).
         eval_batch_size: Batch size of the validation pass (``None``: twice ``batch_size``).
@@ -89,6 +101,7 @@ class TrainConfig:
     patience: int = 3
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
+    ema_decay: float | None = None
     amp: bool = False
     channels_last: bool = False
     eval_batch_size: int | None = None
@@ -106,6 +119,9 @@ class TrainConfig:
             raise ValueError(msg)
         if self.warmup_epochs < 0:
             msg = f"TrainConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}"
+            raise ValueError(msg)
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            msg = f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay}"
             raise ValueError(msg)
 
 
@@ -394,8 +410,10 @@ def train_model(
 
     The model is trained with class-weighted cross-entropy and AdamW under a per-step
     linear warm-up and cosine decay. After every epoch the validation accuracy is
-    measured; the best weights are kept, and training stops after ``config.patience``
-    epochs without improvement (ties on accuracy are broken by the lower validation loss).
+    measured (of the weight average when ``config.ema_decay`` is set, which is then also
+    what is kept and returned); the best weights are kept, and training stops after
+    ``config.patience`` epochs without improvement (ties on accuracy are broken by the
+    lower validation loss).
 
     Args:
         model: A freshly built backbone (its weights are replaced on resume).
@@ -441,7 +459,9 @@ def train_model(
     while not state["finished"]:
         start = time.perf_counter()
         train_loss, train_acc = parts.train_epoch(train_set, state["epoch"], progress=progress)
-        val_loss, val_acc = _evaluate(model, val_set, parts.criterion, config, parts.device)
+        val_loss, val_acc = _evaluate(
+            parts.evaluated, val_set, parts.criterion, config, parts.device
+        )
         stats = EpochStats(
             epoch=state["epoch"] + 1,
             train_loss=train_loss,
@@ -452,7 +472,7 @@ def train_model(
             lr=float(parts.scheduler.get_last_lr()[0]),
         )
         if _record(state, stats, config.epochs, config.patience):
-            _atomic_save(model.state_dict(), best_path)
+            _atomic_save(parts.evaluated.state_dict(), best_path)
         logger.info(
             "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
             stats.epoch,
@@ -512,6 +532,13 @@ class _Parts:
     config: TrainConfig
     device: torch.device
     drop_last: bool
+    ema: ModelEmaV3 | None = None
+    step: int = 0
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network that is validated and kept: the weight average, if any."""
+        return self.model if self.ema is None else self.ema.module
 
     @classmethod
     def build(
@@ -543,14 +570,23 @@ class _Parts:
                 steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)
             ),
         )
-        return cls(model, criterion, optimizer, scheduler, config, device, drop_last)
+        ema = (
+            None
+            if config.ema_decay is None
+            else ModelEmaV3(model, decay=config.ema_decay, use_warmup=True, warmup_power=0.75)
+        )
+        return cls(model, criterion, optimizer, scheduler, config, device, drop_last, ema)
 
     def state_dicts(self) -> dict[str, Any]:
-        return {
+        saved = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
         }
+        if self.ema is not None:
+            saved["ema"] = self.ema.module.state_dict()
+        return saved
 
     def restore(self, path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
         """Load a checkpoint into the parts; return its run state."""
@@ -564,6 +600,9 @@ class _Parts:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        self.step = int(saved["step"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(saved["ema"])
         return {key: saved[key] for key in fresh}
 
     def train_epoch(
@@ -596,6 +635,9 @@ class _Parts:
                 loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
                 total_loss += float(loss.detach()) * len(targets)
                 correct += int((logits.argmax(dim=1) == targets).sum())
                 seen += len(targets)

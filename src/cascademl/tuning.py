@@ -67,6 +67,7 @@ __all__ = [
     "apply_tuning",
     "order_by_accuracy",
     "order_by_cost",
+    "score_thresholds",
     "search_orders",
     "search_stage_orders",
     "single_stage_scores",
@@ -959,6 +960,80 @@ def tune_thresholds(
     if not result.feasible:
         _infeasible_error(result, max_cost, min_score)
     return result
+
+
+def score_thresholds(
+    stage_proba: Any,
+    y: Any,
+    thresholds: Sequence[float],
+    *,
+    classes: Any,
+    stage_cost: Sequence[float] | None = None,
+    measure: ConfidenceMeasure = "max_proba",
+    combine: CombineMethod = "vote",
+    escalation_weight: float | Sequence[float] = 0.5,
+    scoring: Scoring = None,
+) -> FrontierPoint:
+    """Score given thresholds on cached probabilities, without calling the models.
+
+    Use it to score tuned thresholds on held-out probabilities (another fold of the
+    validation data), or to read a frontier tuned for one score (say ``"neg_log_loss"``)
+    in another (accuracy). The routing is the cascade's own: a sample stops at the first
+    stage whose confidence reaches that stage's threshold, and its final probabilities
+    combine the stages it visited.
+
+    Args:
+        stage_proba: array of shape (n_stages, n_samples, n_classes) from
+            [`stage_probabilities`][cascademl.tuning.stage_probabilities].
+        y: array-like of shape (n_samples,), the true labels.
+        thresholds: one threshold per non-final stage (``math.inf``: never stop there),
+            as in [`FrontierPoint.thresholds`][cascademl.tuning.FrontierPoint].
+        classes: array-like of shape (n_classes,), the labels of the columns.
+        stage_cost: the cost of one sample at each stage; defaults to 1 per stage call.
+        measure: the confidence measure of the policy.
+        combine: the cascade's combiner (``"vote"``, ``"last"`` or ``"mean"``).
+        escalation_weight: the cascade's escalation weight(s) for ``"vote"``.
+        scoring: see [`Scoring`][cascademl.tuning.Scoring]; accuracy by default.
+
+    Returns:
+        The thresholds with their score and mean cost per sample.
+
+    Raises:
+        PolicyError: for invalid inputs, or a number of thresholds other than
+            ``n_stages - 1``.
+
+    Examples:
+        >>> import numpy as np
+        >>> weak = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+        >>> strong = np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
+        >>> point = score_thresholds(
+        ...     np.stack([weak, strong]), [0, 1, 1], [0.75], classes=[0, 1], stage_cost=[1, 4],
+        ...     combine="last",
+        ... )
+        >>> round(point.score, 3), round(point.mean_cost, 3)  # one sample pays 1 + 4
+        (1.0, 2.333)
+    """
+    p, y_idx, labels, costs = _validate_inputs(stage_proba, y, classes, stage_cost, 2)
+    values = tuple(float(t) for t in thresholds)
+    if len(values) != p.shape[0] - 1 or any(math.isnan(t) for t in values):
+        msg = (
+            f"thresholds must hold {p.shape[0] - 1} numbers (one per non-final stage), "
+            f"got {list(thresholds)!r}"
+        )
+        raise PolicyError(msg)
+    problem = _Problem(
+        p,
+        y_idx,
+        labels,
+        costs,
+        measure=measure,
+        combine=combine,
+        escalation_weight=escalation_weight,
+        scorer=_resolve_scoring(scoring)[1],
+        n_candidates=2,
+    )
+    score, cost = problem.evaluate(problem.exit_stages(values))
+    return FrontierPoint(values, score, cost)
 
 
 def _names(stage_names: Sequence[str] | None, n_stages: int) -> tuple[str, ...]:

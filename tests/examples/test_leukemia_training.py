@@ -58,8 +58,11 @@ class SimulatedCrashError(RuntimeError):
     pass
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(split, images, tmp_path):
-    config = dataclasses.replace(CONFIG, epochs=2, patience=5)
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
+    split, images, tmp_path, ema_decay
+):
+    config = dataclasses.replace(CONFIG, epochs=2, patience=5, ema_decay=ema_decay)
 
     def fresh():
         model = training.create_backbone("test_resnet", seed=0)
@@ -104,6 +107,27 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(split, images,
     assert again == []
     assert finished.resumed_from == 2
     assert len(finished.history) == 2
+
+
+def test_weight_average_is_what_is_validated_kept_and_returned(split, images, tmp_path):
+    config = dataclasses.replace(CONFIG, ema_decay=0.9)
+    model = training.create_backbone("test_resnet", seed=0)
+    train, val = _datasets(split, images, model)
+    result = training.train_model(model, train, val, config=config, out_dir=tmp_path)
+    saved = torch.load(tmp_path / training.CHECKPOINT_NAME, weights_only=True)
+    assert saved["step"] == len(train) // config.batch_size
+    kept = result.model.state_dict()
+    averaged = [k for k, v in saved["ema"].items() if v.is_floating_point()]
+    for key in averaged:
+        torch.testing.assert_close(kept[key], saved["ema"][key], msg=key)
+    # The average is not the last step's weights.
+    assert any(not torch.equal(saved["ema"][k], saved["model"][k]) for k in averaged)
+    _, accuracy = training._evaluate(
+        result.model, val, torch.nn.CrossEntropyLoss(), config, torch.device("cpu")
+    )
+    assert accuracy == pytest.approx(result.best_val_acc)
+    with pytest.raises(ValueError, match="ema_decay"):
+        dataclasses.replace(config, ema_decay=1.0)
 
 
 def test_checkpoint_from_other_settings_is_refused(split, images, tmp_path):
