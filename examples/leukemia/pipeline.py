@@ -13,6 +13,7 @@ Layout of the results folder ``OUT``::
     OUT/cascade/                   the saved cascade + leukemia.json (stain reference)
     OUT/figures/*.png              training curves, confusion matrices, bars, frontier
     OUT/metrics.json               every number of the report
+    OUT/probabilities.npz          every backbone's probabilities on validation and test
     OUT/report.md                  the paper's Table 1 and the rest
 """
 
@@ -77,6 +78,8 @@ logger = logging.getLogger(__name__)
 
 #: Name of the example's own settings file inside a saved cascade folder.
 SETTINGS_FILE = "leukemia.json"
+#: Every backbone's probabilities on validation and test, for re-tuning without the models.
+PROBABILITIES_FILE = "probabilities.npz"
 
 
 @dataclass(frozen=True)
@@ -300,11 +303,7 @@ def run_experiment(
 
     # ---------------------------------------------------------------- every backbone
     names = [name for name, _ in stages]
-    full = CascadeClassifier(stages, policy=ConfidencePolicy(thresholds=0.0)).fit(
-        x["val"], y["val"]
-    )
-    val_proba = stage_probabilities(full, x["val"])
-    test_proba = stage_probabilities(full, x["test"])
+    val_proba, test_proba = _backbone_probabilities(stages, x, y, classes, out)
     costs: list[StageCost] = [
         measure_stage_cost(stage, x["test"][:1], name=name, repeats=3) for name, stage in stages
     ]
@@ -352,7 +351,7 @@ def run_experiment(
     best_name = max(names, key=lambda n: metrics[n].accuracy)
     alternative = _alternative_order(
         stages,
-        flops,
+        costs,
         tuned[other_order],
         rule=other_order,
         x_test=x["test"],
@@ -447,6 +446,35 @@ def run_experiment(
         cost_ratio_all=cost_report.flops_ratio_all,
         seconds=seconds,
     )
+
+
+def _backbone_probabilities(
+    stages: list[tuple[str, TorchStage]],
+    x: Mapping[str, torch.Tensor],
+    y: Mapping[str, np.ndarray[Any, Any]],
+    classes: np.ndarray[Any, Any],
+    out: Path,
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Run every backbone on validation and test once; save to ``OUT/probabilities.npz``.
+
+    The file's keys: ``stages`` (backbone names), ``classes``, ``val`` and ``test``
+    (``(n_backbones, n_images, n_classes)`` probabilities, in the backbones' training order),
+    ``val_labels`` and ``test_labels``.
+    """
+    full = CascadeClassifier(stages, policy=ConfidencePolicy(thresholds=0.0)).fit(
+        x["val"], y["val"]
+    )
+    proba = {split: stage_probabilities(full, x[split]) for split in ("val", "test")}
+    np.savez(
+        out / PROBABILITIES_FILE,
+        stages=np.array([name for name, _ in stages]),
+        classes=np.array([str(c) for c in classes]),
+        val=proba["val"],
+        test=proba["test"],
+        val_labels=np.array([str(c) for c in y["val"]]),
+        test_labels=np.array([str(c) for c in y["test"]]),
+    )
+    return proba["val"], proba["test"]
 
 
 def _train_all(
@@ -561,7 +589,7 @@ def _order_and_tune(
 
 def _alternative_order(
     stages: list[tuple[str, TorchStage]],
-    flops: list[float],
+    costs: Sequence[StageCost],
     tuned: _Tuned,
     *,
     rule: str,
@@ -577,8 +605,7 @@ def _alternative_order(
     ordering, budget, tuning, cascade = tuned[:4]
     routed = cascade.route(x_test)
     test = classification_metrics(y_test, routed.labels, classes=classes, n_bootstrap=0)
-    visited = np.cumsum([flops[i] for i in ordering])
-    mean_flops = float(np.mean(visited[routed.exit_stage]))
+    cost = CostReport.from_result(routed, [costs[i] for i in ordering])
     return {
         "rule": rule,
         "order": [stages[i][0] for i in ordering],
@@ -590,8 +617,8 @@ def _alternative_order(
         "test_accuracy": test.accuracy,
         "test_mcc": test.mcc,
         "test_kappa": test.kappa,
-        "cascade_mean_flops": mean_flops,
-        "cascade_flops_ratio_all": mean_flops / float(sum(flops)),
+        "cascade_mean_flops": cost.mean_flops,
+        "cascade_flops_ratio_all": cost.flops_ratio_all,
         "exit_counts": dict(zip(routed.stage_names, routed.exit_counts.tolist(), strict=True)),
     }
 

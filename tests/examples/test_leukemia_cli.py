@@ -6,6 +6,7 @@ import json
 import logging
 from contextlib import redirect_stdout
 
+import numpy as np
 import pytest
 from examples.leukemia.__main__ import main
 from examples.leukemia.pipeline import load_predictor
@@ -54,6 +55,21 @@ def test_run_writes_the_results_folder(smoke_run):
     report = (out / "report.md").read_text()
     assert "| Metric | Cascade | TestResNet | TestEfficientNet | Paper: Cascade |" in report
     assert "## McNemar's test" in report
+    # Thresholds tuned for the validation log-loss, reported in accuracy as well.
+    tuning = metrics["tuning"]
+    assert tuning["scoring"] == "neg_log_loss"
+    assert tuning["val_score"] <= 0
+    assert 0 <= tuning["val_accuracy"] <= 1
+    assert all(0 <= point["accuracy"] <= 1 for point in tuning["frontier"])
+    assert "lowest validation log-loss" in report
+    saved = np.load(out / "probabilities.npz")
+    n_val = sum(metrics["split_counts"]["val"].values())
+    n_test = sum(metrics["split_counts"]["test"].values())
+    assert saved["val"].shape == (2, n_val, 4)
+    assert saved["test"].shape == (2, n_test, 4)
+    np.testing.assert_allclose(saved["val"].sum(axis=2), 1.0, rtol=1e-5)
+    assert list(saved["stages"]) == ["TestResNet", "TestEfficientNet"]
+    assert len(saved["test_labels"]) == n_test
 
 
 def test_rerun_reuses_split_and_checkpoints(smoke_run, leukemia_root, caplog):
