@@ -326,7 +326,12 @@ def run_experiment(
         )
         for rule in (order, other_order)
     }
-    ordering, budget, tuning, cascade = tuned[order][:4]
+    ordering, budget, tuning, cascade = (
+        tuned[order].ordering,
+        tuned[order].budget,
+        tuned[order].tuning,
+        tuned[order].cascade,
+    )
 
     # ---------------------------------------------------------------- test
     tic = time.perf_counter()
@@ -525,10 +530,13 @@ class _Tuned(NamedTuple):
     budget: float | None
     tuning: TuningResult
     cascade: CascadeClassifier
-    #: Validation accuracy of the chosen thresholds (the tuning may score another way).
-    val_accuracy: float
     #: ``(mean FLOPs, validation accuracy)`` of every point of the tuned frontier.
     frontier: list[tuple[float, float]]
+
+    @property
+    def val_accuracy(self) -> float:
+        """Validation accuracy of the chosen thresholds (the tuning may score another way)."""
+        return self.frontier[self.tuning.chosen_index][1]
 
 
 def _order_and_tune(
@@ -582,7 +590,6 @@ def _order_and_tune(
         budget,
         tuning,
         apply_tuning(ordered, tuning, x_val, y_val),
-        accuracy[tuning.chosen_index].score,
         [(point.mean_cost, point.score) for point in accuracy],
     )
 
@@ -602,15 +609,15 @@ def _alternative_order(
     Only the ordering rule differs; its thresholds were tuned on the validation split alone
     by :func:`_order_and_tune`, as the primary result's were.
     """
-    ordering, budget, tuning, cascade = tuned[:4]
-    routed = cascade.route(x_test)
+    ordering, tuning = tuned.ordering, tuned.tuning
+    routed = tuned.cascade.route(x_test)
     test = classification_metrics(y_test, routed.labels, classes=classes, n_bootstrap=0)
     cost = CostReport.from_result(routed, [costs[i] for i in ordering])
     return {
         "rule": rule,
         "order": [stages[i][0] for i in ordering],
         "thresholds": list(tuning.thresholds),
-        "budget_flops": budget,
+        "budget_flops": tuned.budget,
         "scoring": tuning.scoring,
         "val_score": tuning.score,
         "val_accuracy": tuned.val_accuracy,
