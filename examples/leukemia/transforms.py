@@ -90,6 +90,31 @@ def _swapped(stains: torch.Tensor, reference: torch.Tensor) -> bool:
     return bool(similarity[0, 1] + similarity[1, 0] > similarity[0, 0] + similarity[1, 1])
 
 
+def _nonnegative_concentrations(stains: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+    """Least-squares stain concentrations constrained to be non-negative.
+
+    Exact non-negative least squares for two stains: the unconstrained solution where both
+    concentrations are non-negative, otherwise the better one-stain fit (each clamped at 0).
+
+    Args:
+        stains: Stain matrix of shape (3, 2).
+        density: Optical densities of shape (n_pixels, 3).
+
+    Returns:
+        Concentrations of shape (2, n_pixels), all at least 0.
+    """
+    both = torch.linalg.lstsq(stains, density.T).solution
+    single = ((stains.T @ density.T) / (stains * stains).sum(dim=0)[:, None]).clamp(min=0)
+    residual = [((density.T - stains[:, [k]] * single[[k]]) ** 2).sum(dim=0) for k in range(2)]
+    first_only = residual[0] <= residual[1]
+    fallback = torch.where(
+        first_only,
+        torch.stack([single[0], torch.zeros_like(single[0])]),
+        torch.stack([torch.zeros_like(single[1]), single[1]]),
+    )
+    return torch.where((both >= 0).all(dim=0), both, fallback)
+
+
 @dataclass
 class StainNormalizer:
     """Macenko stain normalization for Giemsa-stained smears, on torchstain, with a fallback.
@@ -110,6 +135,14 @@ class StainNormalizer:
       its extreme angles from whichever image has the most extreme cast. Here every
       reference image is fitted on its own and the reference is the element-wise median
       of their (ordered, unit-length) stain vectors and of their maximal concentrations.
+    * **Negative concentrations.** torchstain solves the concentrations by unconstrained
+      least squares. The two Giemsa vectors are close (cosine about 0.8-0.97), so a dark
+      nucleus often comes out as a large positive amount of one stain and a negative
+      amount of the other; when an image has little of the second stain its 99th
+      percentile is tiny, the rescaling multiplies that negative amount several-fold, and
+      the recomposed nuclei turn white (hollow cells). Here the concentrations are
+      non-negative least squares (as in StainTools' Macenko) and the maxima are taken
+      from them, so every stain adds colour and none removes it.
 
     Args:
         io: Transmitted light intensity (torchstain's ``Io``).
@@ -121,6 +154,8 @@ class StainNormalizer:
             cytoplasm and red cells).
         min_stained_pixels: Images with fewer stained pixels (optical density at least
             ``beta`` in every channel) are not normalized and are reported as fallbacks.
+        nonnegative: Constrain the concentrations to be non-negative (see above);
+            ``False`` reproduces torchstain's unconstrained solve.
 
     Attributes:
         reference_paths: The images the reference was fitted on.
@@ -132,6 +167,7 @@ class StainNormalizer:
     alpha: float = 1.0
     beta: float = 0.05
     min_stained_pixels: int = 32
+    nonnegative: bool = True
     reference_paths: tuple[str, ...] = ()
     he_ref: list[list[float]] = field(default_factory=list)
     max_c_ref: list[float] = field(default_factory=list)
@@ -141,18 +177,31 @@ class StainNormalizer:
         """Whether :meth:`fit` has run (or a fitted state was loaded)."""
         return bool(self.he_ref)
 
-    def _estimate(self, image: NDArray[np.uint8]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return torchstain's stain matrix (3, 2) and max concentrations (2,) of ``image``."""
+    def _estimate(
+        self, image: NDArray[np.uint8]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the stain matrix (3, 2), concentrations (2, n_pixels) and their maxima (2,).
+
+        The stain vectors are torchstain's. With :attr:`nonnegative`, the concentrations
+        are non-negative least squares and the maxima their 99th percentiles; otherwise
+        both are torchstain's (unconstrained least squares).
+        """
         macenko = torchstain.normalizers.MacenkoNormalizer(backend="torch")
         macenko.fit(self._chw(image), Io=self.io, alpha=self.alpha, beta=self.beta)
         stains = macenko.HERef.float()
-        max_c = macenko.maxCRef.float()
+        density = -torch.log((torch.from_numpy(image).reshape(-1, 3).float() + 1) / self.io)
+        if self.nonnegative:
+            concentrations = _nonnegative_concentrations(stains, density)
+            max_c = torch.quantile(concentrations, 0.99, dim=1)
+        else:
+            concentrations = torch.linalg.lstsq(stains, density.T).solution
+            max_c = macenko.maxCRef.float()
         if not (torch.isfinite(stains).all() and torch.isfinite(max_c).all()):
             raise ValueError("non-finite stain estimate")
         if bool((max_c <= 0).any()):
             msg = f"non-positive stain concentration {max_c.tolist()}"
             raise ValueError(msg)
-        return stains, max_c
+        return stains, concentrations, max_c
 
     def fit(
         self, images: Sequence[NDArray[np.uint8]], paths: Sequence[str] = ()
@@ -180,7 +229,7 @@ class StainNormalizer:
             reason = self._unusable(image)
             if reason is None:
                 try:
-                    stains, max_c = self._estimate(image)
+                    stains, _, max_c = self._estimate(image)
                 except (RuntimeError, IndexError, ValueError) as error:
                     reason = f"{type(error).__name__}: {error}"
                 else:
@@ -233,11 +282,9 @@ class StainNormalizer:
         if reason is None:
             reference = torch.tensor(self.he_ref, dtype=torch.float32)
             try:
-                stains, max_c = self._estimate(image)
+                stains, concentrations, max_c = self._estimate(image)
                 if _swapped(stains, reference):
-                    stains, max_c = stains[:, [1, 0]], max_c[[1, 0]]
-                density = -torch.log((torch.from_numpy(image).reshape(-1, 3).float() + 1) / self.io)
-                concentrations = torch.linalg.lstsq(stains, density.T).solution
+                    concentrations, max_c = concentrations[[1, 0]], max_c[[1, 0]]
             except (RuntimeError, IndexError, ValueError) as error:
                 reason = f"Macenko failed: {type(error).__name__}: {error}"
             else:
@@ -260,6 +307,7 @@ class StainNormalizer:
             "alpha": self.alpha,
             "beta": self.beta,
             "min_stained_pixels": self.min_stained_pixels,
+            "nonnegative": self.nonnegative,
             "reference_paths": list(self.reference_paths),
             "he_ref": self.he_ref,
             "max_c_ref": self.max_c_ref,
@@ -273,6 +321,8 @@ class StainNormalizer:
             alpha=float(state["alpha"]),
             beta=float(state["beta"]),
             min_stained_pixels=int(state["min_stained_pixels"]),
+            # States saved before this option existed used unconstrained concentrations.
+            nonnegative=bool(state.get("nonnegative", False)),
             reference_paths=tuple(state["reference_paths"]),
             he_ref=[list(map(float, row)) for row in state["he_ref"]],
             max_c_ref=[float(v) for v in state["max_c_ref"]],

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torchstain
 from examples.leukemia import transforms
+from examples.leukemia.data import load_rgb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import nnls
+
+REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "all-leukemia"
 
 IO = 240.0
 # Unit optical-density vectors (columns): a purple nuclear stain that absorbs green most,
@@ -101,3 +109,65 @@ def test_fit_names_every_unusable_reference():
         transforms.StainNormalizer().fit([blank, blank], ["blank-a", "blank-b"])
     with pytest.raises(ValueError, match="at least one"):
         transforms.StainNormalizer().fit([])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    angle=st.floats(0.15, 0.8),
+)
+def test_nonnegative_concentrations_are_the_nnls_solution(seed, angle):
+    """Per pixel, the two-stain solve matches scipy's NNLS, including the clamped pixels."""
+    rng = np.random.default_rng(seed)
+    first = _unit(rng.uniform(0.05, 1, (3, 1)))[:, 0]
+    other = rng.normal(size=3)
+    other -= (other @ first) * first
+    other /= np.linalg.norm(other)
+    second = np.cos(angle) * first + np.sin(angle) * other
+    stains = np.stack([first, second], axis=1)
+    density = rng.uniform(-0.05, 1.5, (200, 3))
+    got = transforms._nonnegative_concentrations(
+        torch.tensor(stains, dtype=torch.float64), torch.tensor(density, dtype=torch.float64)
+    ).numpy()
+    assert got.shape == (2, 200)
+    assert (got >= 0).all()
+    expected = np.stack([nnls(stains, d)[0] for d in density], axis=1)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/all-leukemia is absent")
+def test_nonnegative_concentrations_keep_a_pale_smear_from_blowing_out():
+    """Pre-560 has little of the second stain: unconstrained concentrations whiten it."""
+    names = [
+        f"{folder}/WBC-{kind}-{number}.jpg"
+        for folder, kind in [
+            ("Benign", "Benign"),
+            ("Early", "Malignant-Early"),
+            ("Pre", "Malignant-Pre"),
+            ("Pro", "Malignant-Pro"),
+        ]
+        for number in ("001", "100")
+    ]
+    references = [transforms.to_array(load_rgb(REAL_DATA / name), 224) for name in names]
+    image = transforms.to_array(load_rgb(REAL_DATA / "Pre/WBC-Malignant-Pre-560.jpg"), 224)
+
+    def white_share(array: np.ndarray) -> float:
+        return float((array.min(axis=2) >= 250).mean())
+
+    assert white_share(image) < 0.05
+    shares = {}
+    for nonnegative in (False, True):
+        fitted = transforms.StainNormalizer(nonnegative=nonnegative).fit(references, names)
+        out, reason = fitted.transform(image)
+        assert reason is None
+        shares[nonnegative] = white_share(out)
+    assert shares[False] > 0.5
+    assert shares[True] < 0.05
+
+
+def test_state_without_the_option_loads_as_unconstrained(normalizer):
+    state = normalizer.to_dict()
+    assert state["nonnegative"] is True
+    assert transforms.StainNormalizer.from_dict(state).nonnegative is True
+    del state["nonnegative"]
+    assert transforms.StainNormalizer.from_dict(state).nonnegative is False
