@@ -27,7 +27,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from cascademl.tuning import order_by_accuracy, score_thresholds, tune_thresholds
+from cascademl.tuning import (
+    order_by_accuracy,
+    score_thresholds,
+    single_stage_scores,
+    tune_thresholds,
+)
 
 #: Rules compared: a name and the ``tune_thresholds`` scoring (``None``: accuracy).
 RULES: dict[str, str | None] = {
@@ -70,9 +75,8 @@ def held_out_scores(
                 results[name][0].append(point.score)
                 results[name][1].append(point.mean_cost / flops.sum())
             best = order[-1]  # most accurate on the tuning half
-            results["best backbone alone"][0].append(
-                float(np.mean(classes[proba[best, check].argmax(axis=1)] == y[check]))
-            )
+            alone = single_stage_scores(proba[[best]][:, check], y[check], classes=classes)
+            results["best backbone alone"][0].append(float(alone[0]))
             results["best backbone alone"][1].append(float(flops[best] / flops.sum()))
     return results
 

@@ -78,8 +78,12 @@ def test_bootstrap_intervals_are_seeded_and_sensible():
 def test_metric_input_errors():
     with pytest.raises(PolicyError, match="same length"):
         classification_metrics([0, 1], [0], classes=[0, 1])
-    with pytest.raises(PolicyError, match="not in classes"):
+    with pytest.raises(PolicyError, match=r"y_true holds labels \[5\] that are not in classes"):
         classification_metrics([0, 5], [0, 1], classes=[0, 1])
+    with pytest.raises(PolicyError, match=r"y_pred holds labels \[7\]"):
+        classification_metrics([0, 1], [7, 1], classes=[0, 1])
+    with pytest.raises(PolicyError, match=r"pred_b holds labels \['c'\]"):
+        mcnemar_test(["a", "b"], ["a", "b"], ["a", "c"], classes=["a", "b"])
     with pytest.raises(PolicyError, match="n_bootstrap"):
         classification_metrics([0, 1], [0, 1], classes=[0, 1], n_bootstrap=-1)
     with pytest.raises(PolicyError, match="confidence_level"):

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from cascademl._labels import label_indices
 from cascademl._typing import FloatArray, IntArray, LabelArray, ProbaArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import NotFittedError, PolicyError
 from cascademl.stages import check_stage
-from cascademl.tuning import _label_indices, stage_probabilities
+from cascademl.tuning import stage_probabilities
 
 __all__ = [
     "CalibrationReport",
@@ -160,7 +161,7 @@ def fit_temperature(
         msg = f"bounds must be (low, high) with low < high, got {bounds!r}"
         raise PolicyError(msg)
     p = np.asarray(proba, dtype=np.float64)
-    y_idx = _label_indices(y, np.asarray(classes))
+    y_idx = label_indices(y, np.asarray(classes))
     if p.ndim != 2 or p.shape[0] != y_idx.size or p.shape[0] == 0:  # noqa: PLR2004
         msg = (
             f"proba must have shape (n_samples, n_classes) with n_samples = len(y) = "
@@ -194,7 +195,7 @@ def expected_calibration_error(
         0.4
     """
     classes_arr = np.asarray(classes)
-    y_idx = _label_indices(y, classes_arr)
+    y_idx = label_indices(y, classes_arr)
     p = torch.as_tensor(np.asarray(proba, dtype=np.float64), dtype=torch.float64)
     value = multiclass_calibration_error(
         p,
@@ -265,7 +266,7 @@ def fit_temperatures(
     if len(names) != p.shape[0]:
         msg = f"stage_names has {len(names)} names but there are {p.shape[0]} stages"
         raise PolicyError(msg)
-    y_idx = _label_indices(y, np.asarray(classes))
+    y_idx = label_indices(y, np.asarray(classes))
     temps, ece_b, ece_a, nll_b, nll_a = [], [], [], [], []
     for proba in p:
         t = fit_temperature(proba, y, classes=classes, bounds=bounds)

@@ -38,11 +38,12 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from cascademl._labels import label_indices
 from cascademl._typing import FloatArray, IntArray, LabelArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import PolicyError
 from cascademl.results import CascadeResult
-from cascademl.tuning import _label_indices, stage_probabilities
+from cascademl.tuning import stage_probabilities
 
 __all__ = [
     "CascadeReport",
@@ -155,9 +156,9 @@ def mcnemar_test(
     """
     labels = np.asarray(classes)
     a, b, t = _mcnemar_format(
-        _label_indices(pred_a, labels),
-        _label_indices(pred_b, labels),
-        _label_indices(y_true, labels),
+        label_indices(pred_a, labels, name="pred_a"),
+        label_indices(pred_b, labels, name="pred_b"),
+        label_indices(y_true, labels, name="y_true"),
     )
     only_a, only_b = _mcnemar_update(a, b, t)
     statistic, p_value, used = _mcnemar_compute(only_a, only_b, method)
@@ -328,8 +329,8 @@ def classification_metrics(
         [1.0, 0.5]
     """
     labels = np.asarray(classes)
-    target = torch.as_tensor(_label_indices(y_true, labels))
-    pred = torch.as_tensor(_label_indices(y_pred, labels))
+    target = torch.as_tensor(label_indices(y_true, labels, name="y_true"))
+    pred = torch.as_tensor(label_indices(y_pred, labels, name="y_pred"))
     if target.shape != pred.shape or target.numel() == 0:
         msg = (
             f"y_true and y_pred must be non-empty and of the same length, got "

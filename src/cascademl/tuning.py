@@ -42,6 +42,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import get_scorer
 from sklearn.utils.validation import _num_samples
 
+from cascademl._labels import label_indices
 from cascademl._routing import check_stage_proba, confidence_scores, exit_mask
 from cascademl._typing import (
     BoolArray,
@@ -305,16 +306,6 @@ def _reads_labels_only(scorer: Callable[..., float] | None) -> bool:
         return False
 
 
-def _label_indices(y: Any, classes: LabelArray) -> IntArray:
-    position = {label: i for i, label in enumerate(np.asarray(classes).tolist())}
-    values = np.asarray(y).tolist()
-    unknown = sorted({v for v in values if v not in position}, key=str)
-    if unknown:
-        msg = f"y holds labels {unknown[:5]} that are not in classes {list(position)[:10]}"
-        raise PolicyError(msg)
-    return np.array([position[v] for v in values], dtype=np.intp)
-
-
 def single_stage_scores(
     stage_proba: FloatArray, y: Any, *, classes: Any, scoring: Scoring = None
 ) -> FloatArray:
@@ -337,7 +328,7 @@ def single_stage_scores(
     """
     p = np.asarray(stage_proba, dtype=np.float64)
     labels = np.asarray(classes)
-    y_idx = _label_indices(y, labels)
+    y_idx = label_indices(y, labels)
     _, scorer = _resolve_scoring(scoring)
     out = np.empty(p.shape[0], dtype=np.float64)
     for s in range(p.shape[0]):
@@ -672,7 +663,7 @@ def _validate_inputs(
     if not np.all(np.isfinite(p)):
         msg = "stage_proba holds NaN or infinite values; compute it with stage_probabilities"
         raise PolicyError(msg)
-    y_idx = _label_indices(y, labels)
+    y_idx = label_indices(y, labels)
     if y_idx.size != p.shape[1]:
         msg = f"y has {y_idx.size} labels but stage_proba has {p.shape[1]} samples"
         raise PolicyError(msg)

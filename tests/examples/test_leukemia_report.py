@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from examples.leukemia import report
+from examples.leukemia.pipeline import validation_check
 
 from cascademl.metrics import classification_metrics
 
@@ -87,3 +88,15 @@ def test_markdown_report_has_table_one(predictions, tmp_path):
     assert "0.940 |" in rows[1]
     assert "## Skipped files" in text
     assert "![Accuracy, kappa, MCC, error rate](figs/summary.png)" in text
+
+
+def test_validation_check_names_the_better_backbone():
+    payload = {
+        "tuning": {"val_accuracy": 0.9685},
+        "val_accuracy": {"InceptionV3": 0.9231, "DenseNet201": 0.9825, "ResNet50": 0.979},
+    }
+    below = validation_check(payload)
+    assert "below DenseNet201 alone (98.25%)" in below
+    assert "leukemia_stage_subsets.py" in below
+    payload["tuning"]["val_accuracy"] = 0.9825
+    assert "at or above the best backbone alone (DenseNet201, 98.25%)" in validation_check(payload)

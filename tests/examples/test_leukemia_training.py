@@ -261,3 +261,14 @@ def test_presets_and_overrides():
         presets.parse_overrides(["epochs"])
     with pytest.raises(ValueError, match="cannot read"):
         presets.CPU.with_overrides(epochs="many")
+
+
+def test_cpu_budget_describes_the_cpu_preset():
+    """CPU_BUDGET has one entry per backbone at the preset's size and epochs, under 60 min."""
+    expected = set()
+    for spec in presets.CPU.backbones:
+        epochs = spec.epochs if spec.epochs is not None else presets.CPU.epochs
+        expected.add(f"{spec.timm_name} @{spec.image_size} x{epochs}")
+    assert set(presets.CPU_BUDGET) == expected
+    # Training, plus about 1 min of splitting and stain normalization and 2-3 of evaluation.
+    assert sum(presets.CPU_BUDGET.values()) / 60 < 56

@@ -1,0 +1,133 @@
+"""Which backbones pay for their place in the cascade? Tune every subset on validation.
+
+Reads ``OUT/probabilities.npz`` and ``OUT/metrics.json`` of a finished
+``python -m examples.leukemia run``. For every non-empty subset of the backbones, kept in
+the paper's order (least accurate on validation first), thresholds are tuned on the
+validation split for ``--scoring`` under the run's cost budget (a share of running all
+five backbones). The subsets are ranked by their validation score; the test split is read
+once, for the top-ranked subset only, and for the full five-stage cascade to compare.
+
+Usage::
+
+    python benchmarks/leukemia_stage_subsets.py runs/cpu --scoring neg_log_loss
+
+Prints a Markdown table of the best ``--top`` subsets on validation, then the two test
+results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from cascademl import PolicyError
+from cascademl.tuning import order_by_accuracy, score_thresholds, tune_thresholds
+
+
+class Tuned(NamedTuple):
+    """One subset tuned on validation."""
+
+    stages: tuple[int, ...]
+    thresholds: tuple[float, ...]
+    val_score: float
+    val_accuracy: float
+    cost_share: float
+
+
+def tune_subsets(
+    val: np.ndarray,
+    y_val: np.ndarray,
+    flops: np.ndarray,
+    *,
+    classes: np.ndarray,
+    max_cost_ratio: float,
+    scoring: str | None,
+) -> list[Tuned]:
+    """Tune every order-preserving subset on validation; best validation score first."""
+    order = order_by_accuracy(val, y_val, classes=classes)
+    budget = max_cost_ratio * float(flops.sum())
+    found = []
+    for size in range(1, len(order) + 1):
+        for subset in itertools.combinations(order, size):
+            stages = list(subset)
+            cost = [float(c) for c in flops[stages]]
+            try:
+                tuned = tune_thresholds(
+                    val[stages], y_val, classes=classes, stage_cost=cost,
+                    max_cost=budget, scoring=scoring,
+                )  # fmt: skip
+            except PolicyError:  # not even the cheapest policy fits the budget
+                continue
+            point = score_thresholds(val[stages], y_val, tuned.thresholds, classes=classes)
+            found.append(
+                Tuned(
+                    tuple(stages),
+                    tuple(tuned.thresholds),
+                    tuned.score,
+                    point.score,
+                    tuned.mean_cost / float(flops.sum()),
+                )
+            )
+    return sorted(found, key=lambda t: (-t.val_score, t.cost_share))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rank the subsets of a results folder and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="results folder of a leukemia run")
+    parser.add_argument("--scoring", default="neg_log_loss", help="'accuracy' or a sklearn scorer")
+    parser.add_argument(
+        "--max-cost-ratio", type=float, default=0.35, help="budget, share of all backbones"
+    )
+    parser.add_argument("--top", type=int, default=8, help="subsets to list")
+    args = parser.parse_args(argv)
+    saved = np.load(args.results / "probabilities.npz")
+    metrics = json.loads((args.results / "metrics.json").read_text())
+    names = [str(n) for n in saved["stages"]]
+    flops = np.array([metrics["cost"]["flops_per_image"][n] for n in names])
+    classes = saved["classes"]
+    scoring = None if args.scoring == "accuracy" else args.scoring
+    warnings.filterwarnings("ignore", category=UserWarning)
+    ranked = tune_subsets(
+        saved["val"],
+        saved["val_labels"],
+        flops,
+        classes=classes,
+        max_cost_ratio=args.max_cost_ratio,
+        scoring=scoring,
+    )
+    print(f"{args.results}: {len(ranked)} subsets fit {args.max_cost_ratio:.0%} of all five\n")
+    print(f"| stages (validation order) | validation {args.scoring} | accuracy | cost share |")
+    print("|---|---|---|---|")
+    for tuned in ranked[: args.top]:
+        label = " -> ".join(names[i] for i in tuned.stages)
+        print(
+            f"| {label} | {tuned.val_score:.4f} | {100 * tuned.val_accuracy:.2f}% | "
+            f"{100 * tuned.cost_share:.1f}% |"
+        )
+    full = max(ranked, key=lambda t: (len(t.stages), t.val_score))
+    print()
+    for title, tuned in (("top on validation", ranked[0]), ("all five", full)):
+        stages = list(tuned.stages)
+        test = score_thresholds(
+            saved["test"][stages],
+            saved["test_labels"],
+            tuned.thresholds,
+            classes=classes,
+            stage_cost=[float(c) for c in flops[stages]],
+        )
+        label = " -> ".join(names[i] for i in stages)
+        print(
+            f"{title}: {label}: test accuracy {100 * test.score:.2f}% at "
+            f"{100 * test.mean_cost / float(flops.sum()):.1f}% of all five"
+        )
+
+
+if __name__ == "__main__":
+    main()
