@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+#: The real dataset beside the project (as CI has it); tests that read it skip without it.
+REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "all-leukemia"
+
 CLASSES = ("Benign", "Early", "Pre", "Pro")
 # Stain-like colours (dark enough in every channel for Macenko) and blob radii per class.
 COLOURS = {
@@ -54,3 +57,11 @@ def leukemia_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def leukemia_copy(leukemia_root: Path, tmp_path: Path) -> Path:
     """A private copy of the synthetic dataset that a test may damage."""
     return Path(shutil.copytree(leukemia_root, tmp_path / "data"))
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """``../shared/data/all-leukemia``, or skip the test when it is absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip("../shared/data/all-leukemia is absent")
+    return REAL_DATA

@@ -7,8 +7,6 @@ import pytest
 from examples.leukemia import data
 from PIL import Image
 
-REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "all-leukemia"
-
 
 def test_scan_finds_every_class_and_the_duplicate(leukemia_root, caplog):
     with caplog.at_level(logging.INFO, logger="examples.leukemia.data"):
@@ -222,9 +220,8 @@ def test_split_subsamples_whole_groups(leukemia_root):
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/all-leukemia is absent")
-def test_real_dataset_manifest_and_leak_free_split(tmp_path):
-    scan = data.scan_dataset(REAL_DATA)
+def test_real_dataset_manifest_and_leak_free_split(real_data, tmp_path):
+    scan = data.scan_dataset(real_data)
     assert scan.manifest is not None
     assert scan.manifest.ok, scan.manifest.describe()
     assert scan.counts() == {"Benign": 444, "Early": 865, "Pre": 843, "Pro": 704}
@@ -238,4 +235,4 @@ def test_real_dataset_manifest_and_leak_free_split(tmp_path):
         assert len({row.split for row in split.rows if row.path in group}) == 1
     data.verify_split(split)
     csv_path = data.save_split_manifest(split, tmp_path / "split.csv")
-    assert data.load_split_manifest(csv_path, REAL_DATA) == split
+    assert data.load_split_manifest(csv_path, real_data) == split

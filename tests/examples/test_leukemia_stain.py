@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,8 +11,6 @@ from examples.leukemia.data import load_rgb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
-
-REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "all-leukemia"
 
 IO = 240.0
 # Unit optical-density vectors (columns): a purple nuclear stain that absorbs green most,
@@ -135,8 +131,8 @@ def test_nonnegative_concentrations_are_the_nnls_solution(seed, angle):
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/all-leukemia is absent")
-def test_nonnegative_concentrations_keep_a_pale_smear_from_blowing_out():
+@pytest.mark.data
+def test_nonnegative_concentrations_keep_a_pale_smear_from_blowing_out(real_data):
     """Pre-560 has little of the second stain: unconstrained concentrations whiten it."""
     names = [
         f"{folder}/WBC-{kind}-{number}.jpg"
@@ -148,8 +144,8 @@ def test_nonnegative_concentrations_keep_a_pale_smear_from_blowing_out():
         ]
         for number in ("001", "100")
     ]
-    references = [transforms.to_array(load_rgb(REAL_DATA / name), 224) for name in names]
-    image = transforms.to_array(load_rgb(REAL_DATA / "Pre/WBC-Malignant-Pre-560.jpg"), 224)
+    references = [transforms.to_array(load_rgb(real_data / name), 224) for name in names]
+    image = transforms.to_array(load_rgb(real_data / "Pre/WBC-Malignant-Pre-560.jpg"), 224)
 
     def white_share(array: np.ndarray) -> float:
         return float((array.min(axis=2) >= 250).mean())
