@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import math
 import time
@@ -367,3 +368,224 @@ def test_scales_to_many_stages_and_samples():
     assert elapsed < 30.0  # an exhaustive 64^5 grid would take days
     # Linear in the number of stages, not exponential.
     assert result.n_evaluations < 64**3
+
+
+# ------------------------------------------------------------------- stage selection
+_FAST = {"n_candidates": 8, "n_lambdas": 3}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n_stages=st.integers(1, 5),
+    budget=st.one_of(st.none(), st.floats(1.0, 12.0)),
+)
+def test_subsets_tunes_every_sub_sequence_once(seed, n_stages, budget):
+    tables, y, classes = _synthetic(n_stages=n_stages, n_samples=40, seed=seed)
+    costs = [1.0, 3.0, 2.0, 5.0, 4.0][:n_stages]
+    search = search_stage_orders(
+        tables, y, classes=classes, stage_cost=costs, orders="subsets", max_cost=budget, **_FAST
+    )
+    orders = [r.order for r in search.results]
+    assert len(orders) == 2**n_stages - 1
+    assert len(set(orders)) == len(orders)
+    assert all(all(a < b for a, b in itertools.pairwise(o)) for o in orders)
+    expected = {
+        c for k in range(1, n_stages + 1) for c in itertools.combinations(range(n_stages), k)
+    }
+    assert set(orders) == expected
+    for r in search.results:
+        assert r.stage_cost == tuple(costs[i] for i in r.order)
+        assert len(r.thresholds) == len(r.order) - 1
+        assert search.for_order(list(r.order)) is r
+    # The selection rule: the best score among feasible candidates, then the lower cost,
+    # then the earlier candidate.
+    feasible = [i for i, r in enumerate(search.results) if r.feasible]
+    rank = {i: (-search.results[i].score, search.results[i].mean_cost, i) for i in feasible}
+    assert search.best_index == min(feasible, key=rank.__getitem__)
+
+
+def _cheap_wrong_problem(n_samples=300, seed=0):
+    """Stage 0 is cheap and confidently wrong on over 60% of the samples (its confidence
+    says nothing), stage 1 is right on 11 in 12 and unsure on its mistakes, stage 2 is
+    always right but expensive."""
+    rng = np.random.default_rng(seed)
+    n_classes = 3
+    y = rng.integers(0, n_classes, n_samples)
+    other = (y + rng.integers(1, n_classes, n_samples)) % n_classes
+    rows = np.arange(n_samples)
+
+    def table(pred, confidence):
+        p = np.tile(((1.0 - confidence) / (n_classes - 1))[:, None], (1, n_classes))
+        p[rows, pred] = confidence
+        return p
+
+    wrong1 = rng.permutation(n_samples) < n_samples // 12
+    # Stage 0 also errs, the same way, wherever stage 1 does: combining them cannot help.
+    wrong0 = (rng.random(n_samples) < 0.6) | wrong1
+    stage0 = table(np.where(wrong0, other, y), rng.uniform(0.85, 0.99, n_samples))
+    stage1 = table(np.where(wrong1, other, y), np.where(wrong1, 0.5, 0.8))
+    stage2 = table(y, np.full(n_samples, 0.9))
+    return np.stack([stage0, stage1, stage2]), y, np.arange(n_classes)
+
+
+@pytest.mark.parametrize("combine", ["vote", "last"])
+def test_subsets_drops_a_cheap_confidently_wrong_stage(combine):
+    tables, y, classes = _cheap_wrong_problem()
+    costs = [1.0, 4.0, 10.0]
+    budget = 5.0  # stage 1 alone fits; every sample through stages 0 and 1 as well, no more
+    kwargs = {"classes": classes, "stage_cost": costs, "combine": combine, "max_cost": budget}
+    subsets = search_stage_orders(tables, y, orders="subsets", **kwargs)
+    best = subsets.best
+    assert best.feasible
+    assert 0 not in best.order
+    assert best.mean_cost <= budget + 1e-9
+    accuracy = single_stage_scores(tables, y, classes=classes)
+    assert best.score > accuracy[1]  # stage 2 fixes stage 1's unsure mistakes
+    # Every full order tried by default starts with stage 0 and scores less.
+    auto = search_stage_orders(tables, y, **kwargs)
+    assert all(r.order[0] == 0 for r in auto.results)
+    assert best.score > max(r.score for r in auto.results)
+    assert best.score > subsets.for_order((0, 1, 2)).score
+    # No permutation of all three stages does better.
+    everything = search_stage_orders(tables, y, orders="all", **kwargs)
+    assert best.score >= max(r.score for r in everything.results if r.feasible)
+
+
+@pytest.mark.parametrize("scoring", [None, "f1_macro", "neg_log_loss"])
+def test_one_stage_candidates_score_and_cost_that_stage(scoring):
+    tables, y, classes = _synthetic(n_stages=3, n_samples=200, seed=5)
+    costs = [2.0, 3.0, 7.0]
+    search = search_stage_orders(
+        tables, y, classes=classes, stage_cost=costs, orders=[[2], [0], [1, 2]], scoring=scoring
+    )
+    alone = single_stage_scores(tables, y, classes=classes, scoring=scoring)
+    for s in (0, 2):
+        result = search.for_order((s,))
+        assert result.score == pytest.approx(alone[s], abs=1e-12)
+        assert result.mean_cost == costs[s]
+        assert result.thresholds == ()
+        assert result.stage_scores == pytest.approx((alone[s],))
+        assert len(result.frontier) == 1
+        assert result.feasible
+        point = score_thresholds(
+            tables[[s]], y, (), classes=classes, stage_cost=[costs[s]], scoring=scoring
+        )
+        assert point.score == pytest.approx(result.score, abs=1e-12)
+    assert [r.order for r in search.results] == [(2,), (0,), (1, 2)]
+
+
+def test_one_stage_candidates_under_constraints():
+    tables, y, classes = _synthetic(n_stages=3, n_samples=200, seed=2)
+    costs = [1.0, 2.0, 6.0]
+    alone = single_stage_scores(tables, y, classes=classes)
+    best_stage = int(np.argmax(alone))
+    kwargs = {"classes": classes, "stage_cost": costs, "orders": "subsets", **_FAST}
+    # "best_stage" is the best single stage over all the stages, for every candidate.
+    target = search_stage_orders(tables, y, min_score="best_stage", **kwargs)
+    assert target.best.score >= alone.max()
+    assert target.best.objective == "min_cost_for_score"
+    for s in range(3):
+        one = target.for_order((s,))
+        assert one.feasible == (alone[s] >= alone.max())
+        assert one.objective == "min_cost_for_score"
+    assert target.for_order((best_stage,)).feasible
+    # A budget below one stage's cost rules that stage out on its own.
+    budget = search_stage_orders(tables, y, max_cost=1.5, **kwargs)
+    assert budget.for_order((0,)).feasible
+    assert not budget.for_order((1,)).feasible
+    assert budget.for_order((1,)).objective == "max_score_under_budget"
+    assert budget.best.mean_cost <= 1.5
+
+
+def test_apply_tuning_keeps_only_the_tuned_stages():
+    tables, y, classes = _synthetic(n_stages=4, n_samples=300, seed=1)
+    costs = [1.0, 2.0, 5.0, 20.0]
+    weights = [0.1, 0.2, 0.3, 0.4]
+    cascade = _cascade(tables, classes, escalation_weight=weights)
+    for stage, cost in zip(cascade.stages_, costs, strict=True):
+        stage.cost_per_sample = cost
+    X = sample_ids(tables.shape[1])
+    search = search_orders(cascade, X, y, orders="subsets", max_cost=6.0)
+    assert len(search.results) == 15
+    for order in [(1, 3), (2,), search.best.order]:
+        result = search.for_order(order)
+        tuned = apply_tuning(cascade, result, X, y)
+        assert list(tuned.named_stages_) == [f"s{i}" for i in order]
+        assert tuned.stages_ == [cascade.stages_[i] for i in order]
+        assert tuned.escalation_weight == [weights[i] for i in order]
+        routed = tuned.route(X)
+        assert float(np.mean(routed.labels == y)) == pytest.approx(result.score, abs=1e-12)
+        assert routed.mean_cost == pytest.approx(result.mean_cost, rel=1e-12)
+    # An order search contributes its best order; the tuned cascade is left unchanged.
+    best = apply_tuning(cascade, search, X, y)
+    assert list(best.named_stages_) == [f"s{i}" for i in search.best.order]
+    assert list(cascade.named_stages_) == ["s0", "s1", "s2", "s3"]
+    single = apply_tuning(cascade, search.for_order((2,)), X, y)
+    np.testing.assert_array_equal(single.predict(X), classes[np.argmax(tables[2], axis=1)])
+
+
+def test_apply_tuning_drops_stages_of_a_real_cascade(digits_cascade):
+    cascade, X_val, y_val = digits_cascade
+    search = search_orders(cascade, X_val, y_val, orders=[(1,), (0, 1)])
+    tree_alone = search.for_order([1])
+    tuned = apply_tuning(cascade, tree_alone, X_val, y_val)
+    assert list(tuned.named_stages_) == ["tree"]
+    assert tuned.stages_[0].estimator_ is cascade.stages_[1].estimator_
+    np.testing.assert_array_equal(tuned.predict(X_val), cascade.stages_[1].predict(X_val))
+    assert tuned.score(X_val, y_val) == pytest.approx(tree_alone.score)
+
+
+@pytest.mark.parametrize(
+    ("orders", "match"),
+    [
+        ([(0, 1, 1)], r"got \[0, 1, 1\]: index 1 is repeated"),
+        ([(0, 1), (3, 0)], r"range\(3\).*got \[3, 0\]: index 3 is out of range"),
+        ([(0, 1), (-1,)], r"got \[-1\]: index -1 is out of range"),
+        ([()], r"got \[\]: it is empty"),
+        ([(0, 1.5)], r"1\.5 is not an integer"),
+        ([0, 1, 2], "not a sequence of stage indices"),
+        ([], "must not be empty"),
+        ("some", "'subsets'"),
+    ],
+)
+def test_invalid_orders_are_refused(orders, match):
+    tables, y, classes = _synthetic(n_stages=3, n_samples=30)
+    with pytest.raises(PolicyError, match=match):
+        search_stage_orders(tables, y, classes=classes, orders=orders)
+
+
+def test_subsets_refuses_too_many_stages():
+    tables, y, classes = _synthetic(n_stages=13, n_samples=10)
+    with pytest.raises(PolicyError, match=r"2\*\*13 - 1 = 8191 candidates.*12 stages"):
+        search_stage_orders(tables, y, classes=classes, orders="subsets")
+
+
+def test_order_search_reports_the_closest_candidate_when_none_is_feasible():
+    tables, y, classes = _synthetic(n_stages=3, n_samples=60)
+    with pytest.raises(PolicyError, match=r"cheapest policy found costs 0\.5 per sample"):
+        search_stage_orders(
+            tables, y, classes=classes, stage_cost=[3.0, 0.5, 2.0], orders="subsets", max_cost=0.1
+        )
+
+
+@pytest.mark.parametrize(
+    ("order", "match"),
+    [((0, 0), "index 0 is repeated"), ((1, 4), "index 4 is out of range"), ((), "empty")],
+)
+def test_apply_tuning_refuses_orders_that_do_not_fit(order, match):
+    tables, y, classes = _synthetic(n_stages=3, n_samples=50)
+    cascade = _cascade(tables, classes)
+    result = tune_thresholds(tables[:2], y, classes=classes)
+    bad = dataclasses.replace(result, order=order)
+    with pytest.raises(PolicyError, match=match):
+        apply_tuning(cascade, bad, sample_ids(50), y)
+
+
+def test_apply_tuning_refuses_a_result_tuned_on_another_number_of_stages():
+    tables, y, classes = _synthetic(n_stages=3, n_samples=50)
+    cascade = _cascade(tables, classes)
+    result = tune_thresholds(tables[:2], y, classes=classes)
+    assert result.n_stages == 2
+    with pytest.raises(PolicyError, match=r"\(0, 1\) does not fit .* tuned on 2 stages"):
+        apply_tuning(cascade, result, sample_ids(50), y)

@@ -124,13 +124,18 @@ class TuningResult:
         feasible: whether the chosen point meets the constraint. `tune_thresholds` raises
             when it cannot; order searches keep infeasible orders for their frontier.
         stage_names: the stages' names, in the order tuned.
-        order: the tuned order as indices into the original stage order.
+        order: the tuned order as indices into the original stage order. An order search
+            may tune a sub-sequence of the stages (``orders="subsets"``), so it can be
+            shorter than the original number of stages; the stages it leaves out are
+            dropped by [`apply_tuning`][cascademl.tuning.apply_tuning].
         stage_cost: the cost of one sample at each stage, in the order tuned.
         stage_scores: the score of each stage used alone, in the order tuned.
         scoring: the name of the score.
         objective: ``"max_score"``, ``"max_score_under_budget"`` or
             ``"min_cost_for_score"``.
         n_evaluations: the number of configurations scored.
+        n_stages: how many stages ``order`` indexes into (the original stages, a
+            sub-sequence of which may have been tuned); ``None`` when not recorded.
     """
 
     policy: ConfidencePolicy
@@ -146,6 +151,7 @@ class TuningResult:
     scoring: str
     objective: str
     n_evaluations: int
+    n_stages: int | None = None
 
     @property
     def chosen(self) -> FrontierPoint:
@@ -168,6 +174,10 @@ class TuningResult:
 class OrderSearchResult:
     """Outcome of an order search: one [`TuningResult`][cascademl.tuning.TuningResult] per order.
 
+    An order is a tuple of original stage indices: a permutation of all the stages, or a
+    sub-sequence of them when the search was asked for ``orders="subsets"`` or given such
+    orders, in which case the best order may leave stages out.
+
     Attributes:
         results: one result per stage order tried, each with its own frontier.
         best_index: the order whose chosen point is best under the tuning objective.
@@ -182,7 +192,11 @@ class OrderSearchResult:
         return self.results[self.best_index]
 
     def for_order(self, order: Sequence[int]) -> TuningResult:
-        """The result for one order (a sequence of original stage indices)."""
+        """The result for one order (a sequence of original stage indices, all or some).
+
+        Raises:
+            KeyError: if that order was not searched.
+        """
         key = tuple(int(i) for i in order)
         for result in self.results:
             if result.order == key:
@@ -751,6 +765,7 @@ def _tune_one(
     *,
     names: tuple[str, ...],
     order: tuple[int, ...],
+    n_stages: int,
     measure: ConfidenceMeasure,
     combine: CombineMethod,
     escalation_weight: float | Sequence[float],
@@ -767,23 +782,7 @@ def _tune_one(
         target = float(stage_scores.max())
     elif min_score is not None:
         target = float(min_score)
-    if p.shape[0] == 1:
-        score, cost = float(stage_scores[0]), float(costs[0])
-        return TuningResult(
-            policy=ConfidencePolicy(measure, 0.0),
-            score=score,
-            mean_cost=cost,
-            frontier=(FrontierPoint((), score, cost),),
-            chosen_index=0,
-            feasible=_is_feasible(score, cost, max_cost, target),
-            stage_names=names,
-            order=order,
-            stage_cost=(cost,),
-            stage_scores=(score,),
-            scoring=score_name,
-            objective="max_score",
-            n_evaluations=1,
-        )
+    key, objective = _objective(max_cost, target)
     problem = _Problem(
         p,
         y_idx,
@@ -795,14 +794,27 @@ def _tune_one(
         scorer=scorer,
         n_candidates=n_candidates,
     )
+    if p.shape[0] == 1:
+        # One stage: nothing to tune; every sample ends at that stage.
+        score, cost = problem.evaluate(np.zeros(problem.n_samples, dtype=np.intp))
+        return TuningResult(
+            policy=ConfidencePolicy(measure, 0.0),
+            score=score,
+            mean_cost=cost,
+            frontier=(FrontierPoint((), score, cost),),
+            chosen_index=0,
+            feasible=_is_feasible(score, cost, max_cost, target),
+            stage_names=names,
+            order=order,
+            stage_cost=(float(costs[0]),),
+            stage_scores=(float(stage_scores[0]),),
+            scoring=score_name,
+            objective=objective,
+            n_evaluations=problem.n_evaluations,
+            n_stages=n_stages,
+        )
     archive = _explore(problem, costs, n_lambdas)
     # Refine on the real objective, from the best archived points.
-    if max_cost is not None:
-        key, objective = _key_budget(float(max_cost)), "max_score_under_budget"
-    elif target is not None:
-        key, objective = _key_target(target), "min_cost_for_score"
-    else:
-        key, objective = _key_max_score(), "max_score"
     rows, scores, costs_seen = archive.arrays()
     ranking = np.lexsort(key(scores, costs_seen)[::-1])[::-1][:3]
     for r in ranking.tolist():
@@ -834,7 +846,17 @@ def _tune_one(
         scoring=score_name,
         objective=objective,
         n_evaluations=problem.n_evaluations,
+        n_stages=n_stages,
     )
+
+
+def _objective(max_cost: float | None, target: float | None) -> tuple[_KeyFn, str]:
+    """The ranking key of the tuning objective, and its name."""
+    if max_cost is not None:
+        return _key_budget(float(max_cost)), "max_score_under_budget"
+    if target is not None:
+        return _key_target(target), "min_cost_for_score"
+    return _key_max_score(), "max_score"
 
 
 def _is_feasible(score: float, cost: float, max_cost: float | None, target: float | None) -> bool:
@@ -939,6 +961,7 @@ def tune_thresholds(
         costs,
         names=names,
         order=tuple(range(p.shape[0])),
+        n_stages=p.shape[0],
         measure=measure,
         combine=combine,
         escalation_weight=escalation_weight,
@@ -1037,7 +1060,56 @@ def _names(stage_names: Sequence[str] | None, n_stages: int) -> tuple[str, ...]:
     return names
 
 
-OrdersArg: TypeAlias = Literal["auto", "all"] | Sequence[Sequence[int]]
+OrdersArg: TypeAlias = Literal["auto", "all", "subsets"] | Sequence[Sequence[int]]
+"""Which stage orders an order search tunes: ``"auto"``, ``"all"``, ``"subsets"`` or a list
+of orders, each a sequence of stage indices (all the stages, or a sub-sequence of them)."""
+
+#: ``orders="subsets"`` tunes ``2**n - 1`` candidates; refused above this many stages.
+_MAX_SUBSET_STAGES = 12
+
+
+def _order_problem(order: object, n: int) -> str | None:
+    """Why ``order`` is not a valid order of stages ``range(n)``; ``None`` when it is."""
+    if isinstance(order, (str, bytes)) or not isinstance(order, Sequence):
+        return "not a sequence of stage indices"
+    if len(order) == 0:
+        return "it is empty"
+    seen: set[int] = set()
+    for i in order:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            return f"{i!r} is not an integer"
+        if not 0 <= int(i) < n:
+            return f"index {int(i)} is out of range"
+        if int(i) in seen:
+            return f"index {int(i)} is repeated"
+        seen.add(int(i))
+    return None
+
+
+def _check_order(order: object, n: int) -> tuple[int, ...]:
+    """Validate one order: a non-empty sequence of distinct indices in ``range(n)``."""
+    problem = _order_problem(order, n)
+    if problem is not None:
+        shown = list(order) if isinstance(order, Sequence) and not isinstance(order, str) else order
+        msg = (
+            f"each order must be a permutation of range({n}) or a non-empty sub-sequence of "
+            f"distinct stage indices in range({n}), got {shown!r}: {problem}"
+        )
+        raise PolicyError(msg)
+    return tuple(int(i) for i in cast("Sequence[int]", order))
+
+
+def _subsets(n: int) -> list[tuple[int, ...]]:
+    """Every non-empty order-preserving sub-sequence of ``range(n)``, shortest first."""
+    if n > _MAX_SUBSET_STAGES:
+        msg = (
+            f"orders='subsets' tunes every non-empty sub-sequence of the stages: "
+            f"2**{n} - 1 = {2**n - 1} candidates, one tuning run each; it is limited to "
+            f"{_MAX_SUBSET_STAGES} stages ({2**_MAX_SUBSET_STAGES - 1} candidates). Pass a "
+            "list of orders instead"
+        )
+        raise PolicyError(msg)
+    return [c for k in range(1, n + 1) for c in itertools.combinations(range(n), k)]
 
 
 def _candidate_orders(
@@ -1054,15 +1126,17 @@ def _candidate_orders(
                 order_by_cost(costs.tolist()),
             ]
             return list(dict.fromkeys(found))
-        msg = f"orders must be 'auto', 'all' or a list of permutations, got {orders!r}"
+        if orders == "subsets":
+            return _subsets(n)
+        msg = (
+            f"orders must be 'auto', 'all', 'subsets' or a list of orders (sequences of "
+            f"stage indices), got {orders!r}"
+        )
         raise PolicyError(msg)
-    out: list[tuple[int, ...]] = []
-    for o in orders:
-        t = tuple(int(i) for i in o)
-        if sorted(t) != list(range(n)):
-            msg = f"each order must be a permutation of range({n}), got {list(o)!r}"
-            raise PolicyError(msg)
-        out.append(t)
+    if not isinstance(orders, Sequence):
+        msg = f"orders must be 'auto', 'all', 'subsets' or a list of orders, got {orders!r}"
+        raise PolicyError(msg)
+    out = [_check_order(o, n) for o in orders]
     if not out:
         msg = "orders must not be empty"
         raise PolicyError(msg)
@@ -1088,15 +1162,23 @@ def search_stage_orders(
 ) -> OrderSearchResult:
     """Tune thresholds for several stage orders and report each order's frontier.
 
-    Reordering reuses the cached probabilities: no model is called again.
+    Reordering reuses the cached probabilities: no model is called again. A candidate that
+    leaves stages out is tuned as a cascade of its stages only: a sample pays for the
+    stages it visits among them, and a one-stage candidate sends every sample to its stage
+    (no thresholds; its score and cost are that stage's).
 
     Args:
         stage_proba: array of shape (n_stages, n_samples, n_classes), in the original order.
         y: the validation labels.
         classes: the labels of the columns.
         orders: ``"auto"`` (the given order, least-accurate-first as in the paper, and
-            cheapest-first), ``"all"`` (every permutation; only for a few stages) or a
-            list of permutations of the stage indices.
+            cheapest-first), ``"all"`` (every permutation; only for a few stages),
+            ``"subsets"`` (stage selection: every non-empty sub-sequence of the stages in
+            their given order, shortest first, the full order last) or a list of orders.
+            Each listed order is a non-empty sequence of distinct stage indices: a
+            permutation of them all, or a sub-sequence that leaves some stages out. Each
+            candidate is one tuning run: ``"subsets"`` tunes ``2**n_stages - 1`` of them (31
+            for five stages) and is refused above 12 stages.
         stage_cost: the cost per sample of each stage, in the original order.
         measure: see [`tune_thresholds`][cascademl.tuning.tune_thresholds].
         combine: see `tune_thresholds`.
@@ -1110,10 +1192,28 @@ def search_stage_orders(
 
     Returns:
         One result per order, and the best: the highest score (under ``max_cost`` or
-        unconstrained) or the lowest cost (with ``min_score``) among feasible orders.
+        unconstrained) or the lowest cost (with ``min_score``) among feasible orders. Ties
+        go to the cheaper order, then to the earlier one in the list of candidates (with
+        ``"subsets"``, the one with fewer stages).
 
     Raises:
-        PolicyError: for invalid inputs, or when no order meets the constraint.
+        PolicyError: for invalid inputs (an order with a repeated, out-of-range or
+            non-integer index, or an empty one; ``"subsets"`` with more than 12 stages), or
+            when no order meets the constraint.
+
+    Examples:
+        >>> import numpy as np
+        >>> y = np.array([0, 1] * 50)
+        >>> wrong = np.eye(2)[1 - y] * 0.9 + 0.05  # cheap, confident and always wrong
+        >>> right = np.eye(2)[y] * 0.8 + 0.1
+        >>> search = search_stage_orders(
+        ...     np.stack([wrong, right]), y, classes=[0, 1], stage_cost=[1.0, 4.0],
+        ...     orders="subsets", max_cost=4.0,
+        ... )
+        >>> [r.order for r in search.results]
+        [(0,), (1,), (0, 1)]
+        >>> search.best.order, search.best.score, search.best.mean_cost
+        ((1,), 1.0, 4.0)
     """
     _check_constraints(max_cost, min_score)
     p, y_idx, labels, costs = _validate_inputs(stage_proba, y, classes, stage_cost, n_candidates)
@@ -1135,6 +1235,7 @@ def search_stage_orders(
                 costs[list(order)],
                 names=tuple(names[i] for i in order),
                 order=order,
+                n_stages=p.shape[0],
                 measure=measure,
                 combine=combine,
                 escalation_weight=weights_o,
@@ -1147,7 +1248,12 @@ def search_stage_orders(
         )
     feasible = [i for i, r in enumerate(results) if r.feasible]
     if not feasible:
-        _infeasible_error(results[0], max_cost, min_score)
+        # Report the candidate that came closest: the cheapest, or the best scoring.
+        if max_cost is not None:
+            closest = min(results, key=lambda r: r.frontier[0].mean_cost)
+        else:
+            closest = max(results, key=lambda r: r.frontier[-1].score)
+        _infeasible_error(closest, max_cost, min_score)
     if min_score is not None:
         best = min(feasible, key=lambda i: (results[i].mean_cost, -results[i].score, i))
     else:
@@ -1232,7 +1338,9 @@ def search_orders(
 ) -> OrderSearchResult:
     """Like [`tune_cascade`][cascademl.tuning.tune_cascade], over several stage orders.
 
-    See [`search_stage_orders`][cascademl.tuning.search_stage_orders] for ``orders``.
+    See [`search_stage_orders`][cascademl.tuning.search_stage_orders] for ``orders``:
+    ``orders="subsets"`` also tries every sub-sequence of the stages, so that
+    [`apply_tuning`][cascademl.tuning.apply_tuning] can drop the stages that do not pay.
     """
     proba = stage_probabilities(cascade, X_val)
     return search_stage_orders(
@@ -1269,6 +1377,9 @@ def apply_tuning(
 ) -> CascadeClassifier:
     """Return a new fitted cascade with the tuned stage order and policy.
 
+    The new cascade holds the stages of the tuned order only, in that order, under their
+    names: a result for a sub-sequence of the stages (from ``orders="subsets"``) drops the
+    others, and a per-stage ``escalation_weight`` keeps the weights of the stages kept.
     The trained stages are reused, never retrained: ``X`` and ``y`` (for example the
     validation split) only let ``fit`` check the classes and the number of features.
 
@@ -1280,14 +1391,25 @@ def apply_tuning(
 
     Returns:
         A fitted cascade; ``cascade`` is left unchanged.
+
+    Raises:
+        NotFittedError: if the cascade is not fitted.
+        PolicyError: if the result's order is empty or holds an index that is repeated or
+            not one of the cascade's stages.
     """
     tuned = result.best if isinstance(result, OrderSearchResult) else result
     if not hasattr(cascade, "stages_"):
         msg = f"this {type(cascade).__name__} is not fitted yet; call fit before apply_tuning"
         raise NotFittedError(msg)
     names = list(cascade.named_stages_.keys())
-    if len(tuned.order) != len(names):
-        msg = f"the result is for {len(tuned.order)} stages but the cascade has {len(names)}"
+    problem = _order_problem(tuned.order, len(names))
+    if problem is None and tuned.n_stages not in (None, len(names)):
+        problem = f"it was tuned on {tuned.n_stages} stages"
+    if problem is not None:
+        msg = (
+            f"the result's order {tuned.order!r} does not fit this cascade of {len(names)} "
+            f"stages (indices in range({len(names)}), each at most once): {problem}"
+        )
         raise PolicyError(msg)
     stages = [(names[i], _frozen_stage(cascade.stages_[i])) for i in tuned.order]
     weights = cascade.escalation_weight
