@@ -18,7 +18,6 @@ results.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import warnings
 from pathlib import Path
@@ -26,8 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cascademl import PolicyError
-from cascademl.tuning import order_by_accuracy, score_thresholds, tune_thresholds
+from cascademl.tuning import order_by_accuracy, score_thresholds, search_stage_orders
 
 
 class Tuned(NamedTuple):
@@ -49,31 +47,33 @@ def tune_subsets(
     max_cost_ratio: float,
     scoring: str | None,
 ) -> list[Tuned]:
-    """Tune every order-preserving subset on validation; best validation score first."""
-    order = order_by_accuracy(val, y_val, classes=classes)
-    budget = max_cost_ratio * float(flops.sum())
+    """Tune every order-preserving subset on validation; best validation score first.
+
+    One call of ``search_stage_orders(orders="subsets")``, the library's stage selection,
+    which the leukemia pipeline also reports; subsets that cannot meet the budget are left
+    out.
+    """
+    order = list(order_by_accuracy(val, y_val, classes=classes))
+    search = search_stage_orders(
+        val[order], y_val, classes=classes, orders="subsets",
+        stage_cost=[float(c) for c in flops[order]],
+        max_cost=max_cost_ratio * float(flops.sum()), scoring=scoring,
+    )  # fmt: skip
     found = []
-    for size in range(1, len(order) + 1):
-        for subset in itertools.combinations(order, size):
-            stages = list(subset)
-            cost = [float(c) for c in flops[stages]]
-            try:
-                tuned = tune_thresholds(
-                    val[stages], y_val, classes=classes, stage_cost=cost,
-                    max_cost=budget, scoring=scoring,
-                )  # fmt: skip
-            except PolicyError:  # not even the cheapest policy fits the budget
-                continue
-            point = score_thresholds(val[stages], y_val, tuned.thresholds, classes=classes)
-            found.append(
-                Tuned(
-                    tuple(stages),
-                    tuple(tuned.thresholds),
-                    tuned.score,
-                    point.score,
-                    tuned.mean_cost / float(flops.sum()),
-                )
+    for tuned in search.results:
+        if not tuned.feasible:
+            continue
+        stages = [order[i] for i in tuned.order]
+        point = score_thresholds(val[stages], y_val, tuned.thresholds, classes=classes)
+        found.append(
+            Tuned(
+                tuple(stages),
+                tuple(tuned.thresholds),
+                tuned.score,
+                point.score,
+                tuned.mean_cost / float(flops.sum()),
             )
+        )
     return sorted(found, key=lambda t: (-t.val_score, t.cost_share))
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import torch
@@ -40,8 +40,8 @@ from cascademl.tuning import (
     apply_tuning,
     order_by_accuracy,
     score_thresholds,
+    search_stage_orders,
     stage_probabilities,
-    tune_thresholds,
 )
 
 from . import report
@@ -311,7 +311,7 @@ def run_experiment(
     val_acc = [float(np.mean(_predict_labels(p, classes) == y["val"])) for p in val_proba]
 
     # ---------------------------------------------------------------- order and tune
-    other_order = "cost" if order == "accuracy" else "accuracy"
+    rules = (order, *(rule for rule in ORDER_RULES if rule != order))
     tuned = {
         rule: _order_and_tune(
             stages,
@@ -324,7 +324,7 @@ def run_experiment(
             max_cost_ratio=max_cost_ratio,
             scoring=scoring,
         )
-        for rule in (order, other_order)
+        for rule in rules
     }
     ordering, budget, tuning, cascade = (
         tuned[order].ordering,
@@ -354,15 +354,18 @@ def run_experiment(
         for name in names
     }
     best_name = max(names, key=lambda n: metrics[n].accuracy)
-    alternative = _alternative_order(
-        stages,
-        costs,
-        tuned[other_order],
-        rule=other_order,
-        x_test=x["test"],
-        y_test=y["test"],
-        classes=classes,
-    )
+    alternatives = {
+        rule: _alternative_order(
+            stages,
+            costs,
+            tuned[rule],
+            rule=rule,
+            x_test=x["test"],
+            y_test=y["test"],
+            classes=classes,
+        )
+        for rule in rules[1:]
+    }
 
     # ---------------------------------------------------------------- save
     cascade_dir = save_cascade(cascade, out / "cascade", overwrite=True)
@@ -402,7 +405,7 @@ def run_experiment(
         "val_accuracy": dict(zip(names, val_acc, strict=True)),
         "order": [names[i] for i in ordering],
         "order_rule": order,
-        "alternative_order": alternative,
+        "alternatives": alternatives,
         "thresholds": list(tuning.thresholds),
         "tuning": {
             "objective": tuning.objective,
@@ -539,6 +542,11 @@ class _Tuned(NamedTuple):
         return self.frontier[self.tuning.chosen_index][1]
 
 
+#: The ways the stages are ordered: the paper's (least accurate on validation first), the
+#: cheapest first, and stage selection (the paper's order, keeping only the stages that pay).
+ORDER_RULES: Final = ("accuracy", "cost", "selected")
+
+
 def _order_and_tune(
     stages: list[tuple[str, TorchStage]],
     val_proba: np.ndarray[Any, Any],
@@ -551,45 +559,55 @@ def _order_and_tune(
     max_cost_ratio: float,
     scoring: str,
 ) -> _Tuned:
-    """Order the stages and tune the thresholds on validation probabilities (no test data)."""
-    if order == "accuracy":
-        ordering = order_by_accuracy(val_proba, y_val, classes=classes)
+    """Order the stages and tune the thresholds on validation probabilities (no test data).
+
+    ``order="selected"`` tunes every sub-sequence of the paper's order (one to all five
+    stages, :func:`cascademl.tuning.search_stage_orders` with ``orders="subsets"``) and
+    keeps the best on validation, so that stages that do not pay within the budget are
+    dropped.
+    """
+    if order in {"accuracy", "selected"}:
+        base = order_by_accuracy(val_proba, y_val, classes=classes)
     elif order == "cost":
-        ordering = tuple(int(i) for i in np.argsort(flops, kind="stable"))
+        base = tuple(int(i) for i in np.argsort(flops, kind="stable"))
     else:
-        msg = f"order must be 'accuracy' or 'cost', got {order!r}"
+        msg = f"order must be one of {ORDER_RULES}, got {order!r}"
         raise ValueError(msg)
-    ordered = CascadeClassifier(
-        [stages[i] for i in ordering], policy=ConfidencePolicy(thresholds=0.0)
-    ).fit(x_val, y_val)
     budget: float | None = max_cost_ratio * float(sum(flops))
-    if budget is not None and budget < flops[ordering[0]]:
+    cheapest = min(flops) if order == "selected" else flops[base[0]]
+    if budget is not None and budget < cheapest:
         logger.warning(
             "a budget of %.0f%% of all backbones is below the first stage's own cost in this "
             "order; tuning for the best validation score without a budget instead",
             100 * max_cost_ratio,
         )
         budget = None
-    proba = val_proba[list(ordering)]
-    cost = [flops[i] for i in ordering]
-    tuning: TuningResult = tune_thresholds(
-        proba,
+    search = search_stage_orders(
+        val_proba[list(base)],
         y_val,
         classes=classes,
-        stage_cost=cost,
+        orders="subsets" if order == "selected" else [tuple(range(len(base)))],
+        stage_cost=[flops[i] for i in base],
         max_cost=budget,
         scoring=scoring,
-        stage_names=[stages[i][0] for i in ordering],
+        stage_names=[stages[i][0] for i in base],
     )
+    tuning = search.best
+    ordering = tuple(base[i] for i in tuning.order)
+    proba = val_proba[list(ordering)]
+    cost = [flops[i] for i in ordering]
     accuracy = [
         score_thresholds(proba, y_val, point.thresholds, classes=classes, stage_cost=cost)
         for point in tuning.frontier
     ]
+    based = CascadeClassifier(
+        [stages[i] for i in base], policy=ConfidencePolicy(thresholds=0.0)
+    ).fit(x_val, y_val)
     return _Tuned(
         ordering,
         budget,
         tuning,
-        apply_tuning(ordered, tuning, x_val, y_val),
+        apply_tuning(based, tuning, x_val, y_val),
         [(point.mean_cost, point.score) for point in accuracy],
     )
 
@@ -687,11 +705,7 @@ def _report_sections(
             + f" | {sum(per_class.values())} |"
         )
     order = " -> ".join(payload["order"])
-    order_rule = (
-        "least accurate on validation first, as in the paper"
-        if payload["order_rule"] == "accuracy"
-        else "cheapest first"
-    )
+    order_rule = _RULE_TEXT[payload["order_rule"]]
     thresholds = ", ".join(f"{t:.4g}" for t in payload["thresholds"])
     objective = _objective(payload["tuning"]["scoring"], payload["tuning"]["budget_flops"])
     exits = ", ".join(f"{k}: {v}" for k, v in payload["exit_counts"].items())
@@ -733,7 +747,10 @@ def _report_sections(
             f"{cost['cascade_flops_ratio_all']:.1%} of running every backbone, "
             f"{cost['cascade_flops_ratio_last']:.1%} of the last stage alone."
         ),
-        "Other stage order": _alternative_section(payload["alternative_order"]),
+        **{
+            _RULE_HEADING[rule]: _alternative_section(alt)
+            for rule, alt in payload["alternatives"].items()
+        },
         "Validation accuracy per backbone": val_lines,
         "McNemar's test, cascade against each backbone (test split)": mcn,
         "Inference time per image": (
@@ -772,8 +789,9 @@ def validation_check(payload: Mapping[str, Any]) -> str:
         )
     return (
         f"On validation that is below {best_name} alone ({best:.2%}): within this budget "
-        "the cascade does not pay for its stages; `python benchmarks/leukemia_stage_subsets.py "
-        "OUT` tunes every subset of the backbones on validation and ranks them."
+        "the cascade does not pay for all its stages; the stage-selection section below "
+        "keeps only the backbones that do, and `python benchmarks/leukemia_stage_subsets.py "
+        "OUT` ranks every subset on validation."
     )
 
 
@@ -783,24 +801,35 @@ def _objective(scoring: str, budget: float | None) -> str:
         "accuracy": "the best validation accuracy",
     }.get(scoring, f"the best validation {scoring}")
     if budget is None:
-        return f"{score} (no budget: the first stage alone exceeds it)"
+        return f"{score} (no budget: a first stage alone would exceed it)"
     return f"{score} at a mean cost of at most {budget / 1e9:.3f} GFLOPs"
 
 
+#: How the report names each ordering rule, in a sentence and as a section heading.
+_RULE_TEXT: Final = {
+    "accuracy": "least accurate on validation first, as in the paper",
+    "cost": "cheapest first (FLOPs per image)",
+    "selected": (
+        "least accurate on validation first, keeping the sub-sequence of the backbones "
+        "that scores best on validation within the budget (stage selection)"
+    ),
+}
+_RULE_HEADING: Final = {
+    "accuracy": "The paper's stage order",
+    "cost": "Other stage order: cheapest first",
+    "selected": "Stage selection: only the backbones that pay",
+}
+
+
 def _alternative_section(alt: Mapping[str, Any]) -> str:
-    rule = (
-        "cheapest first (FLOPs per image)"
-        if alt["rule"] == "cost"
-        else "least accurate on validation first (the paper's rule)"
-    )
     objective = _objective(alt["scoring"], alt["budget_flops"])
     exits = ", ".join(f"{k}: {v}" for k, v in alt["exit_counts"].items())
+    thresholds = ", ".join(f"{t:.4g}" for t in alt["thresholds"]) or "none (one stage)"
     return (
-        f"The same backbones ordered {rule}: {' -> '.join(alt['order'])}; thresholds "
-        f"tuned on validation for {objective}: "
-        + ", ".join(f"{t:.4g}" for t in alt["thresholds"])
-        + f" (validation accuracy {alt['val_accuracy']:.2%})"
-        + f".\n\nTest accuracy {alt['test_accuracy']:.2%}, MCC {alt['test_mcc']:.4f}, "
+        f"Backbones ordered {_RULE_TEXT[alt['rule']]}: {' -> '.join(alt['order'])}; "
+        f"thresholds tuned on validation for {objective}: {thresholds}"
+        f" (validation accuracy {alt['val_accuracy']:.2%})"
+        f".\n\nTest accuracy {alt['test_accuracy']:.2%}, MCC {alt['test_mcc']:.4f}, "
         f"kappa {alt['test_kappa']:.4f}; mean cost {alt['cascade_mean_flops'] / 1e9:.3f} "
         f"GFLOPs per image, {alt['cascade_flops_ratio_all']:.1%} of running every backbone. "
         f"Samples ended per stage (test): {exits}."

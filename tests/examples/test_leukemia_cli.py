@@ -62,6 +62,17 @@ def test_run_writes_the_results_folder(smoke_run):
     assert 0 <= tuning["val_accuracy"] <= 1
     assert all(0 <= point["accuracy"] <= 1 for point in tuning["frontier"])
     assert "lowest validation log-loss" in report
+    # The other orderings, tuned on validation alone, reported next to the paper's.
+    alternatives = metrics["alternatives"]
+    assert set(alternatives) == {"cost", "selected"}
+    selected = alternatives["selected"]["order"]
+    assert selected
+    assert selected == [name for name in metrics["order"] if name in selected]
+    if alternatives["selected"]["budget_flops"] == tuning["budget_flops"]:
+        # The paper's full order is one of the candidates of the stage selection.
+        assert alternatives["selected"]["val_score"] >= tuning["val_score"] - 1e-12
+    assert "## Stage selection: only the backbones that pay" in report
+    assert "## Other stage order: cheapest first" in report
     saved = np.load(out / "probabilities.npz")
     n_val = sum(metrics["split_counts"]["val"].values())
     n_test = sum(metrics["split_counts"]["test"].values())

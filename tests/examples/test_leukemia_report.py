@@ -97,6 +97,7 @@ def test_validation_check_names_the_better_backbone():
     }
     below = validation_check(payload)
     assert "below DenseNet201 alone (98.25%)" in below
+    assert "stage-selection section below" in below
     assert "leukemia_stage_subsets.py" in below
     payload["tuning"]["val_accuracy"] = 0.9825
     assert "at or above the best backbone alone (DenseNet201, 98.25%)" in validation_check(payload)
