@@ -18,13 +18,12 @@ results.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from _leukemia_results import add_run_arguments, load_run
 from cascademl.tuning import order_by_accuracy, score_thresholds, search_stage_orders
 
 
@@ -80,23 +79,17 @@ def tune_subsets(
 def main(argv: list[str] | None = None) -> None:
     """Rank the subsets of a results folder and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="results folder of a leukemia run")
+    add_run_arguments(parser)
     parser.add_argument("--scoring", default="neg_log_loss", help="'accuracy' or a sklearn scorer")
-    parser.add_argument(
-        "--max-cost-ratio", type=float, default=0.35, help="budget, share of all backbones"
-    )
     parser.add_argument("--top", type=int, default=8, help="subsets to list")
     args = parser.parse_args(argv)
-    saved = np.load(args.results / "probabilities.npz")
-    metrics = json.loads((args.results / "metrics.json").read_text())
-    names = [str(n) for n in saved["stages"]]
-    flops = np.array([metrics["cost"]["flops_per_image"][n] for n in names])
-    classes = saved["classes"]
+    run = load_run(args.results)
+    names, flops, classes = run.names, run.flops, run.classes
     scoring = None if args.scoring == "accuracy" else args.scoring
     warnings.filterwarnings("ignore", category=UserWarning)
     ranked = tune_subsets(
-        saved["val"],
-        saved["val_labels"],
+        run.val,
+        run.val_labels,
         flops,
         classes=classes,
         max_cost_ratio=args.max_cost_ratio,
@@ -116,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     for title, tuned in (("top on validation", ranked[0]), ("all five", full)):
         stages = list(tuned.stages)
         test = score_thresholds(
-            saved["test"][stages],
-            saved["test_labels"],
+            run.test[stages],
+            run.test_labels,
             tuned.thresholds,
             classes=classes,
             stage_cost=[float(c) for c in flops[stages]],

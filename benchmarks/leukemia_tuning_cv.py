@@ -20,13 +20,12 @@ running every backbone.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from _leukemia_results import add_run_arguments, load_run
 from cascademl.tuning import (
     order_by_accuracy,
     score_thresholds,
@@ -84,26 +83,20 @@ def held_out_scores(
 def main(argv: list[str] | None = None) -> None:
     """Run the comparison on a results folder and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="results folder of a leukemia run")
+    add_run_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5, help="seeds of the 2-fold split")
-    parser.add_argument(
-        "--max-cost-ratio", type=float, default=0.35, help="budget, share of all backbones"
-    )
     args = parser.parse_args(argv)
-    saved = np.load(args.results / "probabilities.npz")
-    metrics = json.loads((args.results / "metrics.json").read_text())
-    names = [str(n) for n in saved["stages"]]
-    flops = np.array([metrics["cost"]["flops_per_image"][n] for n in names])
+    run = load_run(args.results)
     warnings.filterwarnings("ignore", category=UserWarning)
     results = held_out_scores(
-        saved["val"],
-        saved["val_labels"],
-        flops,
-        classes=saved["classes"],
-        budget=args.max_cost_ratio * float(flops.sum()),
+        run.val,
+        run.val_labels,
+        run.flops,
+        classes=run.classes,
+        budget=run.budget(args.max_cost_ratio),
         repeats=args.repeats,
     )
-    n = len(saved["val_labels"])
+    n = len(run.val_labels)
     print(f"{args.results}: {n} validation images, {args.repeats} x 2-fold, test split unused\n")
     print("| tuned for | held-out accuracy | spread (sd) | cost, share of all five |")
     print("|---|---|---|---|")

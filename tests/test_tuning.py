@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, get_scorer, log_loss
 from sklearn.naive_bayes import GaussianNB
 from sklearn.tree import DecisionTreeClassifier
 
@@ -107,6 +107,55 @@ def test_score_thresholds_matches_the_real_cascade_and_the_tuner(combine):
         assert accuracy.score == pytest.approx(score, abs=1e-12)
         assert accuracy.mean_cost == pytest.approx(cost, rel=1e-12)
         assert accuracy.thresholds == point.thresholds
+
+
+@pytest.mark.parametrize("confidently_wrong", [False, True])
+@pytest.mark.parametrize("combine", ["vote", "last", "mean"])
+def test_log_loss_frontier_is_sklearns_log_loss_of_the_real_cascade(combine, confidently_wrong):
+    # The tuner sweeps log-loss with cumulative sums; check it against sklearn on the routed
+    # cascade's combined probabilities, not against the tuner's own evaluation.
+    tables, y, classes = _synthetic(seed=5)
+    if confidently_wrong:  # probability exactly 0 for the true class: sklearn's clipping
+        y_idx = np.searchsorted(classes, y)
+        wrong = np.eye(len(classes))[(y_idx + 1) % len(classes)]
+        tables = tables.copy()
+        tables[0, :40] = wrong[:40]
+    costs = [1.0, 2.0, 5.0, 20.0]
+    tuned = tune_thresholds(
+        tables, y, classes=classes, stage_cost=costs, combine=combine, scoring="neg_log_loss"
+    )
+    assert len(tuned.frontier) > 3
+    for point in tuned.frontier:
+        cascade = _cascade(tables, classes, point.thresholds, combine=combine)
+        result = cascade.route(sample_ids(tables.shape[1]))
+        expected = -log_loss(y, result.proba, labels=classes)
+        assert point.score == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+# The generic path calls sklearn once per configuration: a few small examples only.
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n_stages=st.integers(2, 3),
+    combine=st.sampled_from(["vote", "last"]),
+    budget=st.sampled_from([None, 3.0, 6.0]),
+)
+def test_log_loss_fast_path_agrees_with_the_generic_scorer_path(seed, n_stages, combine, budget):
+    tables, y, classes = _synthetic(n_stages=n_stages, n_samples=60, seed=seed)
+    costs = [1.0, 2.0, 4.0][:n_stages]
+    scorer = get_scorer("neg_log_loss")
+
+    def generic(estimator, X, y_true):  # same score, but not recognised: one call per point
+        return scorer(estimator, X, y_true)
+
+    kwargs = {"classes": classes, "stage_cost": costs, "combine": combine}
+    small = {"max_cost": budget, "n_candidates": 16, "n_lambdas": 4}
+    fast = tune_thresholds(tables, y, scoring="neg_log_loss", **small, **kwargs)
+    slow = tune_thresholds(tables, y, scoring=generic, **small, **kwargs)
+    assert fast.score == pytest.approx(slow.score, rel=1e-9, abs=1e-12)
+    for point in fast.frontier:
+        again = score_thresholds(tables, y, point.thresholds, scoring=generic, **kwargs)
+        assert point.score == pytest.approx(again.score, rel=1e-9, abs=1e-12)
 
 
 def test_score_thresholds_rejects_a_wrong_number_of_thresholds():

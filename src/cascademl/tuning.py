@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeAlias, cast
 import numpy as np
 from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import get_scorer
+from sklearn.metrics import get_scorer, log_loss
 from sklearn.utils.validation import _num_samples
 
 from cascademl._labels import label_indices
@@ -320,6 +320,42 @@ def _reads_labels_only(scorer: Callable[..., float] | None) -> bool:
         return False
 
 
+def _is_neg_log_loss(scorer: Callable[..., float] | None) -> bool:
+    """Whether ``scorer`` is scikit-learn's plain ``neg_log_loss`` scorer."""
+    return (
+        scorer is not None
+        and getattr(scorer, "_score_func", None) is log_loss
+        and getattr(scorer, "_sign", None) == -1
+        and not getattr(scorer, "_kwargs", None)
+        and getattr(scorer, "_response_method", None) == "predict_proba"
+    )
+
+
+def _per_sample_scores(
+    exit_proba: FloatArray,
+    exit_pred: IntArray,
+    y_idx: IntArray,
+    scorer: Callable[..., float] | None,
+) -> FloatArray | None:
+    """Each sample's share of the score at each exit stage, when the score is a mean of them.
+
+    Accuracy (``scorer=None``) is the mean of 0/1 hits; scikit-learn's ``neg_log_loss`` is the
+    mean of the log of the true class's probability, clipped to ``[eps, 1 - eps]`` exactly as
+    :func:`sklearn.metrics.log_loss` clips it. For such scores a threshold sweep is a few
+    cumulative sums instead of one scorer call per candidate. Returns an array of shape
+    (n_stages, n_samples), or ``None`` for any other scorer.
+    """
+    if scorer is None:
+        hits: FloatArray = (exit_pred == y_idx[None, :]).astype(np.float64)
+        return hits
+    if _is_neg_log_loss(scorer):
+        eps = np.finfo(np.float64).eps
+        cols = np.arange(y_idx.size)
+        true_proba = exit_proba[:, cols, y_idx].astype(np.float64)
+        return np.asarray(np.log(np.clip(true_proba, eps, 1 - eps)), dtype=np.float64)
+    return None
+
+
 def single_stage_scores(
     stage_proba: FloatArray, y: Any, *, classes: Any, scoring: Scoring = None
 ) -> FloatArray:
@@ -415,7 +451,8 @@ class _Problem:
             ]
         )
         self.exit_pred = np.argmax(self.exit_proba, axis=2)
-        self.exit_correct = (self.exit_pred == y_idx[None, :]).astype(np.float64)
+        # Accuracy or log-loss: a mean of per-sample values, swept with cumulative sums.
+        self.exit_value = _per_sample_scores(self.exit_proba, self.exit_pred, y_idx, scorer)
         self.candidates = [_candidates(self.conf[s], n_candidates) for s in range(n_stages - 1)]
         self.n_evaluations = 0
         self._sweeps: dict[tuple[int, ...], tuple[FloatArray, FloatArray]] = {}
@@ -440,14 +477,15 @@ class _Problem:
             return 0.0, 0.0
         cols = np.arange(self.n_samples)
         cost = float(self.cum_cost[exit_stage].mean())
-        if self.scorer is None:
-            return float(self.exit_correct[exit_stage, cols].mean()), cost
+        if self.exit_value is not None:
+            return float(self.exit_value[exit_stage, cols].mean()), cost
         view = _PredictionView(
             self.classes,
             self.classes[self.exit_pred[exit_stage, cols]],
             self.exit_proba[exit_stage, cols],
         )
-        return float(self.scorer(view, cols, self.classes[self.y_idx])), cost
+        scorer = cast("Callable[..., float]", self.scorer)  # exit_value is None: a scorer
+        return float(scorer(view, cols, self.classes[self.y_idx])), cost
 
     def sweep(self, s: int, idx: IntArray | Sequence[int]) -> tuple[FloatArray, FloatArray]:
         """Scores and costs of every candidate threshold of stage ``s``, the others fixed."""
@@ -462,7 +500,7 @@ class _Problem:
         t[s] = math.inf  # stage s exits nobody: gives the exits before and after s
         base = self.exit_stages(t)
         before = base < s
-        if self.scorer is not None and not self.pairs_only:
+        if self.exit_value is None and not self.pairs_only:
             scores = np.empty(cands.size)
             costs = np.empty(cands.size)
             for j, c in enumerate(cands):
@@ -483,12 +521,13 @@ class _Problem:
         m = order.size
         esc_cost = np.concatenate([[0.0], np.cumsum(self.cum_cost[base[order]])])
         cost = self.cum_cost[base[before]].sum() + esc_cost[k] + (m - k) * self.cum_cost[s]
-        if self.scorer is None:
-            fixed_correct = self.exit_correct[base[before], cols[before]].sum()
-            esc_correct = np.concatenate([[0.0], np.cumsum(self.exit_correct[base[order], order])])
-            here_correct = np.concatenate([[0.0], np.cumsum(self.exit_correct[s, order])])
-            correct = fixed_correct + esc_correct[k] + (here_correct[m] - here_correct[k])
-            return correct / self.n_samples, cost / self.n_samples
+        if self.exit_value is not None:
+            value = self.exit_value
+            fixed = value[base[before], cols[before]].sum()
+            escalated = np.concatenate([[0.0], np.cumsum(value[base[order], order])])
+            here = np.concatenate([[0.0], np.cumsum(value[s, order])])
+            total = fixed + escalated[k] + (here[m] - here[k])
+            return total / self.n_samples, cost / self.n_samples
         return self._pair_scores(s, base, before, order, k), cost / self.n_samples
 
     def _pair_scores(

@@ -72,6 +72,17 @@ def test_run_writes_the_results_folder(smoke_run):
         # The paper's full order is one of the candidates of the stage selection.
         assert alternatives["selected"]["val_score"] >= tuning["val_score"] - 1e-12
     assert "## Stage selection: only the backbones that pay" in report
+    # Cost shares are of all the backbones trained, also for a cascade that drops some.
+    flops = metrics["cost"]["flops_per_image"]
+    for alt in alternatives.values():
+        share = alt["cascade_mean_flops"] / sum(flops.values())
+        assert alt["cascade_flops_ratio_all"] == pytest.approx(share)
+        assert alt["cascade_flops_ratio_all"] <= 1 + 1e-9
+    kept = alternatives["selected"]["order"]
+    if len(kept) == 1:
+        assert alternatives["selected"]["cascade_flops_ratio_all"] == pytest.approx(
+            flops[kept[0]] / sum(flops.values())
+        )
     assert "## Other stage order: cheapest first" in report
     saved = np.load(out / "probabilities.npz")
     n_val = sum(metrics["split_counts"]["val"].values())
