@@ -57,8 +57,15 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint",
         action="append",
         default=[],
+        type=_name_and_path,
         metavar="NAME=PATH",
-        help="local pretrained weights for a backbone (timm name), for offline use",
+        help="local pretrained weights for a backbone (timm or display name), for offline use",
+    )
+    run.add_argument(
+        "--download-weights",
+        action="store_true",
+        help="let timm download ImageNet weights that are neither given nor cached "
+        "(pretrained presets; without it such a run stops at once and says what is missing)",
     )
     run.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
     run.add_argument(
@@ -99,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _name_and_path(value: str) -> tuple[str, str]:
+    """Parse ``--checkpoint NAME=PATH``."""
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        msg = f"expected NAME=PATH (e.g. resnet50=/path/to/weights.pth), got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return name, path
+
+
 def _expand(paths: Sequence[Path]) -> list[Path]:
     suffixes = {suffix.lower() for suffix in Image.registered_extensions()}
     files: list[Path] = []
@@ -120,7 +136,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.no_pretrained:
         overrides.append("pretrained=false")
     preset = get_preset(args.preset, overrides)
-    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
+    checkpoints = dict(args.checkpoint)
     summary = run_experiment(
         args.data_root,
         preset,
@@ -128,6 +144,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         skip_bad=args.skip_bad,
         checkpoints=checkpoints,
+        allow_download=args.download_weights,
         max_cost_ratio=args.max_cost_ratio,
         order=args.order,
         scoring=args.scoring,
@@ -206,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _cmd_run, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
     try:
         return commands[args.command](args)
-    except (LeukemiaDataError, TrainingError, FileNotFoundError, KeyError) as exc:
-        logger.error("%s", exc)  # noqa: TRY400 - the message names the file or setting at fault
+    except (LeukemiaDataError, TrainingError, FileNotFoundError, KeyError, ValueError) as exc:
+        # The message names the file, setting or value at fault; --verbose adds the traceback.
+        logger.error("%s", exc)  # noqa: TRY400
+        logger.debug("traceback", exc_info=True)
         return 2
 
 

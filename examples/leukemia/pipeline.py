@@ -54,7 +54,15 @@ from .data import (
     scan_dataset,
 )
 from .presets import BackboneSpec, Preset
-from .training import TrainResult, class_weights, create_backbone, train_model
+from .training import (
+    PretrainedWeightsUnavailableError,
+    TrainResult,
+    class_weights,
+    create_backbone,
+    pretrained_available,
+    train_model,
+    ways_out,
+)
 from .transforms import (
     ImageArrayDataset,
     NormalizedImages,
@@ -68,6 +76,7 @@ from .transforms import (
 
 __all__ = [
     "ExperimentSummary",
+    "check_pretrained_weights",
     "images_to_tensor",
     "load_predictor",
     "read_images",
@@ -136,14 +145,15 @@ def _train_one(
     stain: str,
     device: str,
     checkpoints: Mapping[str, str],
+    allow_download: bool,
     progress: bool,
 ) -> TrainResult:
-    checkpoint = checkpoints.get(spec.timm_name) or checkpoints.get(spec.name)
     model = create_backbone(
         spec.timm_name,
         num_classes=len(manifest.classes),
         pretrained=preset.pretrained,
-        checkpoint=checkpoint,
+        checkpoint=checkpoints.get(spec.timm_name),
+        allow_download=allow_download,
         drop_rate=spec.drop_rate,
         seed=preset.seed,
     )
@@ -206,7 +216,8 @@ def _metrics_json(metrics: ClassificationMetrics) -> dict[str, Any]:
 def _predict_labels(
     proba: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]
 ) -> np.ndarray[Any, Any]:
-    return classes[np.argmax(proba, axis=1)]
+    labels: np.ndarray[Any, Any] = classes[np.argmax(proba, axis=1)]
+    return labels
 
 
 def run_experiment(
@@ -217,6 +228,7 @@ def run_experiment(
     device: str = "cpu",
     skip_bad: bool = False,
     checkpoints: Mapping[str, str] | None = None,
+    allow_download: bool = False,
     max_cost_ratio: float = 0.35,
     order: str = "accuracy",
     scoring: str = "neg_log_loss",
@@ -248,7 +260,12 @@ def run_experiment(
         out: The results folder.
         device: Torch device for training and inference.
         skip_bad: Skip unreadable images (listed in the report) instead of failing.
-        checkpoints: ``{backbone: local weights file}`` for pretrained weights offline.
+        checkpoints: ``{backbone: local weights file}`` for pretrained weights offline
+            (timm name or display name, any case).
+        allow_download: Let timm download ImageNet weights that are neither in
+            ``checkpoints`` nor cached. Without it a preset with ``pretrained=True`` stops
+            before any work when a backbone's weights are missing (see
+            :func:`check_pretrained_weights`).
         max_cost_ratio: Cost budget of the tuned cascade, as a share of all backbones.
         order: ``"accuracy"`` (the paper) or ``"cost"``.
         scoring: What the thresholds maximise on validation: a scikit-learn scorer name
@@ -259,6 +276,7 @@ def run_experiment(
         The headline numbers.
     """
     started = time.perf_counter()
+    weights = check_pretrained_weights(preset, checkpoints or {}, allow_download=allow_download)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = out / "figures"
@@ -297,7 +315,8 @@ def run_experiment(
         out,
         stain=stain,
         device=device,
-        checkpoints=checkpoints or {},
+        checkpoints=weights,
+        allow_download=allow_download,
         progress=progress,
     )
 
@@ -482,6 +501,69 @@ def _backbone_probabilities(
     return proba["val"], proba["test"]
 
 
+def check_pretrained_weights(
+    preset: Preset, checkpoints: Mapping[str, str | Path], *, allow_download: bool = False
+) -> dict[str, str]:
+    """Check, before any work, that every backbone can get the weights it starts from.
+
+    Run at the start of :func:`run_experiment`, so that a missing file or missing ImageNet
+    weights stop the run at once rather than after hours of training the other backbones.
+
+    Args:
+        preset: The settings; ``preset.pretrained`` says whether weights are needed.
+        checkpoints: ``{backbone: local weights file}``; a backbone is named by its timm
+            name or display name, in any case.
+        allow_download: Whether timm may download the weights not given or cached.
+
+    Returns:
+        The checkpoints keyed by timm name, as strings.
+
+    Raises:
+        ValueError: A checkpoint names no backbone of the preset, or checkpoints are given
+            to a preset that trains from scratch.
+        FileNotFoundError: A checkpoint file does not exist.
+        PretrainedWeightsUnavailableError: Some backbones have neither a checkpoint nor
+            cached weights and ``allow_download`` is off; the message lists all of them
+            and the ways out.
+    """
+    by_name = {}
+    for spec in preset.backbones:
+        by_name[spec.timm_name.lower()] = spec.timm_name
+        by_name[spec.name.lower()] = spec.timm_name
+    resolved: dict[str, str] = {}
+    for key, path in checkpoints.items():
+        name = by_name.get(str(key).lower())
+        if name is None:
+            msg = (
+                f"--checkpoint {key}=...: {key!r} is not a backbone of the {preset.name!r} "
+                f"preset; use one of {', '.join(spec.timm_name for spec in preset.backbones)}"
+            )
+            raise ValueError(msg)
+        if not Path(path).is_file():
+            msg = f"--checkpoint {key}=...: pretrained checkpoint {path} not found"
+            raise FileNotFoundError(msg)
+        resolved[name] = str(path)
+    if resolved and not preset.pretrained:
+        msg = (
+            f"--checkpoint given, but the {preset.name!r} preset trains from scratch "
+            "(pretrained=false); add --set pretrained=true to start from the checkpoints"
+        )
+        raise ValueError(msg)
+    if preset.pretrained and not allow_download:
+        missing = [
+            spec.timm_name
+            for spec in preset.backbones
+            if spec.timm_name not in resolved and not pretrained_available(spec.timm_name)
+        ]
+        if missing:
+            msg = (
+                f"ImageNet weights for {', '.join(missing)} are not available offline, and "
+                f"the {preset.name!r} preset starts from them. " + ways_out(missing)
+            )
+            raise PretrainedWeightsUnavailableError(msg)
+    return resolved
+
+
 def _train_all(
     preset: Preset,
     manifest: SplitManifest,
@@ -491,6 +573,7 @@ def _train_all(
     stain: str,
     device: str,
     checkpoints: Mapping[str, str],
+    allow_download: bool,
     progress: bool,
 ) -> tuple[list[tuple[str, TorchStage]], dict[str, list[dict[str, float]]], dict[str, Any]]:
     """Train (or resume, or reuse) every backbone and wrap each as a `TorchStage`."""
@@ -508,6 +591,7 @@ def _train_all(
             stain=stain,
             device=device,
             checkpoints=checkpoints,
+            allow_download=allow_download,
             progress=progress,
         )
         stages.append((spec.name, _stage(spec, result.model, preset, device)))

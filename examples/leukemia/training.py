@@ -47,7 +47,7 @@ import timm.models
 import torch
 from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
-from timm.utils import ModelEmaV3
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
@@ -231,7 +231,9 @@ def create_backbone(
 
     Raises:
         PretrainedWeightsUnavailableError: Pretrained weights are requested but neither
-            given, cached, nor allowed to be downloaded. The message names the ways out.
+            given, cached, nor allowed to be downloaded; the download failed; or the
+            weights file cannot be loaded into the model. The message names the file or
+            the ways out.
         FileNotFoundError: ``checkpoint`` does not exist.
     """
     options: dict[str, Any] = {"num_classes": num_classes, "drop_rate": drop_rate, **kwargs}
@@ -257,22 +259,64 @@ def _create(
         raise FileNotFoundError(msg)
     if file is not None:
         logger.info("loading %s weights from %s", name, file)
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **options
-        )
+        try:
+            return timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **options
+            )
+        # Any failure of torch.load, safetensors or load_state_dict: name the file.
+        except Exception as error:
+            msg = (
+                f"cannot load ImageNet weights for {name!r} from {file}: "
+                f"{type(error).__name__}: {str(error)[:500]}. The file must hold timm's "
+                f"weights for {name!r} (a state dict in .pth, .bin or .safetensors); "
+                "--no-pretrained trains from scratch instead"
+            )
+            raise PretrainedWeightsUnavailableError(msg) from error
     if allow_download:
-        return timm.create_model(name, pretrained=True, **options)
-    config = timm.models.get_pretrained_cfg(name)
-    hub_id = config.hf_hub_id if config is not None and config.hf_hub_id else f"timm/{name}"
-    msg = (
-        f"ImageNet weights for {name!r} are not available offline (not in the Hugging "
-        f"Face hub cache as {hub_id!r}, nor in the torch hub cache {torch.hub.get_dir()}). "
-        f"Ways out: train from scratch with --no-pretrained; give a local weights file "
-        f"with --checkpoint {name}=PATH; pre-populate the Hugging Face hub cache (on a "
-        f"machine with internet: `huggingface-cli download {hub_id}`, then copy "
-        f"~/.cache/huggingface, or set HF_HOME); or allow the download."
-    )
+        try:
+            return timm.create_model(name, pretrained=True, **options)
+        except OSError as error:  # no network, hub offline mode, HTTP errors, a full disk
+            msg = f"downloading ImageNet weights for {name!r} failed ({error}). " + ways_out(
+                [name], downloaded=True
+            )
+            raise PretrainedWeightsUnavailableError(msg) from error
+    msg = f"ImageNet weights for {name!r} are not available offline. " + ways_out([name])
     raise PretrainedWeightsUnavailableError(msg)
+
+
+def ways_out(names: Sequence[str], *, downloaded: bool = False) -> str:
+    """Say where the weights of ``names`` were looked for and how else to get them.
+
+    Args:
+        names: timm model names whose ImageNet weights are missing.
+        downloaded: Whether a download was already tried (then it is not suggested).
+
+    Returns:
+        Sentences for an error message.
+    """
+    hub_ids = []
+    for name in names:
+        config = timm.models.get_pretrained_cfg(name)
+        hub_id = config.hf_hub_id if config is not None else None
+        hub_ids.append(hub_id or f"timm/{name}")
+    options = [
+        "train from scratch with --no-pretrained",
+        "give local weights files with " + " ".join(f"--checkpoint {name}=PATH" for name in names),
+        "pre-populate the Hugging Face hub cache (on a machine with internet: "
+        + "; ".join(f"`hf download {hub_id}`" for hub_id in hub_ids)
+        + ", then copy ~/.cache/huggingface, or set HF_HOME)",
+    ]
+    if not downloaded:
+        options.append("let timm download them with --download-weights")
+    return (
+        f"Looked in the Hugging Face hub cache ({', '.join(repr(h) for h in hub_ids)}) and "
+        f"the torch hub cache ({torch.hub.get_dir()}). Ways out: " + "; ".join(options) + "."
+    )
+
+
+def pretrained_available(name: str) -> bool:
+    """Whether timm's ImageNet weights for ``name`` are in a local cache (no download)."""
+    return _cached_pretrained_file(name) is not None
 
 
 def class_weights(targets: Sequence[int] | NDArray[np.int64], num_classes: int) -> torch.Tensor:

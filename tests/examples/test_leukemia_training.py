@@ -182,7 +182,7 @@ def test_pretrained_unavailable_names_the_ways_out(monkeypatch, tmp_path):
     message = str(caught.value)
     assert "--no-pretrained" in message
     assert "--checkpoint test_resnet=PATH" in message
-    assert "huggingface-cli download timm/test_resnet" in message
+    assert "hf download timm/test_resnet" in message
 
 
 def test_pretrained_from_a_local_checkpoint(tmp_path):
