@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cascademl.exceptions import CascadeMLError
+
 from .data import LeukemiaDataError, load_rgb
 from .pipeline import ORDER_RULES, evaluate_folder, load_predictor, read_images, run_experiment
 from .presets import PRESETS, get_preset
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", required=True, type=Path, help="Kaggle ALL folder")
     run.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="settings (cpu)")
     run.add_argument("--out", required=True, type=Path, help="results folder")
-    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps")
+    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps or auto")
     run.add_argument("--seed", type=int, default=None, help="seed (overrides the preset's)")
     run.add_argument(
         "--set",
@@ -162,6 +164,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, device=args.device)
     files = _expand(args.images)
+    if not files:
+        msg = (
+            f"no image files in {', '.join(str(p) for p in args.images)} (looked for the "
+            "suffixes Pillow reads, such as .jpg, .png, .tif and .bmp, in folders and below)"
+        )
+        raise LeukemiaDataError(msg)
     good: list[Path] = []
     for path in files:
         try:
@@ -172,6 +180,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             logger.warning("skipped %s", exc)
             continue
         good.append(path)
+    if not good:
+        msg = f"all {len(files)} image files were unreadable (skipped with --skip-bad)"
+        raise LeukemiaDataError(msg)
     x, _ = read_images(good, predictor)
     routed = predictor.cascade.route(x)
     handle = args.output.open("w", newline="") if args.output else sys.stdout
@@ -223,7 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _cmd_run, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
     try:
         return commands[args.command](args)
-    except (LeukemiaDataError, TrainingError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (
+        LeukemiaDataError,
+        TrainingError,
+        CascadeMLError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+    ) as exc:
         # The message names the file, setting or value at fault; --verbose adds the traceback.
         logger.error("%s", exc)  # noqa: TRY400
         logger.debug("traceback", exc_info=True)

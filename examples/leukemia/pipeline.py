@@ -32,6 +32,7 @@ import torch
 
 from cascademl import CascadeClassifier, ConfidencePolicy
 from cascademl.cost import CostReport, StageCost, measure_stage_cost
+from cascademl.inference import resolve_device
 from cascademl.io import load_cascade, save_cascade
 from cascademl.metrics import ClassificationMetrics, classification_metrics, mcnemar_test
 from cascademl.torch_stage import TorchStage
@@ -258,7 +259,8 @@ def run_experiment(
         data_root: The dataset folder (class folders, or their ``Original/`` parent).
         preset: The settings.
         out: The results folder.
-        device: Torch device for training and inference.
+        device: Torch device for training and inference (``"auto"``: CUDA when present);
+            an absent device raises :class:`cascademl.DeviceUnavailableError` at once.
         skip_bad: Skip unreadable images (listed in the report) instead of failing.
         checkpoints: ``{backbone: local weights file}`` for pretrained weights offline
             (timm name or display name, any case).
@@ -276,11 +278,12 @@ def run_experiment(
         The headline numbers.
     """
     started = time.perf_counter()
+    # Before any work: an absent GPU or missing weights must not cost an hour first.
+    device = str(resolve_device(device))  # also resolves "auto"
     weights = check_pretrained_weights(preset, checkpoints or {}, allow_download=allow_download)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     figures = out / "figures"
-    figures.mkdir(exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(preset.seed)
 
     # ---------------------------------------------------------------- data

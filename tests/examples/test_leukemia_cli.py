@@ -177,3 +177,24 @@ def test_predict_names_a_corrupt_image(smoke_run, tmp_path, caplog):
 def test_missing_model_folder_is_named(tmp_path, caplog):
     assert main(["predict", "--model", str(tmp_path / "nothing"), str(tmp_path)]) == 2
     assert "leukemia.json" in caplog.text
+
+
+def test_predict_without_images_is_an_error(smoke_run, tmp_path, caplog):
+    out, _ = smoke_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    assert main(["predict", "--model", str(out / "cascade"), str(empty)]) == 2
+    assert f"no image files in {empty}" in caplog.text
+    (empty / "bad.png").write_bytes(b"not an image")
+    argv = ["predict", "--model", str(out / "cascade"), str(empty), "--skip-bad"]
+    assert main(argv) == 2
+    assert "all 1 image files were unreadable" in caplog.text
+
+
+def test_absent_device_stops_the_run_at_once(leukemia_root, tmp_path, caplog):
+    out = tmp_path / "run"
+    argv = ["run", "--data-root", str(leukemia_root), "--preset", "smoke", "--out", str(out)]
+    assert main([*argv, "--device", "cuda:99", "--no-progress"]) == 2
+    assert "'cuda:99' was requested" in caplog.text
+    assert not out.exists(), "nothing may be written before the device is checked"
