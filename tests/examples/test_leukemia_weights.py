@@ -116,3 +116,25 @@ def test_unloadable_weights_file_is_named(tmp_path):
         training.create_backbone("test_resnet", pretrained=True, checkpoint=other)
     assert "test_efficientnet.pth" in str(caught.value)
     assert "weights for 'test_resnet'" in str(caught.value)
+
+
+def test_weights_from_the_hub_cache_in_safetensors(monkeypatch, tmp_path):
+    """The Hugging Face hub cache holds timm's weights as model.safetensors."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    source = timm.create_model("test_resnet", pretrained=False)
+    cached = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(source.state_dict(), str(cached))
+    asked = []
+
+    def cache_lookup(repo_id, filename, *args, **kwargs):
+        asked.append((repo_id, filename))
+        return str(cached) if filename == "model.safetensors" else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache_lookup)
+    assert training.pretrained_available("test_resnet")
+    assert pipeline.check_pretrained_weights(SMOKE_PRETRAINED, {}) == {}
+    model = training.create_backbone("test_resnet", pretrained=True, num_classes=4)
+    assert asked[0][0].startswith("timm/test_resnet")
+    loaded, original = model.state_dict(), source.state_dict()
+    first = next(iter(original))
+    torch.testing.assert_close(loaded[first], original[first])
