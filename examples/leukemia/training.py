@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import huggingface_hub
+import huggingface_hub.errors
 import numpy as np
 import timm
 import timm.models
@@ -275,7 +276,8 @@ def _create(
     if allow_download:
         try:
             return timm.create_model(name, pretrained=True, **options)
-        except OSError as error:  # no network, hub offline mode, HTTP errors, a full disk
+        # No network, the hub's offline mode, HTTP errors, a full disk; a missing file.
+        except (OSError, huggingface_hub.errors.EntryNotFoundError) as error:
             msg = f"downloading ImageNet weights for {name!r} failed ({error}). " + ways_out(
                 [name], downloaded=True
             )
