@@ -8,7 +8,7 @@ the run's cost budget, and is scored on the other half with
 ``cascademl.tuning.score_thresholds``. Repeated over seeds, this estimates how well each rule's
 validation choice carries over to unseen images, which is how the example's default
 (``--scoring neg_log_loss``) was chosen. One more rule first rescales every stage by a
-temperature fitted on the tuning half (``cascademl.calibration.fit_temperature``), so that
+temperature fitted on the tuning half (``cascademl.calibration.fit_temperatures``), so that
 the confidence-weighted vote weighs calibrated probabilities; the example does not use it.
 
 Usage::
@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from _leukemia_results import add_run_arguments, load_run
-from cascademl.calibration import apply_temperature, fit_temperature
+from cascademl.calibration import apply_temperature, fit_temperatures
 from cascademl.tuning import (
     order_by_accuracy,
     score_thresholds,
@@ -50,9 +50,9 @@ def _temperature_scaled(
     proba: np.ndarray, y_fit: np.ndarray, fit: np.ndarray, classes: np.ndarray
 ) -> np.ndarray:
     """Scale every stage by the temperature fitted on the tuning half (``fit``) only."""
-    return np.stack(
-        [apply_temperature(p, fit_temperature(p[fit], y_fit, classes=classes)) for p in proba]
-    )
+    report = fit_temperatures(proba[:, fit], y_fit, classes=classes)
+    scaled = [apply_temperature(p, t) for p, t in zip(proba, report.temperatures, strict=True)]
+    return np.stack(scaled)
 
 
 def held_out_scores(

@@ -529,19 +529,16 @@ def check_pretrained_weights(
             cached weights and ``allow_download`` is off; the message lists all of them
             and the ways out.
     """
-    by_name = {}
-    for spec in preset.backbones:
-        by_name[spec.timm_name.lower()] = spec.timm_name
-        by_name[spec.name.lower()] = spec.timm_name
     resolved: dict[str, str] = {}
     for key, path in checkpoints.items():
-        name = by_name.get(str(key).lower())
-        if name is None:
+        try:
+            name = preset.backbone(str(key)).timm_name
+        except KeyError:
             msg = (
                 f"--checkpoint {key}=...: {key!r} is not a backbone of the {preset.name!r} "
                 f"preset; use one of {', '.join(spec.timm_name for spec in preset.backbones)}"
             )
-            raise ValueError(msg)
+            raise ValueError(msg) from None
         if not Path(path).is_file():
             msg = f"--checkpoint {key}=...: pretrained checkpoint {path} not found"
             raise FileNotFoundError(msg)
