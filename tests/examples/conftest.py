@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import huggingface_hub
 import numpy as np
 import pytest
+import timm
+import torch
 from PIL import Image
 
 #: The real dataset beside the project (as CI has it); tests that read it skip without it.
@@ -65,3 +69,24 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip("../shared/data/all-leukemia is absent")
     return REAL_DATA
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """Empty hub caches, and a timm whose downloads fail as they do without a network.
+
+    Returns the list of the model names timm was asked to download, for tests to check.
+    """
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    real_create = timm.create_model
+    downloads: list[str] = []
+
+    def create(name: str, pretrained: bool = False, **kwargs: Any) -> Any:
+        if pretrained and "pretrained_cfg_overlay" not in kwargs:
+            downloads.append(name)
+            raise OSError("[Errno 101] Network is unreachable")
+        return real_create(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create)
+    return downloads

@@ -1,7 +1,6 @@
 import dataclasses
 import shutil
 
-import huggingface_hub
 import numpy as np
 import pytest
 import timm
@@ -166,23 +165,14 @@ def test_checkpoint_from_other_settings_is_refused(split, images, tmp_path):
         training.train_model(model, train, val, config=other, out_dir=tmp_path)
 
 
-def test_pretrained_unavailable_names_the_ways_out(monkeypatch, tmp_path):
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    real_create = timm.create_model
-
-    def offline_create(name, pretrained=False, **kwargs):
-        if pretrained and "pretrained_cfg_overlay" not in kwargs:
-            pytest.fail("create_backbone tried to download weights")
-        return real_create(name, pretrained=pretrained, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", offline_create)
+def test_pretrained_unavailable_names_the_ways_out(offline):
     with pytest.raises(training.PretrainedWeightsUnavailableError) as caught:
         training.create_backbone("test_resnet", pretrained=True)
     message = str(caught.value)
     assert "--no-pretrained" in message
     assert "--checkpoint test_resnet=PATH" in message
     assert "hf download timm/test_resnet" in message
+    assert offline == [], "create_backbone must not download without allow_download"
 
 
 def test_pretrained_from_a_local_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """Pretrained weights: checked before any work, downloaded only when asked, files named.
 
-No test here touches the network: the hub caches and timm's download are replaced.
+No test here touches the network: the ``offline`` fixture (conftest.py) replaces the hub
+caches and timm's download.
 """
 
 import dataclasses
@@ -14,24 +15,6 @@ from examples.leukemia import pipeline, presets, training
 from examples.leukemia.__main__ import main
 
 SMOKE_PRETRAINED = dataclasses.replace(presets.SMOKE, pretrained=True)
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """Empty hub caches, and a timm whose downloads fail as they do without a network."""
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
-    real_create = timm.create_model
-    downloads = []
-
-    def create(name, pretrained=False, **kwargs):
-        if pretrained and "pretrained_cfg_overlay" not in kwargs:
-            downloads.append(name)
-            raise OSError("[Errno 101] Network is unreachable")
-        return real_create(name, pretrained=pretrained, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", create)
-    return downloads
 
 
 def _weights_file(tmp_path, name="test_resnet"):
