@@ -66,3 +66,35 @@ def test_exits_uses_the_stage_threshold_and_last_stage_always_exits():
     assert policy.exits(proba, stage_index=0, n_stages=3).tolist() == [False, False]
     assert policy.exits(proba, stage_index=1, n_stages=3).tolist() == [True, False]
     assert policy.exits(proba, stage_index=2, n_stages=3).tolist() == [True, True]
+
+
+def test_routing_rule_from_params_fills_weights_and_last_threshold():
+    from cascademl import ConfidencePolicy, RoutingRule
+
+    rule = RoutingRule.from_params(
+        ConfidencePolicy("margin", thresholds=(0.3, 0.6)), n_stages=3, combine="last"
+    )
+    assert rule.thresholds[:2] == (0.3, 0.6)
+    assert rule.thresholds[2] == float("inf")
+    assert rule.escalation_weights == (0.5, 0.5, 0.5)
+    assert rule.policy.measure == "margin"
+    assert rule.with_thresholds((0.1, 0.2)).thresholds[:2] == (0.1, 0.2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"measure": "nope", "thresholds": (0.5,)}, "measure"),
+        ({"measure": "max_proba", "thresholds": ()}, "at least one stage"),
+        ({"measure": "max_proba", "thresholds": (0.5,), "combine": "max"}, "combine"),
+        (
+            {"measure": "max_proba", "thresholds": (0.5, 0.5), "escalation_weights": (0.1,)},
+            "escalation_weight",
+        ),
+    ],
+)
+def test_routing_rule_rejects_bad_fields(kwargs, match):
+    from cascademl import PolicyError, RoutingRule
+
+    with pytest.raises(PolicyError, match=match):
+        RoutingRule(**kwargs)

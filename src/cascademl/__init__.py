@@ -22,7 +22,7 @@ from cascademl.exceptions import (
     StageInterfaceError,
     StageOutputError,
 )
-from cascademl.policies import ConfidencePolicy
+from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.results import CascadeResult
 from cascademl.stages import SklearnStage, Stage
 from cascademl.tuning import TuningResult, tune_cascade
@@ -63,6 +63,7 @@ __all__ = [
     "DeviceWarning",
     "NotFittedError",
     "PolicyError",
+    "RoutingRule",
     "SerializationError",
     "SklearnStage",
     "Stage",

@@ -10,10 +10,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascademl._routing import CONFIDENCE_MEASURES, confidence_scores, exit_mask
-from cascademl._typing import BoolArray, ConfidenceMeasure, FloatArray, ProbaArray
+from cascademl._typing import (
+    BoolArray,
+    CombineMethod,
+    ConfidenceMeasure,
+    FloatArray,
+    ProbaArray,
+)
 from cascademl.exceptions import PolicyError
+from cascademl.voting import COMBINE_METHODS, escalation_weights
 
-__all__ = ["ConfidencePolicy"]
+__all__ = ["ConfidencePolicy", "RoutingRule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +120,116 @@ def _check_threshold(value: object, name: str) -> float:
         msg = f"{name} must be >= 0 (values above 1 mean 'never stop here'), got {value!r}"
         raise PolicyError(msg)
     return number
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRule:
+    """Everything that decides where a sample exits and what the cascade answers.
+
+    One frozen object carries the confidence measure, one threshold per stage, the combiner
+    and one escalation weight per stage. The cascade builds it from its parameters at every
+    call (so ``set_params`` takes effect at the next ``predict``), and the routing engine and
+    the tuner take it instead of loose keywords.
+
+    Args:
+        measure: ``"max_proba"``, ``"margin"`` or ``"entropy"``.
+        thresholds: one threshold per stage; the last is never consulted.
+        combine: ``"vote"``, ``"last"`` or ``"mean"``.
+        escalation_weights: one weight in ``[0, 1]`` per stage (used by ``"vote"``).
+
+    Raises:
+        PolicyError: for an unknown measure or combiner, an invalid threshold or weight, or
+            weights and thresholds of different lengths.
+
+    Examples:
+        >>> rule = RoutingRule.from_params(ConfidencePolicy(thresholds=0.8), n_stages=3)
+        >>> rule.thresholds
+        (0.8, 0.8, inf)
+        >>> rule.escalation_weights
+        (0.5, 0.5, 0.5)
+    """
+
+    measure: ConfidenceMeasure
+    thresholds: tuple[float, ...]
+    combine: CombineMethod = "vote"
+    escalation_weights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Validate every field; default the weights to 0.5 per stage."""
+        if self.measure not in CONFIDENCE_MEASURES:
+            msg = f"measure must be one of {CONFIDENCE_MEASURES}, got {self.measure!r}"
+            raise PolicyError(msg)
+        if self.combine not in COMBINE_METHODS:
+            msg = f"combine must be one of {COMBINE_METHODS}, got {self.combine!r}"
+            raise PolicyError(msg)
+        if isinstance(self.thresholds, (str, bytes)) or not isinstance(self.thresholds, Sequence):
+            msg = f"thresholds must be a sequence, one number per stage; got {self.thresholds!r}"
+            raise PolicyError(msg)
+        values = tuple(
+            _check_threshold(t, f"thresholds[{i}]") for i, t in enumerate(self.thresholds)
+        )
+        if not values:
+            msg = "a cascade needs at least one stage: thresholds is empty"
+            raise PolicyError(msg)
+        object.__setattr__(self, "thresholds", values)
+        raw = self.escalation_weights if self.escalation_weights != () else 0.5
+        weights = escalation_weights(raw, len(values))
+        object.__setattr__(self, "escalation_weights", tuple(float(w) for w in weights))
+
+    @classmethod
+    def from_params(
+        cls,
+        policy: ConfidencePolicy | None,
+        *,
+        n_stages: int,
+        combine: CombineMethod = "vote",
+        escalation_weight: float | Sequence[float] = 0.5,
+    ) -> RoutingRule:
+        """Build the rule of a cascade from its ``policy``, ``combine`` and ``escalation_weight``.
+
+        ``None`` stands for the default policy, ``ConfidencePolicy("max_proba", 0.9)``.
+        """
+        policy = ConfidencePolicy() if policy is None else policy
+        if not isinstance(policy, ConfidencePolicy):
+            msg = f"policy must be a ConfidencePolicy or None, got {policy!r}"
+            raise PolicyError(msg)
+        weights = escalation_weights(escalation_weight, n_stages)
+        return cls(
+            policy.measure,
+            policy.thresholds_for(n_stages),
+            combine,
+            tuple(float(w) for w in weights),
+        )
+
+    @property
+    def n_stages(self) -> int:
+        """Number of stages the rule is for."""
+        return len(self.thresholds)
+
+    @property
+    def policy(self) -> ConfidencePolicy:
+        """The [`ConfidencePolicy`][cascademl.ConfidencePolicy] of this measure and thresholds."""
+        return ConfidencePolicy(self.measure, self.thresholds)
+
+    def with_thresholds(self, thresholds: Sequence[float]) -> RoutingRule:
+        """Return a copy with other thresholds (one per stage, or one per non-final stage)."""
+        values = tuple(thresholds)
+        if len(values) == self.n_stages - 1:
+            values = (*values, math.inf)
+        if len(values) != self.n_stages:
+            msg = (
+                f"thresholds has {len(values)} values but the rule has {self.n_stages} "
+                f"stages; give {self.n_stages - 1} or {self.n_stages}"
+            )
+            raise PolicyError(msg)
+        return RoutingRule(self.measure, values, self.combine, self.escalation_weights)
+
+    def confidence(self, proba: ProbaArray) -> FloatArray:
+        """Confidence of each row of ``proba`` under this rule's measure."""
+        return confidence_scores(np.asarray(proba, dtype=np.float64), self.measure)
+
+    def exits(self, confidence: FloatArray, stage_index: int) -> BoolArray:
+        """Which samples with this ``confidence`` at stage ``stage_index`` stop there."""
+        return exit_mask(
+            confidence, self.thresholds[stage_index], is_last=stage_index == self.n_stages - 1
+        )

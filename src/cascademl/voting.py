@@ -10,7 +10,7 @@ import numpy as np
 from cascademl._typing import BoolArray, CombineMethod, FloatArray, IntArray, ProbaArray
 from cascademl.exceptions import PolicyError
 
-__all__ = ["COMBINE_METHODS", "combine_votes", "vote_weights"]
+__all__ = ["COMBINE_METHODS", "combine_votes", "escalation_weights", "vote_weights"]
 
 COMBINE_METHODS: tuple[CombineMethod, ...] = ("vote", "last", "mean")
 
@@ -50,7 +50,7 @@ def vote_weights(
     if method == "mean":
         return visited.astype(np.float64)
     if method == "vote":
-        weights = _escalation_weights(escalation_weight, n_stages)
+        weights = escalation_weights(escalation_weight, n_stages)
         return np.where(is_exit, 1.0, np.where(visited, weights[:, None], 0.0))
     msg = f"combine must be one of {COMBINE_METHODS}, got {method!r}"
     raise PolicyError(msg)
@@ -94,7 +94,13 @@ def combine_votes(
     return np.asarray(scores / scores.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
-def _escalation_weights(value: float | Sequence[float], n_stages: int) -> FloatArray:
+def escalation_weights(value: float | Sequence[float], n_stages: int) -> FloatArray:
+    """One escalation weight per stage from a number or a per-stage sequence.
+
+    Raises:
+        PolicyError: if a weight is not a number in ``[0, 1]`` or the sequence has another
+            length than ``n_stages``.
+    """
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         if len(value) != n_stages:
             msg = f"escalation_weight has {len(value)} values but the cascade has {n_stages} stages"
