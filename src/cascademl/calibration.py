@@ -337,20 +337,24 @@ class TemperatureScaledStage:
 
 
 def with_temperatures(
-    cascade: CascadeClassifier, temperatures: Sequence[float], X: Any, y: Any
+    cascade: CascadeClassifier,
+    temperatures: Sequence[float],
+    X: Any = None,  # noqa: ARG001 - kept so that calls written for 0.1 keep working
+    y: Any = None,  # noqa: ARG001 - kept so that calls written for 0.1 keep working
 ) -> CascadeClassifier:
     """Return a new fitted cascade whose stages are wrapped in `TemperatureScaledStage`.
 
-    No stage is retrained: ``X`` and ``y`` (for example the calibration split) only let
-    ``fit`` check the classes. A stage that is already temperature-scaled is rewrapped
+    No stage is retrained and no data is needed: the new cascade is built with
+    [`CascadeClassifier.from_fitted`][cascademl.CascadeClassifier.from_fitted] and keeps the
+    classes of ``cascade``. A stage that is already temperature-scaled is rewrapped
     with the product of both temperatures (scaling twice is scaling once by the product).
     ``cascade`` is left unchanged.
 
     Args:
         cascade: a fitted cascade.
         temperatures: one temperature per stage.
-        X: inputs accepted by the stages.
-        y: their labels.
+        X: ignored (optional; once used to check the classes).
+        y: ignored (optional).
 
     Returns:
         The calibrated cascade, with the same policy and combiner.
@@ -374,8 +378,8 @@ def with_temperatures(
         else:
             stages.append((name, TemperatureScaledStage(stage, t)))
     params = cascade.get_params(deep=False)
-    params["stages"] = stages
-    return type(cascade)(**params).fit(X, y)
+    del params["stages"]
+    return type(cascade).from_fitted(stages, classes=cascade.classes_, **params)
 
 
 def calibrate_cascade(
@@ -423,4 +427,4 @@ def calibrate_cascade(
         n_bins=n_bins,
         bounds=bounds,
     )
-    return with_temperatures(cascade, report.temperatures, X_cal, y_cal), report
+    return with_temperatures(cascade, report.temperatures), report

@@ -473,20 +473,19 @@ def _adopt(
     feature_names: list[str] | None,
     where: str,
 ) -> CascadeClassifier:
-    """Fit the rebuilt cascade, which only adopts its trained stages (nothing is retrained)."""
-    if n_features is not None:
-        X: Any = np.zeros((classes.size, int(n_features)))
-    else:
-        X = [None] * classes.size
+    """Build the fitted cascade from its trained stages (nothing is retrained, no data)."""
+    params = cascade.get_params(deep=False)
+    stages = params.pop("stages")
     try:
-        cascade.fit(X, classes)
+        adopted = type(cascade).from_fitted(stages, classes=classes, **params)
     except CascadeMLError as exc:
         msg = f"{where}: the saved stages do not form a valid cascade: {exc}"
         raise SerializationError(msg) from exc
+    for name in ("n_features_in_", "feature_names_in_"):
+        if hasattr(adopted, name):
+            delattr(adopted, name)
+    if n_features is not None:
+        adopted.n_features_in_ = int(n_features)
     if feature_names is not None:
-        cascade.feature_names_in_ = np.asarray(feature_names, dtype=object)
-    if cascade.classes_.tolist() != classes.tolist():
-        msg = f"{where}: the stages' classes {cascade.classes_!r} differ from the saved {classes!r}"
-        raise SerializationError(msg)
-    cascade.classes_ = classes  # same labels; keep the saved dtype (JSON may widen it)
-    return cascade
+        adopted.feature_names_in_ = np.asarray(feature_names, dtype=object)
+    return adopted
