@@ -39,11 +39,11 @@ from torchmetrics.functional.classification import (
 )
 
 from cascademl._labels import label_indices
+from cascademl._probabilities import stage_probabilities
 from cascademl._typing import FloatArray, IntArray, LabelArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import PolicyError
 from cascademl.results import CascadeResult
-from cascademl.tuning import stage_probabilities
 
 __all__ = [
     "CascadeReport",
