@@ -10,7 +10,6 @@ autocast and channels-last are delegated to [`cascademl.inference`][cascademl.in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's own convention
 from torch import nn
 
 from cascademl import inference
+from cascademl._optional import require
 from cascademl._typing import LabelArray, ProbaArray
 from cascademl.cost import count_flops
 from cascademl.exceptions import PolicyError, SerializationError, StageError, StageInterfaceError
@@ -593,13 +593,8 @@ class TorchStage:
 
 
 def _import_timm() -> Any:
-    if importlib.util.find_spec("timm") is None:  # pragma: no cover - timm is in the dev env
-        msg = "timm models need timm: pip install 'cascademl[timm]'"
-        raise ImportError(msg)
-    import timm  # noqa: PLC0415 - optional dependency
-    import timm.data  # noqa: PLC0415 - optional dependency
-
-    return timm
+    require("timm.data", "timm", purpose="a timm model")
+    return require("timm", "timm", purpose="a timm model")
 
 
 def _resolve_preprocessing(
