@@ -327,12 +327,14 @@ def test_training_logs_and_uses_the_resolved_precision(split, images, tmp_path, 
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
     train_logger = logging.getLogger(training.__name__)
-    monkeypatch.setattr(train_logger, "level", logging.INFO)
+    level = train_logger.level
+    train_logger.setLevel(logging.INFO)  # setLevel also clears the logger's level cache
     train_logger.addHandler(handler)
     try:
         training.train_model(model, train, val, config=config, out_dir=tmp_path)
     finally:
         train_logger.removeHandler(handler)
+        train_logger.setLevel(level)
     assert any(f"training in {expected}" in m for m in messages)
     assert bool(entered) is native
     assert all(dtype == torch.bfloat16 for dtype in entered)
