@@ -10,7 +10,6 @@ autocast and channels-last are delegated to [`cascademl.inference`][cascademl.in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's own convention
 from torch import nn
 
 from cascademl import inference
+from cascademl._optional import require
 from cascademl._typing import LabelArray, ProbaArray
 from cascademl.cost import count_flops
 from cascademl.exceptions import PolicyError, SerializationError, StageError, StageInterfaceError
@@ -207,8 +207,11 @@ class TorchStage:
             samples into full batches of this size.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; resolved by
             [`resolve_device`][cascademl.inference.resolve_device] on first use.
-        precision: ``"fp32"`` (default), or ``"bf16"``/``"fp16"`` autocast (CUDA; ``"bf16"``
-            also on CPU).
+        precision: ``"fp32"`` (default), ``"bf16"``/``"fp16"`` autocast (CUDA; ``"bf16"``
+            also on CPU), or ``"auto"``: bfloat16 where the device runs it natively (a CUDA
+            device that supports it, a CPU with AVX512-BF16 or AMX), float32 elsewhere,
+            where emulated bfloat16 can be 20x slower. ``"auto"`` is resolved at every
+            call on the machine that runs it, so a saved stage adapts to the next machine.
         channels_last: run in channels-last memory format (faster convolutions on recent
             GPUs).
         cost_per_sample: this stage's cost for one sample, in any unit, for the
@@ -489,7 +492,7 @@ class TorchStage:
           "mean": [float] | null, "std": [float] | null, "crop_pct": float}``, the
           resolved values;
         * ``"batch_size"``: int; ``"device"``: str (as given, e.g. ``"auto"``);
-          ``"precision"``: ``"fp32" | "bf16" | "fp16"``; ``"channels_last"``: bool;
+          ``"precision"``: ``"auto" | "fp32" | "bf16" | "fp16"``; ``"channels_last"``: bool;
           ``"cost_per_sample"``: float | null.
 
         Raises:
@@ -590,13 +593,8 @@ class TorchStage:
 
 
 def _import_timm() -> Any:
-    if importlib.util.find_spec("timm") is None:  # pragma: no cover - timm is in the dev env
-        msg = "timm models need timm: pip install 'cascademl[timm]'"
-        raise ImportError(msg)
-    import timm  # noqa: PLC0415 - optional dependency
-    import timm.data  # noqa: PLC0415 - optional dependency
-
-    return timm
+    require("timm.data", "timm", purpose="a timm model")
+    return require("timm", "timm", purpose="a timm model")
 
 
 def _resolve_preprocessing(
