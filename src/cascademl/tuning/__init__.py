@@ -28,11 +28,12 @@ only on the stage where it exits, the search caches the decision for each possib
 
 from cascademl._probabilities import stage_probabilities
 from cascademl.tuning._apply import apply_tuning, search_orders, tune_cascade
+from cascademl.tuning._deprecated import search_stage_orders, tune_thresholds
 from cascademl.tuning._orders import (
     OrdersArg,
     order_by_accuracy,
     order_by_cost,
-    search_stage_orders,
+    search_orders_from_proba,
 )
 from cascademl.tuning._results import (
     FrontierPoint,
@@ -42,7 +43,7 @@ from cascademl.tuning._results import (
     TuningResult,
 )
 from cascademl.tuning._scoring import single_stage_scores
-from cascademl.tuning._thresholds import score_thresholds, tune_thresholds
+from cascademl.tuning._thresholds import score_thresholds, tune_cascade_from_proba
 
 __all__ = [
     "FrontierPoint",
@@ -56,9 +57,11 @@ __all__ = [
     "order_by_cost",
     "score_thresholds",
     "search_orders",
+    "search_orders_from_proba",
     "search_stage_orders",
     "single_stage_scores",
     "stage_probabilities",
     "tune_cascade",
+    "tune_cascade_from_proba",
     "tune_thresholds",
 ]

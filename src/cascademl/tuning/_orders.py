@@ -9,19 +9,23 @@ from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
 
-from cascademl._typing import CombineMethod, ConfidenceMeasure, FloatArray, LabelArray
+from cascademl._typing import FloatArray, LabelArray
 from cascademl.exceptions import PolicyError
+from cascademl.policies import RoutingRule
 from cascademl.tuning._results import MinScore, OrderSearchResult, Scoring
-from cascademl.tuning._scoring import single_stage_scores
-from cascademl.tuning._search import _tune_one
+from cascademl.tuning._scoring import _resolve_scoring, single_stage_scores
 from cascademl.tuning._thresholds import (
     _check_constraints,
+    _check_rule,
     _infeasible_error,
-    _names,
+    _pick,
+    _target,
+    _tune_rules,
     _validate_inputs,
+    _weight_rules,
 )
 
-__all__ = ["OrdersArg", "order_by_accuracy", "order_by_cost", "search_stage_orders"]
+__all__ = ["OrdersArg", "order_by_accuracy", "order_by_cost", "search_orders_from_proba"]
 
 
 def order_by_accuracy(stage_proba: FloatArray, y: Any, *, classes: Any) -> tuple[int, ...]:
@@ -132,24 +136,25 @@ def _candidate_orders(
     return list(dict.fromkeys(out))
 
 
-def search_stage_orders(
+def search_orders_from_proba(
     stage_proba: Any,
     y: Any,
     *,
     classes: Any,
     orders: OrdersArg = "auto",
+    rule: RoutingRule | None = None,
     stage_cost: Sequence[float] | None = None,
-    measure: ConfidenceMeasure = "max_proba",
-    combine: CombineMethod = "vote",
-    escalation_weight: float | Sequence[float] = 0.5,
     max_cost: float | None = None,
     min_score: MinScore | None = None,
     scoring: Scoring = None,
+    escalation_weight_grid: Sequence[float] | None = None,
     n_candidates: int = 64,
     n_lambdas: int = 12,
     stage_names: Sequence[str] | None = None,
 ) -> OrderSearchResult:
     """Tune thresholds for several stage orders and report each order's frontier.
+
+    The array-level twin of [`search_orders`][cascademl.tuning.search_orders].
 
     Reordering reuses the cached probabilities: no model is called again. A candidate that
     leaves stages out is tuned as a cascade of its stages only: a sample pays for the
@@ -169,14 +174,17 @@ def search_stage_orders(
             candidate is one tuning run: ``"subsets"`` tunes ``2**n_stages - 1`` of them (31
             for five stages) and is refused above 12 stages.
         stage_cost: the cost per sample of each stage, in the original order.
-        measure: see [`tune_thresholds`][cascademl.tuning.tune_thresholds].
-        combine: see `tune_thresholds`.
-        escalation_weight: a number, or one weight per stage in the original order.
-        max_cost: see `tune_thresholds`.
-        min_score: see `tune_thresholds`; ``"best_stage"`` is the same target for every order.
-        scoring: see `tune_thresholds`.
-        n_candidates: see `tune_thresholds`.
-        n_lambdas: see `tune_thresholds`.
+        rule: the [`RoutingRule`][cascademl.RoutingRule] to tune, for the stages in the
+            original order (its escalation weights follow the stages into each order); see
+            [`tune_cascade_from_proba`][cascademl.tuning.tune_cascade_from_proba].
+        max_cost: see `tune_cascade_from_proba`.
+        min_score: see `tune_cascade_from_proba`; ``"best_stage"`` is the same target for
+            every order.
+        scoring: see `tune_cascade_from_proba`.
+        escalation_weight_grid: see `tune_cascade_from_proba`; each order gets its best
+            weight.
+        n_candidates: see `tune_cascade_from_proba`.
+        n_lambdas: see `tune_cascade_from_proba`.
         stage_names: names in the original order.
 
     Returns:
@@ -195,7 +203,7 @@ def search_stage_orders(
         >>> y = np.array([0, 1] * 50)
         >>> wrong = np.eye(2)[1 - y] * 0.9 + 0.05  # cheap, confident and always wrong
         >>> right = np.eye(2)[y] * 0.8 + 0.1
-        >>> search = search_stage_orders(
+        >>> search = search_orders_from_proba(
         ...     np.stack([wrong, right]), y, classes=[0, 1], stage_cost=[1.0, 4.0],
         ...     orders="subsets", max_cost=4.0,
         ... )
@@ -205,46 +213,39 @@ def search_stage_orders(
         ((1,), 1.0, 4.0)
     """
     _check_constraints(max_cost, min_score)
-    p, y_idx, labels, costs = _validate_inputs(stage_proba, y, classes, stage_cost, n_candidates)
-    names = _names(stage_names, p.shape[0])
-    if min_score == "best_stage":
-        min_score = float(single_stage_scores(p, y, classes=labels, scoring=scoring).max())
-    weights = escalation_weight
+    p, y_idx, labels, costs, names = _validate_inputs(
+        stage_proba, y, classes, stage_cost, n_candidates, stage_names
+    )
+    base = _check_rule(rule, p.shape[0])
+    score = _resolve_scoring(scoring)
+    target = _target(min_score, p, y_idx, labels, score)
     results = []
     for order in _candidate_orders(orders, p, labels[y_idx], labels, costs):
-        if isinstance(weights, Sequence) and not isinstance(weights, str):
-            weights_o: float | Sequence[float] = [weights[i] for i in order]
-        else:
-            weights_o = weights
+        sub = RoutingRule(
+            base.measure,
+            tuple(base.thresholds[i] for i in order),
+            base.combine,
+            tuple(base.escalation_weights[i] for i in order),
+        )
         results.append(
-            _tune_one(
+            _tune_rules(
                 p[list(order)],
                 y_idx,
                 labels,
                 costs[list(order)],
+                _weight_rules(sub, escalation_weight_grid),
                 names=tuple(names[i] for i in order),
                 order=order,
                 n_stages=p.shape[0],
-                measure=measure,
-                combine=combine,
-                escalation_weight=weights_o,
-                scoring=scoring,
+                score=score,
                 max_cost=max_cost,
-                min_score=min_score,
-                n_candidates=n_candidates,
+                min_score=target,
+                n_candidates=int(n_candidates),
                 n_lambdas=n_lambdas,
             )
         )
-    feasible = [i for i, r in enumerate(results) if r.feasible]
-    if not feasible:
-        # Report the candidate that came closest: the cheapest, or the best scoring.
-        if max_cost is not None:
-            closest = min(results, key=lambda r: r.frontier[0].mean_cost)
-        else:
-            closest = max(results, key=lambda r: r.frontier[-1].score)
-        _infeasible_error(closest, max_cost, min_score)
-    if min_score is not None:
-        best = min(feasible, key=lambda i: (results[i].mean_cost, -results[i].score, i))
-    else:
-        best = min(feasible, key=lambda i: (-results[i].score, results[i].mean_cost, i))
+    best = _pick(results, by_cost=target is not None and max_cost is None)
+    if best is None:
+        _infeasible_error(results, max_cost, min_score)
+        raise AssertionError  # pragma: no cover - _infeasible_error always raises
     return OrderSearchResult(results=tuple(results), best_index=best)

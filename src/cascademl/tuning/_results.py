@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 import numpy as np
 
 from cascademl._typing import FloatArray
-from cascademl.policies import ConfidencePolicy
+from cascademl.policies import ConfidencePolicy, RoutingRule
 
 __all__ = ["FrontierPoint", "MinScore", "OrderSearchResult", "Scoring", "TuningResult"]
 
 Scoring: TypeAlias = str | Callable[..., float] | None
-"""What to maximise: a scikit-learn scorer name (``"accuracy"``, ``"f1_macro"``,
-``"balanced_accuracy"``, ``"neg_log_loss"``...), a scorer callable
-``scorer(estimator, X, y)`` as built by ``sklearn.metrics.make_scorer``, or ``None`` for
-accuracy. Scorers that read only predicted labels are evaluated on counts of (true,
-predicted) pairs, so their cost does not grow with the number of samples."""
+"""What to maximise (higher is better):
+
+* ``None`` or ``"accuracy"``;
+* a scikit-learn scorer name (``"f1_macro"``, ``"balanced_accuracy"``, ``"neg_log_loss"``...,
+  see ``sklearn.metrics.get_scorer_names()``);
+* a metric ``f(y_true, y_pred)`` on labels (a callable with two required positional
+  parameters, such as ``sklearn.metrics.f1_score`` or a ``functools.partial`` of it);
+* a scorer ``scorer(estimator, X, y)``, such as one built by ``sklearn.metrics.make_scorer``
+  (called on a stand-in estimator whose ``predict``/``predict_proba`` return the routed
+  cascade's outputs).
+
+Accuracy and ``"neg_log_loss"`` are swept with cumulative sums. Scorer names that read only
+labels, and metrics that accept ``sample_weight``, are evaluated on weighted counts of
+(true, predicted) pairs, so their cost does not grow with the number of samples. Other
+callables are called once per configuration."""
 
 MinScore: TypeAlias = float | Literal["best_stage"]
 """A score target; ``"best_stage"``: at least the score of the best stage used alone."""
@@ -47,9 +57,11 @@ class FrontierPoint:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class TuningResult:
-    """Outcome of [`tune_thresholds`][cascademl.tuning.tune_thresholds].
+    """Outcome of [`tune_cascade_from_proba`][cascademl.tuning.tune_cascade_from_proba].
 
     Attributes:
+        rule: the tuned [`RoutingRule`][cascademl.RoutingRule] (measure, thresholds,
+            combiner and escalation weights, one per stage in the order ``order``).
         policy: the chosen [`ConfidencePolicy`][cascademl.ConfidencePolicy] (one threshold
             per non-final stage, in the order ``order``).
         score: the chosen point's validation score.
@@ -57,7 +69,7 @@ class TuningResult:
         frontier: the non-dominated configurations found, by increasing cost (and strictly
             increasing score).
         chosen_index: position of the chosen point in ``frontier``.
-        feasible: whether the chosen point meets the constraint. `tune_thresholds` raises
+        feasible: whether the chosen point meets the constraint. The tuner raises
             when it cannot; order searches keep infeasible orders for their frontier.
         stage_names: the stages' names, in the order tuned.
         order: the tuned order as indices into the original stage order. An order search
@@ -88,6 +100,7 @@ class TuningResult:
     objective: str
     n_evaluations: int
     n_stages: int | None = None
+    rule: RoutingRule = field(kw_only=True)
 
     @property
     def chosen(self) -> FrontierPoint:

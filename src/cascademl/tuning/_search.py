@@ -5,29 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import TypeAlias, cast
+from typing import TypeAlias
 
 import numpy as np
-from sklearn import config_context
 
-from cascademl._routing import confidence_scores, exit_mask
-from cascademl._typing import (
-    BoolArray,
-    CombineMethod,
-    ConfidenceMeasure,
-    FloatArray,
-    IntArray,
-    LabelArray,
-)
-from cascademl.policies import ConfidencePolicy
-from cascademl.tuning._results import FrontierPoint, MinScore, Scoring, TuningResult
-from cascademl.tuning._scoring import (
-    _per_sample_scores,
-    _PredictionView,
-    _reads_labels_only,
-    _resolve_scoring,
-    single_stage_scores,
-)
+from cascademl._routing import exit_mask
+from cascademl._typing import BoolArray, FloatArray, IntArray, LabelArray
+from cascademl.policies import ConfidencePolicy, RoutingRule
+from cascademl.tuning._results import FrontierPoint, TuningResult
+from cascademl.tuning._scoring import _per_sample_scores, _Score, single_stage_scores
 from cascademl.voting import combine_votes
 
 _COST_RTOL = 1e-9
@@ -46,10 +32,8 @@ class _Problem:
         classes: LabelArray,
         costs: FloatArray,
         *,
-        measure: ConfidenceMeasure,
-        combine: CombineMethod,
-        escalation_weight: float | Sequence[float],
-        scorer: Callable[..., float] | None,
+        rule: RoutingRule,
+        score: _Score,
         n_candidates: int,
     ) -> None:
         n_stages, n_samples, _ = stage_proba.shape
@@ -57,21 +41,18 @@ class _Problem:
         self.n_samples = n_samples
         self.classes = classes
         self.y_idx = y_idx
-        self.scorer = scorer
-        self.pairs_only = _reads_labels_only(scorer)
-        self.conf = np.stack([confidence_scores(p, measure) for p in stage_proba])
+        self.score = score
+        self.pairs_only = score.kind == "pairs"
+        self.conf = np.stack([rule.confidence(p) for p in stage_proba])
         self.cum_cost = np.cumsum(costs)
         # Final probabilities if a sample exits at stage e (visiting stages 0..e).
         visited_upto = np.arange(n_stages)[:, None] <= np.arange(n_stages)[None, :]
         self.exit_proba = np.stack(
-            [
-                _combine_at_exit(stage_proba, visited_upto[:, e], e, combine, escalation_weight)
-                for e in range(n_stages)
-            ]
+            [_combine_at_exit(stage_proba, visited_upto[:, e], e, rule) for e in range(n_stages)]
         )
         self.exit_pred = np.argmax(self.exit_proba, axis=2)
         # Accuracy or log-loss: a mean of per-sample values, swept with cumulative sums.
-        self.exit_value = _per_sample_scores(self.exit_proba, self.exit_pred, y_idx, scorer)
+        self.exit_value = _per_sample_scores(self.exit_proba, self.exit_pred, y_idx, score)
         self.candidates = [_candidates(self.conf[s], n_candidates) for s in range(n_stages - 1)]
         self.n_evaluations = 0
         self._sweeps: dict[tuple[int, ...], tuple[FloatArray, FloatArray]] = {}
@@ -98,13 +79,8 @@ class _Problem:
         cost = float(self.cum_cost[exit_stage].mean())
         if self.exit_value is not None:
             return float(self.exit_value[exit_stage, cols].mean()), cost
-        view = _PredictionView(
-            self.classes,
-            self.classes[self.exit_pred[exit_stage, cols]],
-            self.exit_proba[exit_stage, cols],
-        )
-        scorer = cast("Callable[..., float]", self.scorer)  # exit_value is None: a scorer
-        return float(scorer(view, cols, self.classes[self.y_idx])), cost
+        pred = self.exit_pred[exit_stage, cols]
+        return self.score(self.classes, self.y_idx, pred, self.exit_proba[exit_stage, cols]), cost
 
     def sweep(self, s: int, idx: IntArray | Sequence[int]) -> tuple[FloatArray, FloatArray]:
         """Scores and costs of every candidate threshold of stage ``s``, the others fixed."""
@@ -175,24 +151,11 @@ class _Problem:
         here_total = np.bincount(y[order] * n_classes + self.exit_pred[s, order], minlength=n_pairs)
         counts = fixed[None, :] + esc + (here_total[None, :] - here)
         scores = np.empty(k.size)
-        scorer = cast("Callable[..., float]", self.scorer)
         for j in range(k.size):
             key = counts[j].tobytes()
             if key not in self._pair_cache:
                 codes = np.flatnonzero(counts[j])
-                view = _PredictionView(
-                    self.classes, self.classes[codes % n_classes], np.empty((0, n_classes))
-                )
-                # The inputs are built here and valid: skip sklearn's per-call checks.
-                with config_context(skip_parameter_validation=True):
-                    self._pair_cache[key] = float(
-                        scorer(
-                            view,
-                            np.arange(codes.size),
-                            self.classes[codes // n_classes],
-                            sample_weight=counts[j, codes],
-                        )
-                    )
+                self._pair_cache[key] = self.score.weighted(self.classes, codes, counts[j, codes])
             scores[j] = self._pair_cache[key]
         return scores
 
@@ -216,14 +179,17 @@ def _combine_at_exit(
     stage_proba: FloatArray,
     visited_column: BoolArray,
     exit_at: int,
-    combine: CombineMethod,
-    escalation_weight: float | Sequence[float],
+    rule: RoutingRule,
 ) -> FloatArray:
     n_samples = stage_proba.shape[1]
     visited = np.repeat(visited_column[:, None], n_samples, axis=1)
     exit_stage = np.full(n_samples, exit_at, dtype=np.intp)
     return combine_votes(
-        stage_proba, visited, exit_stage, method=combine, escalation_weight=escalation_weight
+        stage_proba,
+        visited,
+        exit_stage,
+        method=rule.combine,
+        escalation_weight=rule.escalation_weights,
     )
 
 
@@ -361,52 +327,37 @@ def _tune_one(
     names: tuple[str, ...],
     order: tuple[int, ...],
     n_stages: int,
-    measure: ConfidenceMeasure,
-    combine: CombineMethod,
-    escalation_weight: float | Sequence[float],
-    scoring: Scoring,
+    rule: RoutingRule,
+    score: _Score,
     max_cost: float | None,
-    min_score: MinScore | None,
+    min_score: float | None,
     n_candidates: int,
     n_lambdas: int,
 ) -> TuningResult:
-    score_name, scorer = _resolve_scoring(scoring)
-    stage_scores = single_stage_scores(p, labels[y_idx], classes=labels, scoring=scoring)
-    target: float | None = None
-    if min_score == "best_stage":
-        target = float(stage_scores.max())
-    elif min_score is not None:
-        target = float(min_score)
+    """Tune the thresholds of ``rule`` (which must have ``p.shape[0]`` stages)."""
+    stage_scores = single_stage_scores(p, labels[y_idx], classes=labels, scoring=score)
+    target = min_score
     key, objective = _objective(max_cost, target)
-    problem = _Problem(
-        p,
-        y_idx,
-        labels,
-        costs,
-        measure=measure,
-        combine=combine,
-        escalation_weight=escalation_weight,
-        scorer=scorer,
-        n_candidates=n_candidates,
-    )
+    problem = _Problem(p, y_idx, labels, costs, rule=rule, score=score, n_candidates=n_candidates)
     if p.shape[0] == 1:
         # One stage: nothing to tune; every sample ends at that stage.
-        score, cost = problem.evaluate(np.zeros(problem.n_samples, dtype=np.intp))
+        value, cost = problem.evaluate(np.zeros(problem.n_samples, dtype=np.intp))
         return TuningResult(
-            policy=ConfidencePolicy(measure, 0.0),
-            score=score,
+            policy=ConfidencePolicy(rule.measure, 0.0),
+            score=value,
             mean_cost=cost,
-            frontier=(FrontierPoint((), score, cost),),
+            frontier=(FrontierPoint((), value, cost),),
             chosen_index=0,
-            feasible=_is_feasible(score, cost, max_cost, target),
+            feasible=_is_feasible(value, cost, max_cost, target),
             stage_names=names,
             order=order,
             stage_cost=(float(costs[0]),),
             stage_scores=(float(stage_scores[0]),),
-            scoring=score_name,
+            scoring=score.name,
             objective=objective,
             n_evaluations=problem.n_evaluations,
             n_stages=n_stages,
+            rule=rule.with_thresholds(()),
         )
     archive = _explore(problem, costs, n_lambdas)
     # Refine on the real objective, from the best archived points.
@@ -428,7 +379,7 @@ def _tune_one(
         for i in front.tolist()
     )
     return TuningResult(
-        policy=ConfidencePolicy(measure, points[chosen].thresholds),
+        policy=ConfidencePolicy(rule.measure, points[chosen].thresholds),
         score=points[chosen].score,
         mean_cost=points[chosen].mean_cost,
         frontier=points,
@@ -438,10 +389,11 @@ def _tune_one(
         order=order,
         stage_cost=tuple(float(c) for c in costs),
         stage_scores=tuple(float(s) for s in stage_scores),
-        scoring=score_name,
+        scoring=score.name,
         objective=objective,
         n_evaluations=problem.n_evaluations,
         n_stages=n_stages,
+        rule=rule.with_thresholds(points[chosen].thresholds),
     )
 
 
