@@ -26,11 +26,11 @@ import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cascademl._labels import label_indices
+from cascademl._probabilities import stage_probabilities
 from cascademl._typing import FloatArray, IntArray, LabelArray, ProbaArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import NotFittedError, PolicyError
 from cascademl.stages import check_stage
-from cascademl.tuning import stage_probabilities
 
 __all__ = [
     "CalibrationReport",

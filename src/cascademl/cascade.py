@@ -8,17 +8,16 @@ from typing import Any, Self
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils import Bunch
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import column_or_1d, validate_data
 
 from cascademl import _routing
 from cascademl._typing import CombineMethod, IntArray, LabelArray, ProbaArray
+from cascademl._validation import check_fitted, take_rows
 from cascademl.abstention import check_reject_threshold, predict_with_abstention
 from cascademl.exceptions import (
     ClassMismatchError,
-    NotFittedError,
     PolicyError,
     StageInterfaceError,
 )
@@ -276,14 +275,7 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def _check_fitted(self) -> None:
-        try:
-            check_is_fitted(self, "stages_")
-        except _SklearnNotFittedError as exc:
-            msg = (
-                f"this {type(self).__name__} is not fitted yet; call fit (stages that are "
-                "already trained are not refit) before route, predict or predict_proba"
-            )
-            raise NotFittedError(msg) from exc
+        check_fitted(self, before="route, predict or predict_proba")
 
     def _validate_stages(self) -> list[tuple[str, Any]]:
         if not _is_pair_list(self.stages) or len(self.stages) == 0:
@@ -437,11 +429,7 @@ def _column_map(stage_classes: Any, classes: LabelArray) -> IntArray:
 
 
 def _take(X: Any, idx: IntArray) -> Any:
-    if hasattr(X, "iloc"):
-        return X.iloc[idx]
-    if isinstance(X, (list, tuple)):
-        return [X[i] for i in idx]
-    return X[idx]
+    return take_rows(X, idx)
 
 
 def _concat_results(parts: list[CascadeResult]) -> CascadeResult:

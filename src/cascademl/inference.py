@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cascademl import _routing
+from cascademl._precision import ResolvedPrecision, cpu_bf16_support, resolve_precision
 from cascademl._typing import CombineMethod, ConfidenceMeasure, IntArray, LabelArray, ProbaArray
 from cascademl.cost import CostReport
 from cascademl.exceptions import (
@@ -59,15 +60,18 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "PRECISIONS",
     "Precision",
+    "ResolvedPrecision",
     "as_tensor",
     "autocast",
     "available_devices",
+    "cpu_bf16_support",
     "forward_proba",
     "is_stream",
     "iter_batches",
     "predict_proba_batched",
     "prepare_module",
     "resolve_device",
+    "resolve_precision",
     "state_dict_to_cpu",
     "stream_route",
     "to_device",
@@ -76,8 +80,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Names of the numeric precisions a stage may run in.
-Precision: TypeAlias = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
+#: ``"auto"`` is bfloat16 where the device runs it natively, else float32.
+Precision: TypeAlias = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "fp16")
 #: Batch size of stages that do not set their own (non-torch stages).
 DEFAULT_BATCH_SIZE = 64
 
@@ -253,14 +258,20 @@ def autocast(device: torch.device, precision: Precision) -> AbstractContextManag
 
     ``"fp32"`` does nothing. ``"bf16"`` and ``"fp16"`` use ``torch.autocast`` on CUDA;
     ``"bf16"`` also on CPU. Elsewhere the pass stays in fp32 and a
-    [`DeviceWarning`][cascademl.exceptions.DeviceWarning] says so.
+    [`DeviceWarning`][cascademl.exceptions.DeviceWarning] says so. ``"auto"`` is ``"bf16"``
+    where the device runs bfloat16 natively (a CUDA device that supports it, a CPU with
+    AVX512-BF16 or AMX) and ``"fp32"`` elsewhere, where emulated bfloat16 can be 20x slower
+    ([`resolve_precision`][cascademl.inference.resolve_precision]; the choice is logged).
 
     Raises:
-        PolicyError: if ``precision`` is not one of ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        PolicyError: if ``precision`` is not one of ``"auto"``, ``"fp32"``, ``"bf16"``,
+            ``"fp16"``.
     """
     if precision not in PRECISIONS:
         msg = f"precision must be one of {PRECISIONS}, got {precision!r}"
         raise PolicyError(msg)
+    if precision == "auto":
+        precision = resolve_precision(precision, device).precision
     if precision == "fp32":
         return contextlib.nullcontext()
     if (device.type, precision) not in _AUTOCAST_SUPPORTED:

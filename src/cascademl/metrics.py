@@ -33,11 +33,11 @@ from scipy import stats  # type: ignore[import-untyped, unused-ignore]
 from torchmetrics import Metric
 
 from cascademl._labels import label_indices
+from cascademl._probabilities import stage_probabilities
 from cascademl._typing import FloatArray, IntArray, LabelArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import PolicyError
 from cascademl.results import CascadeResult
-from cascademl.tuning import stage_probabilities
 
 __all__ = [
     "CascadeReport",

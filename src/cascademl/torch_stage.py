@@ -224,8 +224,11 @@ class TorchStage:
             samples into full batches of this size.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; resolved by
             [`resolve_device`][cascademl.inference.resolve_device] on first use.
-        precision: ``"fp32"`` (default), or ``"bf16"``/``"fp16"`` autocast (CUDA; ``"bf16"``
-            also on CPU).
+        precision: ``"fp32"`` (default), ``"bf16"``/``"fp16"`` autocast (CUDA; ``"bf16"``
+            also on CPU), or ``"auto"``: bfloat16 where the device runs it natively (a CUDA
+            device that supports it, a CPU with AVX512-BF16 or AMX), float32 elsewhere,
+            where emulated bfloat16 can be 20x slower. ``"auto"`` is resolved at every
+            call on the machine that runs it, so a saved stage adapts to the next machine.
         channels_last: run in channels-last memory format (faster convolutions on recent
             GPUs).
         cost_per_sample: this stage's cost for one sample, in any unit, for the
@@ -494,7 +497,7 @@ class TorchStage:
           "mean": [float] | null, "std": [float] | null, "crop_pct": float}``, the
           resolved values;
         * ``"batch_size"``: int; ``"device"``: str (as given, e.g. ``"auto"``);
-          ``"precision"``: ``"fp32" | "bf16" | "fp16"``; ``"channels_last"``: bool;
+          ``"precision"``: ``"auto" | "fp32" | "bf16" | "fp16"``; ``"channels_last"``: bool;
           ``"cost_per_sample"``: float | null.
 
         Raises:
