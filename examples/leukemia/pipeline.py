@@ -191,7 +191,7 @@ def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: s
         crop_pct=1.0,
         batch_size=max(spec.batch_size, 64),
         device=device,
-        precision=preset.precision,  # type: ignore[arg-type]  # validated by TrainConfig
+        precision=preset.precision,  # validated by TrainConfig and TorchStage
         channels_last=preset.channels_last,
         drop_rate=spec.drop_rate,
     )
