@@ -42,7 +42,7 @@ from cascademl.tuning import (
     apply_tuning,
     order_by_accuracy,
     score_thresholds,
-    search_stage_orders,
+    search_orders_from_proba,
     stage_probabilities,
 )
 
@@ -194,7 +194,7 @@ def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: s
         crop_pct=1.0,
         batch_size=max(spec.batch_size, 64),
         device=device,
-        precision="bf16" if preset.amp else "fp32",
+        precision=preset.precision,  # validated by TrainConfig and TorchStage
         channels_last=preset.channels_last,
         drop_rate=spec.drop_rate,
     )
@@ -664,7 +664,7 @@ def _order_and_tune(
     """Order the stages and tune the thresholds on validation probabilities (no test data).
 
     ``order="selected"`` tunes every sub-sequence of the paper's order (one to all five
-    stages, :func:`cascademl.tuning.search_stage_orders` with ``orders="subsets"``) and
+    stages, :func:`cascademl.tuning.search_orders_from_proba` with ``orders="subsets"``) and
     keeps the best on validation, so that stages that do not pay within the budget are
     dropped.
     """
@@ -684,7 +684,7 @@ def _order_and_tune(
             100 * max_cost_ratio,
         )
         budget = None
-    search = search_stage_orders(
+    search = search_orders_from_proba(
         val_proba[list(base)],
         y_val,
         classes=classes,

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .training import TrainConfig
+from .training import PRECISIONS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,10 @@ class Preset:
         doubling: Show every training image twice per epoch, plain and augmented.
         stain_normalize: Apply Macenko stain normalization.
         cache_size: Side the images are resized to before stain normalization and caching.
-        amp: bfloat16 autocast for training and inference.
+        precision: ``"fp32"``, ``"bf16"`` (bfloat16 autocast for training and inference) or
+            ``"auto"``: bfloat16 only where the device runs it natively (CPUs with
+            AVX512-BF16 or AMX, CUDA devices that support it), float32 elsewhere. The
+            override ``amp=true``/``amp=false`` of earlier versions means ``bf16``/``fp32``.
         channels_last: Channels-last memory format.
         num_workers: Worker processes for the training augmentation (0: the main process).
         seed: Seed of the split, the stain reference and the training.
@@ -105,7 +108,7 @@ class Preset:
     doubling: bool = True
     stain_normalize: bool = True
     cache_size: int = 224
-    amp: bool = False
+    precision: str = "fp32"
     channels_last: bool = False
     num_workers: int = 0
     seed: int = 0
@@ -114,6 +117,12 @@ class Preset:
     max_images_per_class: int | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Validate the settings that no training config checks first."""
+        if self.precision not in PRECISIONS:
+            msg = f"precision must be one of {PRECISIONS}, got {self.precision!r}"
+            raise ValueError(msg)
 
     def backbone(self, key: str) -> BackboneSpec:
         """Return the backbone whose timm or display name is ``key`` (any case).
@@ -139,7 +148,7 @@ class Preset:
             patience=self.patience,
             warmup_epochs=self.warmup_epochs,
             ema_decay=self.ema_decay,
-            amp=self.amp,
+            precision=self.precision,
             channels_last=self.channels_last,
             num_workers=self.num_workers,
             seed=self.seed,
@@ -167,7 +176,10 @@ class Preset:
         items = {**(overrides or {}), **kwargs}
         preset = self
         for key, value in items.items():
-            if key == "backbones" and isinstance(value, str):
+            if key == "amp":  # the setting of earlier versions: bfloat16 autocast on or off
+                amp = _convert(_AmpSetting, "amp", value)
+                preset = dataclasses.replace(preset, precision="bf16" if amp else "fp32")
+            elif key == "backbones" and isinstance(value, str):
                 keys = [part.strip() for part in value.split(",") if part.strip()]
                 preset = dataclasses.replace(
                     preset, backbones=tuple(preset.backbone(k) for k in keys)
@@ -184,6 +196,13 @@ class Preset:
             else:
                 preset = dataclasses.replace(preset, **{key: _convert(Preset, key, value)})
         return preset
+
+
+@dataclass(frozen=True)
+class _AmpSetting:
+    """The ``amp`` override of earlier versions (read as a bool, mapped to ``precision``)."""
+
+    amp: bool
 
 
 def _convert(cls: type, field_name: str, value: Any) -> Any:
@@ -271,7 +290,7 @@ PAPER: Final = Preset(
     epochs=10,
     patience=3,
     warmup_epochs=0.5,
-    amp=False,
+    precision="fp32",
     num_workers=8,
 )
 
@@ -289,7 +308,7 @@ CPU: Final = Preset(
     patience=5,
     warmup_epochs=0.3,
     ema_decay=0.998,
-    amp=True,
+    precision="auto",
     channels_last=True,
 )
 

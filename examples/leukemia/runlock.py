@@ -101,7 +101,7 @@ def lock_output(folder: str | os.PathLike[str]) -> Path:
     holder = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]),
     }
     os.ftruncate(fd, 0)

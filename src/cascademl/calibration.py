@@ -26,11 +26,11 @@ import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cascademl._labels import label_indices
+from cascademl._probabilities import stage_probabilities
 from cascademl._typing import FloatArray, IntArray, LabelArray, ProbaArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import NotFittedError, PolicyError
 from cascademl.stages import check_stage
-from cascademl.tuning import stage_probabilities
 
 __all__ = [
     "CalibrationReport",
@@ -144,7 +144,8 @@ def fit_temperature(
         The temperature, within ``bounds``.
 
     Raises:
-        PolicyError: for empty or mismatched inputs or invalid bounds.
+        PolicyError: for empty or mismatched inputs, NaN or infinite values (negative
+            ones for probabilities), or invalid bounds.
 
     Examples:
         >>> import numpy as np
@@ -166,6 +167,17 @@ def fit_temperature(
         msg = (
             f"proba must have shape (n_samples, n_classes) with n_samples = len(y) = "
             f"{y_idx.size} > 0, got {p.shape}"
+        )
+        raise PolicyError(msg)
+    bad = ~np.isfinite(p).all(axis=1)
+    if not from_logits:
+        bad |= (p < 0).any(axis=1)
+    if np.any(bad):
+        row = int(np.flatnonzero(bad)[0])
+        kind = "logits" if from_logits else "probabilities"
+        msg = (
+            f"proba holds NaN, infinite or negative {kind} in {int(bad.sum())} row(s), "
+            f"first at row {row}: {p[row].tolist()!r}"
         )
         raise PolicyError(msg)
     logits = p if from_logits else _log_proba(p)

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any, Self
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils import Bunch
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import column_or_1d, validate_data
 
-from cascademl import _routing
+from cascademl import _engine
+from cascademl._engine import Keep
 from cascademl._typing import CombineMethod, IntArray, LabelArray, ProbaArray
+from cascademl._validation import check_fitted, take_rows
 from cascademl.abstention import check_reject_threshold, predict_with_abstention
 from cascademl.exceptions import (
     ClassMismatchError,
-    NotFittedError,
     PolicyError,
     StageInterfaceError,
 )
-from cascademl.policies import ConfidencePolicy
+from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.results import CascadeResult
-from cascademl.stages import SklearnStage, check_stage, is_fitted, stage_cost
-from cascademl.voting import COMBINE_METHODS, combine_votes, vote_weights
+from cascademl.stages import SklearnStage, check_stage, is_fitted
+from cascademl.voting import COMBINE_METHODS, vote_weights
 
 __all__ = ["CascadeClassifier"]
 
@@ -187,75 +188,89 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # ----------------------------------------------------------------- inference
+    @property
+    def routing_rule_(self) -> RoutingRule:
+        """The [`RoutingRule`][cascademl.RoutingRule] of the current parameters.
+
+        Built at every call from ``policy``, ``combine`` and ``escalation_weight`` as they
+        are now, so ``set_params`` after ``fit`` takes effect at the next ``route`` or
+        ``predict`` without refitting a stage.
+
+        Raises:
+            NotFittedError: if the cascade is not fitted.
+            PolicyError: if the current parameters are invalid.
+        """
+        self._check_fitted()
+        return RoutingRule.from_params(
+            self.policy,
+            n_stages=len(self.stages_),
+            combine=self.combine,
+            escalation_weight=self.escalation_weight,
+        )
+
     def route(
-        self, X: Any, *, batch_size: int | None = None, progress: bool = False
+        self,
+        X: Any,
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+        keep: Keep = "all",
     ) -> CascadeResult:
         """Route samples through the stages and return everything that happened.
 
-        A torch ``Dataset`` or ``DataLoader``, or an iterator of image batches, is streamed
-        through the torch engine ([`stream_route`][cascademl.inference.stream_route]): each
-        stage runs on full batches of its own ``batch_size`` made of the samples that
-        escalated to it, memory stays bounded by the batch sizes, and the result carries a
-        ``cost_report``. The result is the same as routing the same images in memory.
+        In-memory inputs (arrays, DataFrames, lists, tensors) and streams (a torch
+        ``Dataset`` or ``DataLoader``, or an iterator of image batches) go through the same
+        engine: each stage runs on full batches of its own ``batch_size`` (a stage's
+        attribute, else this call's or the cascade's ``batch_size``) made of the samples
+        that escalated to it, and the result carries a ``cost_report``. Streams are read
+        batch by batch ([`stream_route`][cascademl.inference.stream_route]), so memory
+        stays bounded by the batch sizes.
 
         Args:
             X: the inputs, as for `fit`; or a ``Dataset``, ``DataLoader`` or iterator of
                 image batches (items or batches that are ``(images, targets)`` tuples use
                 the images).
-            batch_size: overrides the ``batch_size`` parameter for this call (when
-                streaming: the batch size of stages that have none of their own).
-            progress: when streaming, show a tqdm progress bar.
+            batch_size: overrides the ``batch_size`` parameter for this call (the batch
+                size of stages that have none of their own; ``None`` routes in-memory
+                inputs all at once and streams in batches of 64).
+            progress: show a tqdm progress bar over the samples decided.
+            keep: ``"all"`` (the default) keeps every visited stage's probabilities in
+                ``result.stage_proba``, an array of shape (n_stages, n_samples, n_classes);
+                ``"none"`` keeps only the final probabilities and each stage's confidence
+                (``stage_proba`` is ``None``). `predict`, `predict_proba` and `score` keep
+                nothing per stage.
 
         Returns:
             A frozen [`CascadeResult`][cascademl.CascadeResult] with, per sample, the final
-            label and probabilities, the exit stage and each visited stage's probabilities
-            and confidence.
+            label and probabilities, the exit stage and each visited stage's confidence
+            (and probabilities with ``keep="all"``), and a
+            [`CostReport`][cascademl.cost.CostReport].
 
         Raises:
             NotFittedError: if the cascade is not fitted.
+            PolicyError: for an invalid ``batch_size`` or ``keep``.
             StageOutputError: if a stage returns NaN, negative or malformed probabilities.
         """
-        self._check_fitted()
-        if not isinstance(X, (np.ndarray, list, tuple)) and not hasattr(X, "iloc"):
-            from cascademl import inference  # noqa: PLC0415 - imports torch only when needed
-
-            if inference.is_stream(X):
-                return inference.stream_route(
-                    self.stages_,
-                    X,
-                    stage_names=tuple(self.named_stages_.keys()),
-                    classes=self.classes_,
-                    columns=self._columns,
-                    thresholds=self.thresholds_,
-                    measure=self.policy_.measure,
-                    combine=self.combine,
-                    escalation_weight=self.escalation_weight,
-                    batch_size=self.batch_size if batch_size is None else batch_size,
-                    progress=progress,
-                )
-        if hasattr(self, "n_features_in_"):  # set by fit when every stage is from sklearn
-            allow_nan = self._allow_nan(self._validate_stages())
-            X = validate_data(self, X, reset=False, ensure_all_finite=not allow_nan)
-        n_samples = len(X)
-        size = self.batch_size if batch_size is None else batch_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            msg = f"batch_size must be a positive integer or None, got {size!r}"
-            raise PolicyError(msg)
-        if size is None or size >= n_samples:
-            return self._route_batch(X, np.arange(n_samples, dtype=np.intp))
-        parts = [
-            self._route_batch(X, np.arange(start, min(start + size, n_samples), dtype=np.intp))
-            for start in range(0, n_samples, size)
-        ]
-        return _concat_results(parts)
+        outcome = self._route(X, batch_size=batch_size, progress=progress, want="result", keep=keep)
+        if outcome.result is None:  # pragma: no cover - want="result" always builds one
+            msg = "the routing engine returned no result"
+            raise RuntimeError(msg)
+        return outcome.result
 
     def predict_proba(self, X: Any) -> ProbaArray:
-        """Final probabilities, array of shape (n_samples, n_classes); a view over `route`."""
-        return self.route(X).proba
+        """Final probabilities, array of shape (n_samples, n_classes).
+
+        Memory is bounded by the batch sizes: no stage's probabilities are kept.
+        """
+        proba = self._route(X, want="proba").proba
+        if proba is None:  # pragma: no cover - want="proba" always fills it
+            msg = "the routing engine returned no probabilities"
+            raise RuntimeError(msg)
+        return proba
 
     def predict(self, X: Any) -> LabelArray:
-        """Final labels, array of shape (n_samples,); a view over `route`."""
-        return self.route(X).labels
+        """Final labels, array of shape (n_samples,); memory bounded by the batch sizes."""
+        return self._route(X, want="labels").labels
 
     def predict_or_abstain(self, X: Any) -> LabelArray:
         """Final labels, or `ABSTAIN` below ``reject_threshold``; object array (n_samples,)."""
@@ -276,14 +291,7 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def _check_fitted(self) -> None:
-        try:
-            check_is_fitted(self, "stages_")
-        except _SklearnNotFittedError as exc:
-            msg = (
-                f"this {type(self).__name__} is not fitted yet; call fit (stages that are "
-                "already trained are not refit) before route, predict or predict_proba"
-            )
-            raise NotFittedError(msg) from exc
+        check_fitted(self, before="route, predict or predict_proba")
 
     def _validate_stages(self) -> list[tuple[str, Any]]:
         if not _is_pair_list(self.stages) or len(self.stages) == 0:
@@ -375,45 +383,36 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
             raise ClassMismatchError(msg)
         return np.sort(reference)
 
-    def _route_batch(self, X: Any, rows: IntArray) -> CascadeResult:
-        stages = self.stages_
-        names = tuple(self.named_stages_.keys())
-        n_classes = len(self.classes_)
+    def _route(
+        self,
+        X: Any,
+        *,
+        want: _engine.Want,
+        batch_size: int | None = None,
+        progress: bool = False,
+        keep: Keep = "none",
+    ) -> _engine.Outcome:
+        """Run the routing engine on ``X``: a stream, or an in-memory source."""
+        rule = self.routing_rule_
+        options: dict[str, Any] = {
+            "rule": rule,
+            "stage_names": tuple(self.named_stages_.keys()),
+            "classes": self.classes_,
+            "columns": self._columns,
+            "batch_size": self.batch_size if batch_size is None else batch_size,
+            "want": want,
+            "keep": keep,
+            "progress": progress,
+        }
+        if _is_stream(X):
+            from cascademl import inference  # noqa: PLC0415 - imports torch only when needed
 
-        def predict(stage_index: int, idx: IntArray) -> ProbaArray:
-            stage = stages[stage_index]
-            raw = stage.predict_proba(_take(X, rows[idx]))
-            proba = _routing.check_stage_proba(
-                raw, n_samples=idx.size, n_classes=n_classes, stage_name=names[stage_index]
-            )
-            return proba[:, self._columns[stage_index]]
-
-        arrays = _routing.route(
-            predict,
-            n_samples=rows.size,
-            n_classes=n_classes,
-            thresholds=self.thresholds_,
-            measure=self.policy_.measure,
-        )
-        proba = combine_votes(
-            arrays.stage_proba,
-            arrays.visited,
-            arrays.exit_stage,
-            method=self.combine,
-            escalation_weight=self.escalation_weight,
-        )
-        labels = self.classes_[np.argmax(proba, axis=1)] if rows.size else self.classes_[:0]
-        return CascadeResult(
-            classes=self.classes_,
-            stage_names=names,
-            labels=labels,
-            proba=proba,
-            exit_stage=arrays.exit_stage,
-            stage_proba=arrays.stage_proba,
-            stage_confidence=arrays.stage_confidence,
-            visited=arrays.visited,
-            stage_cost=np.array([stage_cost(s) for s in stages], dtype=np.float64),
-        )
+            return _engine.run(self.stages_, inference._TensorStream(X), **options)  # noqa: SLF001
+        if hasattr(self, "n_features_in_"):  # set by fit when every stage is from sklearn
+            allow_nan = self._allow_nan(self._validate_stages())
+            X = validate_data(self, X, reset=False, ensure_all_finite=not allow_nan)
+        source = _engine.MemorySource(X, _take, _n_rows(X))
+        return _engine.run(self.stages_, source, **options)
 
 
 def _is_pair_list(stages: object) -> bool:
@@ -437,24 +436,24 @@ def _column_map(stage_classes: Any, classes: LabelArray) -> IntArray:
 
 
 def _take(X: Any, idx: IntArray) -> Any:
-    if hasattr(X, "iloc"):
-        return X.iloc[idx]
-    if isinstance(X, (list, tuple)):
-        return [X[i] for i in idx]
-    return X[idx]
+    return take_rows(X, idx)
 
 
-def _concat_results(parts: list[CascadeResult]) -> CascadeResult:
-    first = parts[0]
-    return CascadeResult(
-        classes=first.classes,
-        stage_names=first.stage_names,
-        labels=np.concatenate([p.labels for p in parts]),
-        proba=np.concatenate([p.proba for p in parts]),
-        exit_stage=np.concatenate([p.exit_stage for p in parts]),
-        stage_proba=np.concatenate([p.stage_proba for p in parts], axis=1),
-        stage_confidence=np.concatenate([p.stage_confidence for p in parts], axis=1),
-        visited=np.concatenate([p.visited for p in parts], axis=1),
-        stage_cost=first.stage_cost,
-        cost_unit=first.cost_unit,
-    )
+def _n_rows(X: Any) -> int:
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    return len(X)
+
+
+def _is_stream(X: object) -> bool:
+    """Whether ``X`` is streamed: an iterator, or a torch ``Dataset``/``DataLoader``."""
+    if isinstance(X, (np.ndarray, list, tuple)) or hasattr(X, "iloc"):
+        return False
+    if isinstance(X, Iterator):
+        return True
+    if "torch" not in sys.modules:  # no torch object can exist: nothing to import
+        return False
+    from cascademl import inference  # noqa: PLC0415 - torch is loaded already
+
+    return inference.is_stream(X)
