@@ -53,6 +53,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
+from cascademl import _files
 from cascademl.inference import ResolvedPrecision
 from cascademl.inference import resolve_precision as _resolve_precision
 
@@ -463,9 +464,12 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        with _files.atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as exc:  # a full disk reads "basic_ios::clear: iostream error"
+        msg = f"{path}: could not write the checkpoint ({exc}); is the disk full?"
+        raise TrainingError(msg) from exc
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -571,7 +575,7 @@ def train_model(
             stats.seconds,
         )
         _atomic_save({**state, **parts.state_dicts()}, checkpoint_path)
-        (folder / HISTORY_NAME).write_text(json.dumps(state["history"], indent=1))
+        _files.write_text(folder / HISTORY_NAME, json.dumps(state["history"], indent=1))
         if on_epoch_end is not None:
             on_epoch_end(stats)
 
