@@ -411,7 +411,7 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         if hasattr(self, "n_features_in_"):  # set by fit when every stage is from sklearn
             allow_nan = self._allow_nan(self._validate_stages())
             X = validate_data(self, X, reset=False, ensure_all_finite=not allow_nan)
-        source = _engine.MemorySource(X, _take, _n_rows(X))
+        source = _engine.MemorySource(X, _n_rows(X))
         return _engine.run(self.stages_, source, **options)
 
 
