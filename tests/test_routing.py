@@ -104,7 +104,7 @@ def _run_in_memory(tables, thresholds, seen, **options):
     ids = np.arange(n_samples).reshape(-1, 1)
     return _engine.run(
         stages,
-        _engine.MemorySource(ids, lambda X, idx: X[idx], n_samples),
+        _engine.MemorySource(ids, n_samples),
         rule=RoutingRule("max_proba", tuple(thresholds)),
         stage_names=[f"s{i}" for i in range(n_stages)],
         classes=np.arange(n_classes),
@@ -146,7 +146,7 @@ def test_engine_needs_a_stage():
     with pytest.raises(PolicyError, match="non-zero length"):
         _engine.run(
             [],
-            _engine.MemorySource(np.zeros((1, 1)), lambda X, idx: X[idx], 1),
+            _engine.MemorySource(np.zeros((1, 1)), 1),
             rule=RoutingRule("max_proba", (1.0,)),
             stage_names=[],
             classes=np.arange(2),

@@ -33,6 +33,7 @@ import numpy as np
 
 from cascademl import _routing
 from cascademl._typing import FloatArray, IntArray, LabelArray, ProbaArray
+from cascademl._validation import check_positive_int, take_rows
 from cascademl.cost import CostReport
 from cascademl.exceptions import PolicyError
 from cascademl.policies import RoutingRule
@@ -48,7 +49,6 @@ __all__ = [
     "Outcome",
     "Source",
     "Want",
-    "check_batch_size",
     "run",
 ]
 
@@ -92,14 +92,12 @@ class MemorySource:
     """An in-memory ``X``, indexed in its own type when a stage runs.
 
     Args:
-        X: the inputs.
-        take: ``take(X, indices)`` returns those rows of ``X`` in ``X``'s own type.
+        X: the inputs, one row per sample.
         length: the number of rows.
     """
 
-    def __init__(self, X: Any, take: Callable[[Any, IntArray], Any], length: int) -> None:
+    def __init__(self, X: Any, length: int) -> None:
         self.X = X
-        self.take = take
         self.length: int | None = length
         self.default_batch_size = max(length, 1)
 
@@ -110,15 +108,15 @@ class MemorySource:
             yield min(size, n - start), None
 
     def inputs(self, indices: IntArray, payload: Any) -> Any:  # noqa: ARG002 - no payload
-        """Those rows of ``X``: a slice (no copy for arrays) when they are consecutive."""
-        if indices.size and int(indices[-1]) - int(indices[0]) + 1 == indices.size:
+        """Those rows of ``X``: ``X`` itself, a slice (a view) or ``take_rows``."""
+        X = self.X
+        if indices.size == self.length:  # every row, in order
+            return X
+        consecutive = indices.size and int(indices[-1]) - int(indices[0]) + 1 == indices.size
+        if consecutive and (isinstance(X, (np.ndarray, list)) or hasattr(X, "iloc")):
             rows = slice(int(indices[0]), int(indices[-1]) + 1)
-            if hasattr(self.X, "iloc"):
-                return self.X.iloc[rows]
-            if indices.size == self.length:
-                return self.X
-            return self.X[rows]
-        return self.take(self.X, indices)
+            return X.iloc[rows] if hasattr(X, "iloc") else X[rows]
+        return take_rows(X, indices)
 
     def concat(self, payloads: list[Any]) -> Any:  # noqa: ARG002 - no payload
         """Nothing to join."""
@@ -129,19 +127,11 @@ class MemorySource:
         return None
 
 
-def check_batch_size(value: object, name: str) -> int:
-    """Return ``value`` if it is a positive integer, else raise PolicyError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        msg = f"{name} must be a positive integer, got {value!r}"
-        raise PolicyError(msg)
-    return int(value)
-
-
 def stage_batch_size(stage: Any, default: int, name: str) -> int:
     """The stage's own ``batch_size`` attribute when it has one, else ``default``."""
     own = getattr(stage, "batch_size", None)
     if own is not None:
-        return check_batch_size(own, f"batch_size of stage {name!r}")
+        return check_positive_int(own, f"batch_size of stage {name!r}")
     return default
 
 
@@ -470,7 +460,7 @@ def run(
         raise PolicyError(msg)
     default = source.default_batch_size
     if batch_size is not None:
-        default = check_batch_size(batch_size, "batch_size")
+        default = check_positive_int(batch_size, "batch_size")
     sizes = [
         stage_batch_size(stage, default, name) for stage, name in zip(stages, names, strict=True)
     ]

@@ -690,7 +690,7 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
 
             return _engine.run(self.stages_, inference._TensorStream(X), **options)  # noqa: SLF001
         X = self._check_input(X)
-        source = _engine.MemorySource(X, _take, _n_rows(X))
+        source = _engine.MemorySource(X, _n_rows(X))
         return _engine.run(self.stages_, source, **options)
 
 

@@ -35,9 +35,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cascademl import _engine
-from cascademl._engine import DEFAULT_BATCH_SIZE, Keep, check_batch_size
+from cascademl._engine import DEFAULT_BATCH_SIZE, Keep
 from cascademl._precision import ResolvedPrecision, cpu_bf16_support, resolve_precision
 from cascademl._typing import IntArray, LabelArray, ProbaArray
+from cascademl._validation import check_batch_size
 from cascademl.exceptions import (
     DeviceUnavailableError,
     DeviceWarning,
