@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .data import SCALE_BAR_FRACTION
 from .training import TrainConfig
 
 
@@ -83,6 +84,9 @@ class Preset:
         ema_decay: Decay of the weight average that is validated and kept (``None``: off).
         doubling: Show every training image twice per epoch, plain and augmented.
         stain_normalize: Apply Macenko stain normalization.
+        mask_bottom: Share of the image rows, at the bottom, filled with a constant in
+            every split and at prediction (where the dataset's scale bars sit; ``0``:
+            off). See :func:`examples.leukemia.data.mask_bottom_strip`.
         cache_size: Side the images are resized to before stain normalization and caching.
         amp: bfloat16 autocast for training and inference.
         channels_last: Channels-last memory format.
@@ -104,6 +108,7 @@ class Preset:
     ema_decay: float | None = None
     doubling: bool = True
     stain_normalize: bool = True
+    mask_bottom: float = SCALE_BAR_FRACTION
     cache_size: int = 224
     amp: bool = False
     channels_last: bool = False
@@ -114,6 +119,14 @@ class Preset:
     max_images_per_class: int | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Validate the settings that nothing else checks before the work starts."""
+        if not 0 <= self.mask_bottom < 1:
+            msg = (
+                f"mask_bottom must be in [0, 1) (a share of the image rows), got {self.mask_bottom}"
+            )
+            raise ValueError(msg)
 
     def backbone(self, key: str) -> BackboneSpec:
         """Return the backbone whose timm or display name is ``key`` (any case).
