@@ -3,6 +3,8 @@
 python -m examples.leukemia run --data-root DIR --preset cpu --out DIR
 python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV]
 python -m examples.leukemia evaluate --model OUT/cascade --data-root DIR
+python -m examples.leukemia audit --data-root DIR --preset cpu --out DIR
+python -m examples.leukemia seeds --data-root DIR --preset cpu --seeds 0,1,2 --out DIR
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from PIL import Image
 from cascademl import _files
 from cascademl.exceptions import CascadeMLError
 
+from .audit import run_audit
 from .data import LeukemiaDataError, load_rgb
 from .pipeline import ORDER_RULES, evaluate_folder, load_predictor, read_images, run_experiment
 from .presets import PRESETS, get_preset
 from .runlock import OutputFolderBusyError
+from .seeds import SUMMARY_MARKDOWN, SeedRunError, run_seeds, seeds_markdown
 from .training import TrainingError
 
 logger = logging.getLogger("examples.leukemia")
@@ -97,6 +101,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    audit = sub.add_parser(
+        "audit",
+        help="the model that sees no cell: colour statistics on the run's split (seconds)",
+    )
+    audit.add_argument("--data-root", required=True, type=Path, help="Kaggle ALL folder")
+    audit.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="settings (cpu)")
+    audit.add_argument("--out", required=True, type=Path, help="results folder (as for run)")
+    audit.add_argument("--seed", type=int, default=None, help="seed (overrides the preset's)")
+    audit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting (repeatable), as for run",
+    )
+    audit.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+
+    seeds = sub.add_parser(
+        "seeds",
+        help="one run per seed into OUT/seed-N (finished runs reused), and their summary",
+    )
+    seeds.add_argument("--data-root", required=True, type=Path, help="Kaggle ALL folder")
+    seeds.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="settings (cpu)")
+    seeds.add_argument("--out", required=True, type=Path, help="parent of the seed-N folders")
+    seeds.add_argument(
+        "--seeds", required=True, type=_seed_list, metavar="N,N,...", help="e.g. 0,1,2"
+    )
+    seeds.add_argument("--device", default="cpu", help="torch device, as for run")
+    seeds.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting (repeatable), as for run",
+    )
+    seeds.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    seeds.add_argument(
+        "--max-cost-ratio", type=float, default=0.35, help="cost budget, as for run (0.35)"
+    )
+    seeds.add_argument("--scoring", default="neg_log_loss", help="as for run")
+    seeds.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="only summarize the finished runs; fail on a seed without one",
+    )
+    seeds.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     predict = sub.add_parser("predict", help="label image files or folders with a saved cascade")
     predict.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
@@ -110,6 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, help="JSON file (default: MODEL/../evaluate.json)")
     evaluate.add_argument("--device", default=None, help="torch device (default: as saved)")
     evaluate.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    evaluate.add_argument(
+        "--map",
+        dest="class_map",
+        action="append",
+        default=[],
+        metavar="MODEL[,MODEL...]=FOLDER",
+        help="score on the folder's own classes: each model class counts as the folder "
+        "class it maps to, e.g. --map Benign=Healthy --map Early,Pre,Pro=ALL (repeatable)",
+    )
     return parser
 
 
@@ -120,6 +182,15 @@ def _name_and_path(value: str) -> tuple[str, str]:
         msg = f"expected NAME=PATH (e.g. resnet50=/path/to/weights.pth), got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return name, path
+
+
+def _seed_list(value: str) -> list[int]:
+    """Parse ``--seeds 0,1,2``."""
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        msg = f"expected comma-separated integers (e.g. 0,1,2), got {value!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def _expand(paths: Sequence[Path]) -> list[Path]:
@@ -182,6 +253,47 @@ def _check_output(path: Path | None) -> None:
         raise LeukemiaDataError(msg)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    preset = get_preset(args.preset, overrides)
+    result = run_audit(args.data_root, preset, args.out, skip_bad=args.skip_bad)
+    print(f"colour statistics (no cell), {preset.name} preset, seed {preset.seed}:")
+    for name, row in result["colour_baseline"].items():
+        star = " (the backbones' preprocessing)" if name == result["trained_variant"] else ""
+        print(
+            f"  {name:<20} validation {row['val_accuracy']:.2%}  test {row['test_accuracy']:.2%}"
+            f"  MCC {row['test_mcc']:.4f}{star}"
+        )
+    print(f"saved to {args.out / 'audit.md'} ({result['seconds']:.0f} s)")
+    return 0
+
+
+def _cmd_seeds(args: argparse.Namespace) -> int:
+    preset = get_preset(args.preset, args.overrides)
+
+    def run(seed: int, folder: Path) -> None:
+        if args.summarize_only:
+            msg = f"{folder}: no finished run for seed {seed} (--summarize-only runs nothing)"
+            raise SeedRunError(msg)
+        run_experiment(
+            args.data_root,
+            preset.with_overrides(seed=seed),
+            folder,
+            device=args.device,
+            skip_bad=args.skip_bad,
+            max_cost_ratio=args.max_cost_ratio,
+            scoring=args.scoring,
+            progress=not args.no_progress,
+        )
+
+    summary = run_seeds(args.seeds, args.out, run)
+    print(seeds_markdown(summary))
+    print(f"saved to {args.out / SUMMARY_MARKDOWN}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     _check_output(args.output)
     predictor = load_predictor(args.model, device=args.device)
@@ -236,10 +348,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     output = args.output or args.model.parent / "evaluate.json"
     _check_output(output)
-    result = evaluate_folder(args.model, args.data_root, skip_bad=args.skip_bad, device=args.device)
+    result = evaluate_folder(
+        args.model,
+        args.data_root,
+        skip_bad=args.skip_bad,
+        device=args.device,
+        class_map=args.class_map,
+    )
     _files.write_text(output, json.dumps(result, indent=2))
     m = result["metrics"]
     print(f"{result['n_images']} images from {result['data_root']}")
+    seen = result["input"]
+    print(
+        f"source sizes {seen['source_sizes']}, resized to {seen['resized_to']} as in "
+        f"training, then per stage {seen['stage_input']}"
+    )
+    if result["class_map"]:
+        print(f"classes mapped: {result['class_map']}")
     print(
         f"accuracy {m['accuracy']:.4f}  MCC {m['mcc']:.4f}  kappa {m['kappa']:.4f}  "
         f"error rate {m['error_rate']:.4f}"
@@ -261,7 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {"run": _cmd_run, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
+    commands = {
+        "run": _cmd_run,
+        "audit": _cmd_audit,
+        "seeds": _cmd_seeds,
+        "predict": _cmd_predict,
+        "evaluate": _cmd_evaluate,
+    }
     try:
         return commands[args.command](args)
     except (

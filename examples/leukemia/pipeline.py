@@ -30,6 +30,7 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cascademl import CascadeClassifier, ConfidencePolicy, _files
 from cascademl.cost import CostReport, StageCost, measure_stage_cost
@@ -46,16 +47,19 @@ from cascademl.tuning import (
     stage_probabilities,
 )
 
-from . import report
+from . import audit, report
 from .data import (
     CLASS_NAMES,
+    SCALE_BAR_FRACTION,
     DatasetScan,
     LeukemiaDataError,
     SplitManifest,
     load_rgb,
+    mask_bottom_strip,
     prepare_split,
     scan_dataset,
 )
+from .mapping import folder_classes, parse_class_map
 from .presets import BackboneSpec, Preset
 from .runlock import lock_output, releases_output_locks
 from .training import (
@@ -125,6 +129,18 @@ def images_to_tensor(images: np.ndarray[Any, Any]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
+def masked_images(images: NormalizedImages, fraction: float) -> NormalizedImages:
+    """Return the images with the bottom ``fraction`` of their rows masked (the scale bar).
+
+    Applied in memory after the cache, so one cache serves runs with and without the mask.
+    """
+    if not fraction:
+        return images
+    return NormalizedImages(
+        mask_bottom_strip(images.images, fraction), images.paths, images.fallbacks
+    )
+
+
 def _fingerprint(
     preset: Preset, spec: BackboneSpec, manifest: SplitManifest, stain: str
 ) -> dict[str, Any]:
@@ -136,6 +152,8 @@ def _fingerprint(
         "split": manifest.digest(),
         "stain": stain,
         "cache_size": preset.cache_size,
+        # Only when on, so that checkpoints of runs from before the mask still resume.
+        **({"mask_bottom": preset.mask_bottom} if preset.mask_bottom else {}),
     }
 
 
@@ -201,6 +219,79 @@ def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: s
     stage.module_.load_state_dict(model.state_dict())
     stage.module_.eval()
     return stage
+
+
+class _Shortcuts(NamedTuple):
+    """What :func:`_shortcut_audit` adds to the run's results."""
+
+    payload: dict[str, Any]
+    baseline_metrics: ClassificationMetrics
+    test_predictions: dict[str, list[str]]
+
+
+#: How the shortcut table names each configuration of the cascade.
+_RULE_ROW: Final = {
+    "accuracy": "Cascade, paper's order",
+    "cost": "Cascade, cheapest first",
+    "selected": "Cascade, stage selection",
+}
+
+
+def _shortcut_audit(
+    preset: Preset,
+    manifest: SplitManifest,
+    out: Path,
+    *,
+    stages: list[tuple[str, TorchStage]],
+    test_proba: Mapping[str, np.ndarray[Any, Any]],
+    cascades: Mapping[str, CascadeClassifier],
+    y_test: np.ndarray[Any, Any],
+    classes: np.ndarray[Any, Any],
+) -> _Shortcuts:
+    """The colour baseline per variant, every model under every test-time variant, exits.
+
+    The backbones run once more on the test split per variant other than their own; the
+    cascades are replayed on those probabilities (:func:`audit.route_cached`), with the
+    thresholds tuned on the (unchanged) validation split.
+    """
+    tic = time.perf_counter()
+    original, normalized = audit.load_original_and_normalized(manifest, preset, out / "cache")
+    baseline = audit.baseline_per_variant(original, normalized, manifest, preset)
+    trained = audit.trained_variant(
+        stain_normalize=preset.stain_normalize, mask_bottom=preset.mask_bottom
+    ).name
+    proba: dict[str, Mapping[str, np.ndarray[Any, Any]]] = {}
+    for variant in audit.VARIANTS:
+        if variant.name == trained:
+            proba[variant.name] = test_proba
+            continue
+        x_variant = images_to_tensor(
+            audit.apply_variant(
+                variant,
+                original=original.subset(manifest, "test"),
+                normalized=normalized.subset(manifest, "test"),
+                mask_bottom=preset.mask_bottom,
+            )
+        )
+        proba[variant.name] = {name: stage.predict_proba(x_variant) for name, stage in stages}
+    rows = {_RULE_ROW[rule]: cascade for rule, cascade in cascades.items()}
+    table = audit.shortcut_table(proba, rows, y_test, classes, baseline)
+    routed = {rule: audit.route_cached(c, test_proba) for rule, c in cascades.items()}
+    predictions = {rule: [str(v) for v in r.labels] for rule, r in routed.items()}
+    predictions[audit.BASELINE_NAME] = [str(v) for v in baseline[trained].test_labels]
+    payload = {
+        "trained_variant": trained,
+        "mask_bottom": preset.mask_bottom or SCALE_BAR_FRACTION,
+        "colour_baseline": {name: r.as_dict() for name, r in baseline.items()},
+        "test_accuracy": table,
+        "exits_per_class": {
+            _RULE_ROW[rule]: audit.exits_per_class(r, y_test, classes) for rule, r in routed.items()
+        },
+        "n_test": len(y_test),
+        "seconds": time.perf_counter() - tic,
+    }
+    logger.info("shortcut audit: %.1f s", payload["seconds"])
+    return _Shortcuts(payload, baseline[trained].test, predictions)
 
 
 def _history_dicts(result: TrainResult) -> list[dict[str, float]]:
@@ -306,8 +397,11 @@ def run_experiment(
         else None
     )
     stain = normalizer.fingerprint() if normalizer is not None else "none"
-    images = load_images(
-        manifest, size=preset.cache_size, normalizer=normalizer, cache_dir=out / "cache"
+    images = masked_images(
+        load_images(
+            manifest, size=preset.cache_size, normalizer=normalizer, cache_dir=out / "cache"
+        ),
+        preset.mask_bottom,
     )
     classes = np.array(manifest.classes)
     y = {split: classes[manifest.targets(split)] for split in ("val", "test")}
@@ -362,15 +456,31 @@ def run_experiment(
     ordered_costs = [costs[i] for i in chosen.ordering]
     cost_report = CostReport.from_result(routed, ordered_costs, wall_time=wall)
 
+    # ---------------------------------------------------------------- shortcut audit
+    shortcuts = _shortcut_audit(
+        preset,
+        manifest,
+        out,
+        stages=stages,
+        test_proba=dict(zip(names, test_proba, strict=True)),
+        cascades={rule: tuned[rule].cascade for rule in rules},
+        y_test=y["test"],
+        classes=classes,
+    )
+
     predictions = {"Cascade": routed.labels}
     for name, proba in zip(names, test_proba, strict=True):
         predictions[name] = _predict_labels(proba, classes)
     metrics: dict[str, ClassificationMetrics] = {
-        name: classification_metrics(y["test"], pred, classes=classes)
-        for name, pred in predictions.items()
+        **{
+            name: classification_metrics(y["test"], pred, classes=classes)
+            for name, pred in predictions.items()
+        },
+        audit.BASELINE_NAME: shortcuts.baseline_metrics,
     }
-    ensemble = _predict_labels(test_proba.mean(axis=0), classes)
-    ensemble_metrics = classification_metrics(y["test"], ensemble, classes=classes, n_bootstrap=0)
+    ensemble_metrics = classification_metrics(
+        y["test"], _predict_labels(test_proba.mean(axis=0), classes), classes=classes, n_bootstrap=0
+    )
     mcnemar = {
         name: asdict(mcnemar_test(y["test"], routed.labels, predictions[name], classes=classes))
         for name in names
@@ -394,6 +504,7 @@ def run_experiment(
         "classes": list(manifest.classes),
         "cache_size": preset.cache_size,
         "stain_normalizer": normalizer.to_dict() if normalizer is not None else None,
+        "mask_bottom": preset.mask_bottom,
         "preset": preset.name,
     }
     _save_model(chosen.cascade, settings, out / "cascade")
@@ -454,10 +565,16 @@ def run_experiment(
             "cascade_wall_seconds_per_image": wall / max(routed.n_samples, 1),
             "table": cost_report.to_table(),
         },
+        "shortcut_audit": shortcuts.payload,
+        # Per-sample test labels of every cascade configuration, for summaries over seeds.
+        "test_predictions": shortcuts.test_predictions,
         "seconds": seconds,
     }
     _files.write_text(out / "metrics.json", json.dumps(payload, indent=2, default=str))
-    sections = _report_sections(payload, manifest, scan, best_name, metrics)
+    sections = {
+        **_report_sections(payload, manifest, scan, best_name, metrics),
+        **audit.report_sections(payload["shortcut_audit"]),
+    }
     report.write_markdown_report(
         out / "report.md",
         metrics,
@@ -947,11 +1064,14 @@ class Predictor:
         cascade: The loaded cascade.
         cache_size: Side the source images are resized to.
         normalizer: The stain normalizer fitted on training images, or ``None``.
+        mask_bottom: Share of the rows at the bottom masked after normalization (``0``:
+            none; cascades saved before the setting existed had none).
     """
 
     cascade: CascadeClassifier
     cache_size: int
     normalizer: StainNormalizer | None
+    mask_bottom: float = 0.0
 
 
 def load_predictor(model_dir: str | Path, *, device: str | None = None) -> Predictor:
@@ -972,7 +1092,8 @@ def load_predictor(model_dir: str | Path, *, device: str | None = None) -> Predi
     cascade = load_cascade(folder, device=device)
     state = settings.get("stain_normalizer")
     normalizer = StainNormalizer.from_dict(state) if state else None
-    return Predictor(cascade, int(settings["cache_size"]), normalizer)
+    mask = float(settings.get("mask_bottom", 0.0))
+    return Predictor(cascade, int(settings["cache_size"]), normalizer, mask)
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
@@ -1025,7 +1146,7 @@ def _read_settings(path: Path) -> dict[str, Any]:
 
 
 def read_images(paths: Sequence[Path], predictor: Predictor) -> tuple[torch.Tensor, list[str]]:
-    """Decode, resize and stain-normalize image files as the training images were.
+    """Decode, resize, stain-normalize and mask image files as the training images were.
 
     Returns:
         The (n, 3, h, w) uint8 tensor, and the paths with a stain fallback.
@@ -1038,12 +1159,32 @@ def read_images(paths: Sequence[Path], predictor: Predictor) -> tuple[torch.Tens
             array, reason = predictor.normalizer.transform(array)
             if reason is not None:
                 fallbacks.append(str(path))
-        arrays.append(array)
+        arrays.append(mask_bottom_strip(array, predictor.mask_bottom))
     if not arrays:
         return torch.empty(
             (0, 3, predictor.cache_size, predictor.cache_size), dtype=torch.uint8
         ), []
     return images_to_tensor(np.stack(arrays)), fallbacks
+
+
+def _input_sizes(paths: Sequence[Path], predictor: Predictor) -> dict[str, Any]:
+    """The source images' sizes and the sizes the cascade's stages saw."""
+    sizes: dict[str, int] = {}
+    for path in paths:
+        with Image.open(path) as image:
+            key = f"{image.width}x{image.height}"
+        sizes[key] = sizes.get(key, 0) + 1
+    stages = {}
+    for name, stage in predictor.cascade.named_stages_.items():
+        size = getattr(stage, "input_size", None)
+        stages[name] = f"{size[2]}x{size[1]}" if size else "as given"
+    return {
+        "source_sizes": sizes,
+        "resized_to": f"{predictor.cache_size}x{predictor.cache_size}",
+        "mask_bottom": predictor.mask_bottom,
+        "stain_normalized": predictor.normalizer is not None,
+        "stage_input": stages,
+    }
 
 
 def evaluate_folder(
@@ -1052,22 +1193,50 @@ def evaluate_folder(
     *,
     skip_bad: bool = False,
     device: str | None = None,
+    class_map: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Evaluate a saved cascade on every image of a labelled folder (the Kaggle layout).
+    """Evaluate a saved cascade on every image of a labelled folder.
+
+    Without ``class_map`` the folder has the four class folders of the Kaggle layout. With
+    it, the folder's class folders are the map's targets and each predicted class is
+    renamed by the map before the metrics (:func:`.mapping.parse_class_map`). Images of any
+    size are resized to the training cache size, normalized and masked as in training,
+    then resized to each backbone's input by its stage.
+
+    Args:
+        model_dir: The ``cascade`` folder of a run.
+        data_root: The labelled folder.
+        skip_bad: Skip unreadable images (listed) instead of failing.
+        device: Torch device (default: as saved).
+        class_map: Items such as ``"Benign=Healthy"`` and ``"Early,Pre,Pro=ALL"``.
 
     Returns:
-        A JSON-able dict: the cascade's metrics, exit counts and skipped files.
+        A JSON-able dict: the cascade's metrics (on the folder's classes), exit counts,
+        the sizes of the source images and of what the model saw, the counts of the
+        model's own classes per folder class, and skipped files.
     """
     predictor = load_predictor(model_dir, device=device)
-    scan = scan_dataset(data_root, skip_bad=skip_bad, check_manifest=True)
+    model_classes = [str(c) for c in predictor.cascade.classes_]
+    mapping = parse_class_map(class_map, model_classes) if class_map else None
+    classes = folder_classes(mapping) if mapping else tuple(model_classes)
+    scan = scan_dataset(data_root, skip_bad=skip_bad, check_manifest=True, classes=classes)
     paths = [scan.root / r.path for r in scan.records]
     labels = np.array([r.label for r in scan.records])
     x, fallbacks = read_images(paths, predictor)
     routed = predictor.cascade.route(x)
-    metrics = classification_metrics(labels, routed.labels, classes=predictor.cascade.classes_)
+    predicted = np.array([str(v) for v in routed.labels])
+    if mapping:
+        predicted = np.array([mapping[v] for v in predicted])
+    metrics = classification_metrics(labels, predicted, classes=np.array(classes))
     return {
         "data_root": str(scan.root),
         "n_images": len(paths),
+        "class_map": mapping,
+        "input": _input_sizes(paths, predictor),
+        "model_classes_per_folder_class": {
+            c: {m: int(np.sum((labels == c) & (routed.labels == m))) for m in model_classes}
+            for c in classes
+        },
         "metrics": _metrics_json(metrics),
         "exit_counts": dict(zip(routed.stage_names, routed.exit_counts.tolist(), strict=True)),
         "skipped": [asdict(s) for s in scan.skipped],

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .data import SCALE_BAR_FRACTION
 from .training import PRECISIONS, TrainConfig
 
 
@@ -83,6 +84,9 @@ class Preset:
         ema_decay: Decay of the weight average that is validated and kept (``None``: off).
         doubling: Show every training image twice per epoch, plain and augmented.
         stain_normalize: Apply Macenko stain normalization.
+        mask_bottom: Share of the image rows, at the bottom, filled with a constant in
+            every split and at prediction (where the dataset's scale bars sit; ``0``:
+            off). See :func:`examples.leukemia.data.mask_bottom_strip`.
         cache_size: Side the images are resized to before stain normalization and caching.
         precision: ``"fp32"``, ``"bf16"`` (bfloat16 autocast for training and inference) or
             ``"auto"``: bfloat16 only where the device runs it natively (CPUs with
@@ -107,6 +111,7 @@ class Preset:
     ema_decay: float | None = None
     doubling: bool = True
     stain_normalize: bool = True
+    mask_bottom: float = SCALE_BAR_FRACTION
     cache_size: int = 224
     precision: str = "fp32"
     channels_last: bool = False
@@ -119,9 +124,14 @@ class Preset:
     test_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        """Validate the settings that no training config checks first."""
+        """Validate the settings that nothing else checks before the work starts."""
         if self.precision not in PRECISIONS:
             msg = f"precision must be one of {PRECISIONS}, got {self.precision!r}"
+            raise ValueError(msg)
+        if not 0 <= self.mask_bottom < 1:
+            msg = (
+                f"mask_bottom must be in [0, 1) (a share of the image rows), got {self.mask_bottom}"
+            )
             raise ValueError(msg)
 
     def backbone(self, key: str) -> BackboneSpec:

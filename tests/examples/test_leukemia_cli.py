@@ -49,7 +49,12 @@ def test_run_writes_the_results_folder(smoke_run):
     ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"Cascade", "TestResNet", "TestEfficientNet"}
+    assert set(metrics["test"]) == {
+        "Cascade",
+        "TestResNet",
+        "TestEfficientNet",
+        "Colour statistics (no cell)",
+    }
     assert sum(metrics["exit_counts"].values()) == sum(metrics["split_counts"]["test"].values())
     assert 0 <= metrics["test"]["Cascade"]["accuracy"] <= 1
     report = (out / "report.md").read_text()
@@ -84,6 +89,7 @@ def test_run_writes_the_results_folder(smoke_run):
             flops[kept[0]] / sum(flops.values())
         )
     assert "## Other stage order: cheapest first" in report
+    _check_shortcut_audit(out, metrics)
     saved = np.load(out / "probabilities.npz")
     n_val = sum(metrics["split_counts"]["val"].values())
     n_test = sum(metrics["split_counts"]["test"].values())
@@ -92,6 +98,51 @@ def test_run_writes_the_results_folder(smoke_run):
     np.testing.assert_allclose(saved["val"].sum(axis=2), 1.0, rtol=1e-5)
     assert list(saved["stages"]) == ["TestResNet", "TestEfficientNet"]
     assert len(saved["test_labels"]) == n_test
+
+
+def _check_shortcut_audit(out, metrics):
+    shortcut = metrics["shortcut_audit"]
+    n_test = sum(metrics["split_counts"]["test"].values())
+    variants = ["original", "masked", "normalized", "normalized + masked", "greyscale + masked"]
+    assert shortcut["trained_variant"] == "normalized + masked"
+    assert list(shortcut["colour_baseline"]) == variants
+    table = shortcut["test_accuracy"]
+    assert set(table) == {
+        "TestResNet",
+        "TestEfficientNet",
+        "Cascade, paper's order",
+        "Cascade, cheapest first",
+        "Cascade, stage selection",
+        "Colour statistics (no cell)",
+    }
+    assert all(list(row) == variants for row in table.values())
+    # The cascade replayed on cached probabilities is the cascade that was tested.
+    trained = shortcut["trained_variant"]
+    assert table["Cascade, paper's order"][trained] == pytest.approx(
+        metrics["test"]["Cascade"]["accuracy"]
+    )
+    assert table["TestResNet"][trained] == pytest.approx(metrics["test"]["TestResNet"]["accuracy"])
+    for rule, alt in metrics["alternatives"].items():
+        name = {"cost": "Cascade, cheapest first", "selected": "Cascade, stage selection"}[rule]
+        assert table[name][trained] == pytest.approx(alt["test_accuracy"])
+        exits = shortcut["exits_per_class"][name]
+        assert {k: sum(v.values()) for k, v in exits.items()} == alt["exit_counts"]
+    for exits in shortcut["exits_per_class"].values():
+        assert sum(sum(per_class.values()) for per_class in exits.values()) == n_test
+    assert set(metrics["test_predictions"]) == {"accuracy", "cost", "selected", *table} - {
+        "TestResNet",
+        "TestEfficientNet",
+        "Cascade, paper's order",
+        "Cascade, cheapest first",
+        "Cascade, stage selection",
+    }
+    assert all(len(labels) == n_test for labels in metrics["test_predictions"].values())
+    settings = json.loads((out / "cascade" / "leukemia.json").read_text())
+    assert settings["mask_bottom"] == 0.125
+    report = (out / "report.md").read_text()
+    assert "## Shortcut table: test accuracy under each preprocessing" in report
+    assert "## Samples ended per stage and class (test)" in report
+    assert "no patient ids" in report
 
 
 def test_rerun_reuses_split_and_checkpoints(smoke_run, leukemia_root, caplog):
