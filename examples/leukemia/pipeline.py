@@ -376,8 +376,7 @@ def run_experiment(
     # Before any work: an absent GPU or missing weights must not cost an hour first.
     device = str(resolve_device(device))  # also resolves "auto"
     weights = check_pretrained_weights(preset, checkpoints or {}, allow_download=allow_download)
-    out = Path(out)
-    lock_output(out)  # a second run into the same folder stops here, naming this one
+    out = _claim_output(data_root, out)
     figures = out / "figures"
     torch.manual_seed(preset.seed)
 
@@ -593,6 +592,20 @@ def run_experiment(
         cost_ratio_all=payload["cost"]["cascade_flops_ratio_all"],
         seconds=seconds,
     )
+
+
+def _claim_output(data_root: str | Path, out: str | Path) -> Path:
+    """Check the dataset root exists, then lock ``out`` (created) for this run.
+
+    Raises:
+        LeukemiaDataError: When ``data_root`` is not a folder (nothing is written then).
+        OutputFolderBusyError: When another run holds ``out``; the message names it.
+    """
+    if not Path(data_root).is_dir():
+        msg = f"dataset root {data_root} is not a folder"
+        raise LeukemiaDataError(msg)
+    lock_output(out)  # held until run_experiment returns
+    return Path(out)
 
 
 def _save_model(cascade: CascadeClassifier, settings: dict[str, Any], folder: Path) -> Path:

@@ -592,7 +592,7 @@ def _saved_folder(folder: Path) -> Path:
     pattern = f".{glob.escape(folder.name)}.old-*"
     aside = sorted(
         (p for p in folder.parent.glob(pattern) if (p / CONFIG_FILE).is_file()),
-        key=lambda p: p.stat().st_mtime,
+        key=_mtime,
     )
     if not aside:
         return folder
@@ -603,6 +603,13 @@ def _saved_folder(folder: Path) -> Path:
         stacklevel=4,
     )
     return aside[-1]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return -math.inf
 
 
 class _FolderReader:

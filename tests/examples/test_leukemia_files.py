@@ -84,6 +84,15 @@ def test_a_second_run_into_the_same_out_stops_before_any_work(tmp_path, caplog, 
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # no split, no figures
 
 
+def test_a_missing_data_root_writes_nothing(tmp_path, caplog):
+    out = tmp_path / "out"
+    argv = ["run", "--data-root", str(tmp_path / "absent"), "--preset", "smoke", "--out", str(out)]
+    with caplog.at_level(logging.ERROR):
+        assert cli.main([*argv, "--no-progress"]) == 2
+    assert "absent is not a folder" in caplog.text
+    assert not out.exists()
+
+
 def test_lock_output_outside_a_scope_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="releases_output_locks"):
         lock_output(tmp_path)
