@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from cascademl import inference
+from cascademl import RoutingRule, inference
 from cascademl._routing import confidence_scores
 from cascademl.torch_stage import TorchStage
 
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             images,
             stage_names=names,
             classes=classes,
-            thresholds=thresholds,
-            measure="max_proba",
+            rule=RoutingRule("max_proba", tuple(thresholds)),
         )
         wall = time.perf_counter() - start
         report = result.cost_report

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from _leukemia_results import add_run_arguments, load_run
-from cascademl.tuning import order_by_accuracy, score_thresholds, search_stage_orders
+from cascademl.tuning import order_by_accuracy, score_thresholds, search_orders_from_proba
 
 
 class Tuned(NamedTuple):
@@ -48,12 +48,12 @@ def tune_subsets(
 ) -> list[Tuned]:
     """Tune every order-preserving subset on validation; best validation score first.
 
-    One call of ``search_stage_orders(orders="subsets")``, the library's stage selection,
+    One call of ``search_orders_from_proba(orders="subsets")``, the library's stage selection,
     which the leukemia pipeline also reports; subsets that cannot meet the budget are left
     out.
     """
     order = list(order_by_accuracy(val, y_val, classes=classes))
-    search = search_stage_orders(
+    search = search_orders_from_proba(
         val[order], y_val, classes=classes, orders="subsets",
         stage_cost=[float(c) for c in flops[order]],
         max_cost=max_cost_ratio * float(flops.sum()), scoring=scoring,

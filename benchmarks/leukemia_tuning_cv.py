@@ -33,10 +33,10 @@ from cascademl.tuning import (
     order_by_accuracy,
     score_thresholds,
     single_stage_scores,
-    tune_thresholds,
+    tune_cascade_from_proba,
 )
 
-#: Rules compared: a name and the ``tune_thresholds`` scoring (``None``: accuracy).
+#: Rules compared: a name and the ``tune_cascade_from_proba`` scoring (``None``: accuracy).
 RULES: dict[str, str | None] = {
     "accuracy": None,
     "balanced_accuracy": "balanced_accuracy",
@@ -77,7 +77,7 @@ def held_out_scores(
             candidates = [(name, scoring, p) for name, scoring in RULES.items()]
             candidates.append((CALIBRATED, "neg_log_loss", scaled))
             for name, scoring, q in candidates:
-                tuned = tune_thresholds(
+                tuned = tune_cascade_from_proba(
                     q[:, fit],
                     y[fit],
                     classes=classes,

@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's convention
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score
 
-from cascademl import inference
+from cascademl import ConfidencePolicy, RoutingRule, inference
 from cascademl.torch_stage import TorchStage
 
 MODELS = ("lcnet_050", "mobilenetv3_small_100", "resnet10t", "efficientnet_b0", "resnet18")
@@ -91,9 +91,11 @@ def timed_route(
             x,
             stage_names=[f"s{i}" for i in range(len(stages))],
             classes=np.arange(10),
-            thresholds=thresholds,
-            measure="max_proba",
-            combine=combine,  # type: ignore[arg-type]
+            rule=RoutingRule.from_params(
+                ConfidencePolicy("max_proba", tuple(thresholds)),
+                n_stages=len(stages),
+                combine=combine,  # type: ignore[arg-type]
+            ),
         )
         best = min(best, time.perf_counter() - start)
     return best, result

@@ -1,9 +1,9 @@
 """Tuning time by scoring rule: accuracy, log-loss (fast path) and log-loss scored point by point.
 
-``tune_thresholds`` and ``search_stage_orders`` sweep each stage's candidate thresholds with
-cumulative sums when the score is a mean of per-sample values (accuracy, and scikit-learn's
-``neg_log_loss``); any other scorer is called once per configuration. This script times the
-same search three ways in one process, on the same probabilities:
+``tune_cascade_from_proba`` and ``search_orders_from_proba`` sweep each stage's candidate
+thresholds with cumulative sums when the score is a mean of per-sample values (accuracy, and
+scikit-learn's ``neg_log_loss``); any other scorer is called once per configuration. This
+script times the same search three ways in one process, on the same probabilities:
 
 * ``accuracy``;
 * ``neg_log_loss``, recognised and swept with cumulative sums;
@@ -39,7 +39,7 @@ import sklearn
 from sklearn.metrics import get_scorer
 
 from _leukemia_results import load_run
-from cascademl.tuning import order_by_accuracy, search_stage_orders
+from cascademl.tuning import order_by_accuracy, search_orders_from_proba
 
 
 def synthetic(n_samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,7 +80,7 @@ def time_rules(
         best, score = float("inf"), float("nan")
         for _ in range(repeats):
             tic = time.perf_counter()
-            search = search_stage_orders(
+            search = search_orders_from_proba(
                 proba[order], y, classes=classes, orders="subsets",
                 stage_cost=costs[order].tolist(), max_cost=budget, scoring=scoring,
             )  # fmt: skip

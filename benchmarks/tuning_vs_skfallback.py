@@ -12,7 +12,7 @@ split with cascademl's `CascadeClassifier`, so both are measured by the same cod
   trains nothing and scores on exactly our validation split; it is given cumulative costs,
   so that its cost (``acceptance_rates @ costs``) equals cascademl's mean cost per sample.
 * cascademl runs each stage once on the validation split (`stage_probabilities`) and then
-  searches thresholds on the cached probabilities (`tune_thresholds`).
+  searches thresholds on the cached probabilities (`tune_cascade_from_proba`).
 
 Usage::
 
@@ -47,8 +47,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 import cascademl
-from cascademl import CascadeClassifier, ConfidencePolicy, SklearnStage
-from cascademl.tuning import stage_probabilities, tune_thresholds
+from cascademl import CascadeClassifier, ConfidencePolicy, RoutingRule, SklearnStage
+from cascademl.tuning import stage_probabilities, tune_cascade_from_proba
 
 logger = logging.getLogger("tuning_vs_skfallback")
 
@@ -143,12 +143,12 @@ def run_dataset(name: str, seed: int, cv_thresholds: int) -> tuple[list[Row], di
     first = None
     ours = {}
     for budget in budgets:
-        ours[budget] = tune_thresholds(
+        ours[budget] = tune_cascade_from_proba(
             proba,
             y_val,
             classes=cascade.classes_,
+            rule=RoutingRule.from_params(None, n_stages=len(STAGE_COSTS), combine="last"),
             stage_cost=STAGE_COSTS,
-            combine="last",
             max_cost=budget,
         )
         if first is None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import auc
+from sklearn.metrics import auc, classification_report
 from sklearn.naive_bayes import GaussianNB
 
 from cascademl import CascadeClassifier, PolicyError
@@ -37,15 +37,65 @@ def test_abstain_is_a_singleton_that_survives_copies_and_pickles():
     assert ABSTAIN != 0
 
 
-def test_predict_with_abstention_keeps_label_types():
+def test_predict_with_abstention_keeps_the_classes_dtype():
     proba = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8]])
-    out = predict_with_abstention(proba, np.array([3, 7]), 0.6)
-    assert out.dtype == object
-    assert out.tolist() == [3, ABSTAIN, 7]
+    out = predict_with_abstention(proba, np.array([3, 7], dtype=np.int32), 0.6)
+    assert out.dtype == np.int32
+    assert out.tolist() == [3, -1, 7]
+    named = predict_with_abstention(proba, np.array([3, 7]), 0.6, abstain_label=99)
+    assert named.tolist() == [3, 99, 7]
+    text = predict_with_abstention(proba, np.array(["a", "b"]), 0.6)
+    assert text.dtype.kind == "U"
+    assert text.tolist() == ["a", "abstain", "b"]
+    floats = predict_with_abstention(proba, np.array([0.5, 1.5]), 0.6)
+    assert floats.dtype == np.float64
+    assert math.isnan(floats[1])
+    assert is_abstained(floats, abstain_label=math.nan).tolist() == [False, True, False]
     assert predict_with_abstention(proba, ["a", "b"], None).tolist() == ["a", "a", "b"]
     assert predict_with_abstention(proba, ["a", "b"], 0.0).tolist() == ["a", "a", "b"]
-    assert is_abstained(predict_with_abstention(proba, ["a", "b"], 1.0)).all()
+    everything = predict_with_abstention(proba, ["a", "b"], 1.0, abstain_label="?")
+    assert is_abstained(everything, abstain_label="?").all()
     assert abstain_mask(proba, 0.6, measure="margin").tolist() == [False, True, False]
+
+
+def test_abstain_singleton_on_request():
+    proba = np.array([[0.9, 0.1], [0.55, 0.45]])
+    out = predict_with_abstention(proba, [3, 7], 0.6, abstain_label=ABSTAIN)
+    assert out.dtype == object
+    assert out.tolist() == [3, ABSTAIN]
+    assert is_abstained(out).tolist() == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("classes", "label", "match"),
+    [
+        ([0, 1], 1, "is one of the classes"),
+        (["a", "abstain"], None, "no default"),
+        (["a", "b"], -1, "classes' type"),
+        ([0, 1], "abstain", "classes' type"),
+        ([0, 1], 1.5, "classes' type"),
+        (np.array([0, 1], dtype=np.uint8), None, "no default"),
+        (np.array([0, 1], dtype=np.uint8), 300, "classes' type"),
+        ([True, False], None, "no default"),
+    ],
+)
+def test_invalid_abstain_labels(classes, label, match):
+    proba = np.array([[0.9, 0.1], [0.55, 0.45]])
+    with pytest.raises(PolicyError, match=match):
+        predict_with_abstention(proba, np.asarray(classes), 0.6, abstain_label=label)
+
+
+def test_default_label_steps_below_a_class_of_minus_one():
+    proba = np.array([[0.4, 0.3, 0.3]])
+    out = predict_with_abstention(proba, np.array([-1, 0, 1]), 0.6)
+    assert out.tolist() == [-2]
+
+
+def test_typed_predictions_need_the_label_to_be_named():
+    with pytest.raises(PolicyError, match="abstain_label="):
+        coverage(np.array([3, -1]))
+    assert coverage(np.array([3, -1]), abstain_label=-1) == 0.5
+    assert selective_accuracy([3, 3], np.array([3, -1]), abstain_label=-1) == 1.0
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.1, math.nan, "0.5", True])
@@ -80,8 +130,8 @@ def test_risk_coverage_curve_matches_brute_force(tables, seed):
     for cov, risk, t in zip(curve.coverage, curve.risk, curve.thresholds, strict=True):
         pred = predict_with_abstention(proba, classes, float(t))
         # Threshold t covers exactly the samples with confidence >= t.
-        assert coverage(pred) == pytest.approx(cov)
-        assert selective_risk(y, pred) == pytest.approx(risk)
+        assert coverage(pred, abstain_label=-1) == pytest.approx(cov)
+        assert selective_risk(y, pred, abstain_label=-1) == pytest.approx(risk)
         assert np.sum(conf >= t) == round(cov * n)
     expected = auc(np.r_[0.0, curve.coverage], np.r_[curve.risk[0], curve.risk])
     assert curve.aurc == pytest.approx(expected)
@@ -103,12 +153,43 @@ def test_cascade_reject_threshold(iris):
     assert clone(cascade).reject_threshold == 0.9
     cascade.fit(X, y)
     out = cascade.predict_or_abstain(X)
+    assert out.dtype.kind == "U"
     proba = cascade.predict_proba(X)
-    abstained = is_abstained(out)
+    abstained = is_abstained(out, abstain_label="abstain")
+    assert cascade.abstain_label_ == "abstain"
     assert np.array_equal(abstained, proba.max(axis=1) < 0.9)
     assert 0 < abstained.sum() < len(X)
-    np.testing.assert_array_equal(out[~abstained].astype(str), cascade.predict(X)[~abstained])
-    assert not is_abstained(cascade.set_params(reject_threshold=None).predict_or_abstain(X)).any()
+    np.testing.assert_array_equal(out[~abstained], cascade.predict(X)[~abstained])
+    plain = cascade.set_params(reject_threshold=None).predict_or_abstain(X)
+    np.testing.assert_array_equal(plain, cascade.predict(X))
+
+
+def test_cascade_abstain_label_works_with_classification_report(iris):
+    X, y = iris
+    codes = np.unique(y, return_inverse=True)[1]
+    cascade = CascadeClassifier(
+        [("nb", GaussianNB()), ("lr", LogisticRegression(max_iter=500))],
+        reject_threshold=0.9,
+        abstain_label=-1,
+    ).fit(X, codes)
+    out = cascade.predict_or_abstain(X)
+    assert out.dtype == cascade.classes_.dtype
+    assert -1 in out.tolist()
+    report = classification_report(codes, out, output_dict=True, zero_division=0)
+    assert report["-1"]["support"] == 0
+    assert report["-1"]["precision"] == 0.0
+    # After set_params the next call uses the new label, no refit needed.
+    relabelled = cascade.set_params(abstain_label=-7).predict_or_abstain(X)
+    np.testing.assert_array_equal(relabelled == -7, out == -1)
+
+
+def test_cascade_rejects_an_abstain_label_that_is_a_class(iris):
+    X, y = iris
+    cascade = CascadeClassifier(
+        [("nb", GaussianNB())], reject_threshold=0.9, abstain_label="setosa"
+    )
+    with pytest.raises(PolicyError, match="'setosa' is one of the classes"):
+        cascade.fit(X, y)
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.2, "high"])

@@ -130,3 +130,20 @@ def test_with_temperatures_composes_and_validates(digits):
     with pytest.raises(NotFittedError):
         with_temperatures(CascadeClassifier([("nb", GaussianNB())]), [1.0], X, y)
     assert "temperature=2" in repr(once.stages_[0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5])
+def test_fit_temperature_rejects_nan_infinite_or_negative_probabilities(bad):
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    proba[1, 0] = bad
+    with pytest.raises(PolicyError, match="first at row 1"):
+        fit_temperature(proba, [0, 1, 0], classes=[0, 1])
+
+
+def test_fit_temperature_rejects_non_finite_logits():
+    logits = np.array([[2.0, -1.0], [np.nan, 1.0], [0.5, 0.1]])
+    with pytest.raises(PolicyError, match=r"NaN.*logits.*first at row 1"):
+        fit_temperature(logits, [0, 1, 0], classes=[0, 1], from_logits=True)
+    logits[1, 0] = -np.inf  # would give a NaN temperature
+    with pytest.raises(PolicyError, match="first at row 1"):
+        fit_temperature(logits, [0, 1, 0], classes=[0, 1], from_logits=True)

@@ -284,3 +284,48 @@ def test_invalid_batch_size(iris):
     cascade = CascadeClassifier([("nb", GaussianNB())]).fit(X, y)
     with pytest.raises(PolicyError, match="batch_size"):
         cascade.route(X, batch_size=0)
+
+
+# --------------------------------------------------------------------------- bad stages in fit
+class _FixedStage:
+    """A fitted stage with the given ``classes_`` and uniform probabilities."""
+
+    def __init__(self, classes):
+        self.classes_ = classes
+
+    def predict_proba(self, X):
+        n = len(X)
+        k = np.asarray(self.classes_).shape[-1]
+        return np.full((n, k), 1.0 / k)
+
+
+def test_duplicate_classes_in_a_stage_are_named(iris):
+    X, y = iris
+    stages = [("lr", LogisticRegression(max_iter=500)), ("dup", _FixedStage([0, 1, 1, 2]))]
+    with pytest.raises(ClassMismatchError, match=r"stage 'dup' .*duplicate labels \[1\]"):
+        CascadeClassifier(stages).fit(X, y)
+
+
+def test_two_dimensional_classes_are_named(iris):
+    X, y = iris
+    stages = [("multi", _FixedStage(np.array([[0, 1, 2], [0, 1, 2]])))]
+    with pytest.raises(ClassMismatchError, match=r"stage 'multi' .*shape \(2, 3\)"):
+        CascadeClassifier(stages).fit(X, y)
+
+
+def test_x_and_y_of_different_lengths_are_named_for_custom_stages():
+    torch = pytest.importorskip("torch")
+    stage = _FixedStage(np.array([0, 1]))
+    cascade = CascadeClassifier([("net", stage)])
+    with pytest.raises(PolicyError, match="X has 4 samples but y has 2 labels"):
+        cascade.fit(torch.zeros(4, 3, 8, 8), [0, 1])
+    with pytest.raises(PolicyError, match="X has 3 samples but y has 2 labels"):
+        cascade.fit(["a.png", "b.png", "c.png"], [0, 1])
+
+
+def test_fit_validates_batch_size_and_accepts_numpy_integers(iris):
+    X, y = iris
+    cascade = CascadeClassifier([("nb", GaussianNB())], batch_size=np.int64(7)).fit(X, y)
+    assert cascade.batch_size == np.int64(7)  # stored unchanged
+    with pytest.raises(PolicyError, match="batch_size must be a positive integer or None, got 0"):
+        CascadeClassifier([("nb", GaussianNB())], batch_size=0).fit(X, y)

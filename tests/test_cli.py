@@ -41,3 +41,29 @@ def test_module_entry_point_runs():
     )
     assert proc.returncode == 0, proc.stderr
     assert "cascade accuracy" in proc.stdout
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    import platform
+
+    import cascademl
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.strip() == f"cascademl {cascademl.__version__} (Python {platform.python_version()})"
+
+
+def test_package_metadata_takes_its_version_from_the_package():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["hatch"]["version"]["path"] == "src/cascademl/__init__.py"
+    assert pyproject["project"]["requires-python"] == ">=3.11"
+    assert set(pyproject["project"]["urls"]) >= {"Homepage", "Documentation", "Changelog", "Issues"}
+    license_text = (Path(__file__).parents[1] / "LICENSE").read_text()
+    assert license_text.startswith("MIT License")
+    assert "cascademl developers" in license_text

@@ -18,7 +18,9 @@ from cascademl import (
     DeviceUnavailableError,
     DeviceWarning,
     PolicyError,
+    RoutingRule,
     StageInterfaceError,
+    _engine,
     inference,
 )
 from cascademl._routing import check_stage_proba, confidence_scores, exit_mask
@@ -52,6 +54,16 @@ class LookupStage:
         ids = np.asarray(X)[:, 0, 0, 0].astype(int)
         self.calls.append(ids.size)
         return self.table[ids]
+
+
+def make_rule(thresholds, *, measure="max_proba", combine="vote", weight=0.5):
+    """The routing rule of these thresholds, one per stage."""
+    return RoutingRule.from_params(
+        ConfidencePolicy(measure, tuple(thresholds)),
+        n_stages=len(thresholds),
+        combine=combine,
+        escalation_weight=weight,
+    )
 
 
 def lookup_images(n):
@@ -261,10 +273,7 @@ def test_stream_equals_naive_reference_for_any_batching_and_order(
         stage_names=[f"s{i}" for i in range(n_stages)],
         classes=classes,
         columns=columns,
-        thresholds=thresholds,
-        measure=measure,
-        combine=combine,
-        escalation_weight=weight,
+        rule=make_rule(thresholds, measure=measure, combine=combine, weight=weight),
     )
 
     probas = [
@@ -309,8 +318,10 @@ def test_cascade_route_streams_datasets_like_in_memory_tensors(tables, data):
     np.testing.assert_array_equal(streamed.exit_stage, in_memory.exit_stage)
     np.testing.assert_array_equal(streamed.stage_confidence, in_memory.stage_confidence)
     assert streamed.stage_names == in_memory.stage_names
-    assert in_memory.cost_report is None
+    # One engine: both carry a cost report, counting the same samples per stage.
+    assert in_memory.cost_report is not None
     assert streamed.cost_report is not None
+    assert in_memory.cost_report.stage_calls == streamed.cost_report.stage_calls
 
 
 def test_buffers_stay_bounded_by_the_batch_sizes():
@@ -318,18 +329,18 @@ def test_buffers_stay_bounded_by_the_batch_sizes():
     rng = np.random.default_rng(0)
     tables = rng.dirichlet(np.ones(3), size=(len(sizes), n_samples))
     stages = [LookupStage(t, ["a", "b", "c"], b) for t, b in zip(tables, sizes, strict=True)]
-    engine = inference._Engine(
+    engine = _engine.Engine(
         stages,
-        ("a", "b", "c"),
-        sizes,
-        [np.arange(3)] * 3,
+        inference._TensorStream(lookup_images(n_samples)),
+        names=("a", "b", "c"),
+        sizes=sizes,
+        columns=[None] * 3,
+        rule=make_rule([0.6, 0.6, math.inf], measure="max_proba"),
         n_classes=3,
-        thresholds=(0.6, 0.6, math.inf),
-        measure="max_proba",
     )
     loader_batch, largest = 10, 0
     for batch in inference.iter_batches(lookup_images(n_samples), loader_batch):
-        engine.feed(batch)
+        engine.feed(len(batch), batch)
         largest = max(largest, sum(b.size for b in engine.buffers))
         assert all(b.size < size for b, size in zip(engine.buffers, sizes, strict=True))
     engine.finish()
@@ -362,8 +373,7 @@ def test_iterator_is_consumed_lazily():
         batches(),
         stage_names=["a"],
         classes=np.array(["a", "b"]),
-        thresholds=[math.inf],
-        measure="max_proba",
+        rule=make_rule([math.inf]),
     )
     assert stage.calls[0] == 10
     assert len(stage.calls) == 10
@@ -376,8 +386,7 @@ def test_empty_stream_gives_an_empty_result():
         iter([]),
         stage_names=["a"],
         classes=np.array(["a", "b"]),
-        thresholds=[math.inf],
-        measure="max_proba",
+        rule=make_rule([math.inf]),
     )
     assert result.n_samples == 0
     assert result.proba.shape == (0, 2)
@@ -386,24 +395,27 @@ def test_empty_stream_gives_an_empty_result():
 
 def test_stream_route_validates_arguments():
     stage = LookupStage(np.full((3, 2), 0.5), ["a", "b"], 4)
-    common = {"classes": np.array(["a", "b"]), "measure": "max_proba"}
+    common = {"classes": np.array(["a", "b"]), "rule": make_rule([1])}
     with pytest.raises(PolicyError, match="same non-zero length"):
-        inference.stream_route([stage], iter([]), stage_names=["a", "b"], thresholds=[1], **common)
+        inference.stream_route([stage], iter([]), stage_names=["a", "b"], **common)
+    with pytest.raises(PolicyError, match="same non-zero length"):
+        inference.stream_route(
+            [stage], iter([]), stage_names=["a"], classes=common["classes"], rule=make_rule([1, 1])
+        )
     with pytest.raises(PolicyError, match="batch_size"):
         inference.stream_route(
             [LookupStage(stage.table, ["a", "b"], None)],
             iter([]),
             stage_names=["a"],
-            thresholds=[1],
             batch_size=0,
             **common,
         )
+    with pytest.raises(PolicyError, match="keep"):
+        inference.stream_route([stage], iter([]), stage_names=["a"], keep="some", **common)
     with pytest.raises(StageInterfaceError, match="data must be"):
-        inference.stream_route([stage], 42, stage_names=["a"], thresholds=[1], **common)
+        inference.stream_route([stage], 42, stage_names=["a"], **common)
     with pytest.raises(StageInterfaceError, match="input batch"):
-        inference.stream_route(
-            [stage], iter([np.zeros((2, 2))]), stage_names=["a"], thresholds=[1], **common
-        )
+        inference.stream_route([stage], iter([np.zeros((2, 2))]), stage_names=["a"], **common)
 
 
 def test_stages_without_a_batch_size_use_the_route_batch_size():
@@ -513,10 +525,7 @@ def test_timm_cascade_streams_like_the_naive_reference(data, measure, combine, k
         stage_names=[name for name, _ in MODELS],
         classes=TIMM_CLASSES,
         columns=columns,
-        thresholds=thresholds,
-        measure=measure,
-        combine=combine,
-        escalation_weight=weight,
+        rule=make_rule(thresholds, measure=measure, combine=combine, weight=weight),
     )
 
     exit_stage, visited, proba = naive_reference(
@@ -567,8 +576,7 @@ def test_gpu_stream_matches_cpu_reference():
         stage_names=[n for n, _ in MODELS],
         classes=TIMM_CLASSES,
         columns=[_column_map(s.classes_, TIMM_CLASSES) for s in stages],
-        thresholds=thresholds,
-        measure="max_proba",
+        rule=make_rule(thresholds, measure="max_proba"),
     )
     assert result.cost_report.devices[0].startswith("cuda")
     columns = [_column_map(s.classes_, TIMM_CLASSES) for s in stages]

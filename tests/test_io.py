@@ -16,6 +16,8 @@ from cascademl.io import CONFIG_FILE, TENSORS_FILE, load_cascade, save_cascade
 from cascademl.torch_stage import TorchStage
 from strategies import TableStage
 
+TREE = "sklearn.tree._tree.Tree"
+
 
 @pytest.fixture(scope="module")
 def iris():
@@ -51,7 +53,13 @@ def test_sklearn_round_trip_is_identical(tmp_path, iris, labels):
     X, y = iris
     cascade = _sklearn_cascade(X, labels[y])
     save_cascade(cascade, tmp_path / "saved")
-    loaded = load_cascade(tmp_path / "saved", allow_pickle=True)
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        CONFIG_FILE,
+        "stage_0.skops",
+        "stage_1.skops",
+        "stage_2.skops",
+    ]
+    loaded = load_cascade(tmp_path / "saved", trusted=[TREE])
     before, after = cascade.route(X), loaded.route(X)
     np.testing.assert_array_equal(after.labels, before.labels)
     assert after.labels.dtype == before.labels.dtype
@@ -71,22 +79,52 @@ def test_sklearn_round_trip_is_identical(tmp_path, iris, labels):
 
 def test_loading_pickled_stages_needs_allow_pickle(tmp_path, iris, monkeypatch):
     X, y = iris
-    save_cascade(_sklearn_cascade(X, y), tmp_path)
+    cascade = _sklearn_cascade(X, y)
+    save_cascade(cascade, tmp_path, sklearn_format="pickle")
+    assert (tmp_path / "stage_0.pkl").is_file()
 
     def forbidden(*args, **kwargs):
         raise AssertionError("unpickled without allow_pickle")
 
-    monkeypatch.setattr(pickle, "load", forbidden)
-    with pytest.raises(SerializationError, match="allow_pickle=True") as info:
-        load_cascade(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(pickle, "load", forbidden)
+        patch.setattr(pickle, "loads", forbidden)
+        with pytest.raises(SerializationError, match="allow_pickle=True") as info:
+            load_cascade(tmp_path)
     assert "stage_0.pkl" in str(info.value)
+    loaded = load_cascade(tmp_path, allow_pickle=True)
+    np.testing.assert_array_equal(loaded.predict_proba(X), cascade.predict_proba(X))
+
+
+def test_untrusted_skops_types_are_named_with_the_way_to_trust_them(tmp_path, iris):
+    X, y = iris
+    save_cascade(_sklearn_cascade(X, y), tmp_path)
+    with pytest.raises(SerializationError, match="trusted=") as info:
+        load_cascade(tmp_path)
+    assert TREE in str(info.value)
+    assert "stage_1.skops" in str(info.value)
+    assert "'tree'" in str(info.value)
+
+
+def test_format_version_1_folders_still_load(tmp_path, iris):
+    X, y = iris
+    cascade = _sklearn_cascade(X, y)
+    save_cascade(cascade, tmp_path, sklearn_format="pickle")
+    config_path = tmp_path / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["format_version"] = 1
+    for entry in config["stages"]:
+        del entry["spec"]["serializer"]  # version 1 had no serializer: always pickle
+    config_path.write_text(json.dumps(config))
+    loaded = load_cascade(tmp_path, allow_pickle=True)
+    np.testing.assert_array_equal(loaded.predict_proba(X), cascade.predict_proba(X))
 
 
 def test_temperature_stages_round_trip(tmp_path, iris):
     X, y = iris
     calibrated = with_temperatures(_sklearn_cascade(X, y), [2.0, 0.5, 1.25], X, y)
     save_cascade(calibrated, tmp_path)
-    loaded = load_cascade(tmp_path, allow_pickle=True)
+    loaded = load_cascade(tmp_path, trusted=[TREE])
     assert [s.temperature for s in loaded.stages_] == [2.0, 0.5, 1.25]
     assert all(isinstance(s, TemperatureScaledStage) for s in loaded.stages_)
     np.testing.assert_array_equal(loaded.predict_proba(X), calibrated.predict_proba(X))
@@ -118,6 +156,8 @@ def test_torch_stages_round_trip_without_unpickling(tmp_path, monkeypatch):
         raise AssertionError("unpickled")
 
     monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
     modules = {"small": _net(100), "big": _net(200)}  # fresh weights, overwritten on load
     loaded = load_cascade(tmp_path, modules=modules, device="cpu")
     np.testing.assert_array_equal(loaded.predict_proba(images), calibrated.predict_proba(images))
@@ -129,7 +169,7 @@ def test_torch_stages_round_trip_without_unpickling(tmp_path, monkeypatch):
 
 def test_corrupt_and_mismatched_files(tmp_path, iris):
     X, y = iris
-    save_cascade(_sklearn_cascade(X, y), tmp_path)
+    save_cascade(_sklearn_cascade(X, y), tmp_path, sklearn_format="pickle")
     config_path = tmp_path / CONFIG_FILE
     original = config_path.read_text()
 

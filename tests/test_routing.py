@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cascademl._routing import check_stage_proba, confidence_scores, exit_mask, route
+from cascademl import RoutingRule, _engine
+from cascademl._routing import check_stage_proba, confidence_scores, exit_mask
 from cascademl.exceptions import PolicyError, StageOutputError
 from strategies import proba_tables
 
@@ -66,41 +67,87 @@ def test_check_stage_proba_renormalises_tiny_drift():
     assert out.sum() == pytest.approx(1.0)
 
 
+def test_check_stage_proba_reorders_columns_without_touching_the_input():
+    raw = np.array([[0.2, 0.3, 0.5004]])
+    before = raw.copy()
+    out = check_stage_proba(
+        raw, n_samples=1, n_classes=3, stage_name="s", columns=np.array([2, 0, 1])
+    )
+    np.testing.assert_allclose(out, np.array([[0.5004, 0.2, 0.3]]) / 1.0004)
+    np.testing.assert_array_equal(raw, before)
+    plain = check_stage_proba(raw, n_samples=1, n_classes=3, stage_name="s")
+    np.testing.assert_array_equal(raw, before)
+    assert plain.sum() == pytest.approx(1.0)
+
+
 def test_exit_mask_threshold_is_inclusive_and_last_stage_takes_all():
     conf = np.array([0.5, 0.7, 0.9])
     assert exit_mask(conf, 0.7, is_last=False).tolist() == [False, True, True]
     assert exit_mask(conf, 2.0, is_last=True).all()
 
 
-@given(tables=proba_tables(min_stages=2), data=st.data())
-def test_route_calls_each_stage_once_with_only_the_samples_that_reached_it(tables, data):
+class RecordingStage:
+    """Looks its rows up by sample id (``X[:, 0]``) and records which ids it saw."""
+
+    def __init__(self, table, seen, index):
+        self.table, self.seen, self.index = table, seen, index
+
+    def predict_proba(self, X):
+        ids = np.asarray(X)[:, 0]
+        self.seen.append((self.index, ids.copy()))
+        return self.table[ids]
+
+
+def _run_in_memory(tables, thresholds, seen, **options):
     n_stages, n_samples, n_classes = tables.shape
-    ts = data.draw(st.lists(st.floats(0, 1), min_size=n_stages, max_size=n_stages))
-    seen: list[np.ndarray] = []
-
-    def predict(stage, idx):
-        seen.append(idx.copy())
-        return tables[stage, idx]
-
-    arrays = route(
-        predict, n_samples=n_samples, n_classes=n_classes, thresholds=ts, measure="max_proba"
+    stages = [RecordingStage(t, seen, s) for s, t in enumerate(tables)]
+    ids = np.arange(n_samples).reshape(-1, 1)
+    return _engine.run(
+        stages,
+        _engine.MemorySource(ids, n_samples),
+        rule=RoutingRule("max_proba", tuple(thresholds)),
+        stage_names=[f"s{i}" for i in range(n_stages)],
+        classes=np.arange(n_classes),
+        **options,
     )
+
+
+@given(tables=proba_tables(min_stages=2), data=st.data())
+def test_engine_calls_each_stage_once_with_only_the_samples_that_reached_it(tables, data):
+    n_stages, n_samples, _ = tables.shape
+    ts = data.draw(st.lists(st.floats(0, 1), min_size=n_stages, max_size=n_stages))
+    seen: list[tuple[int, np.ndarray]] = []
+    result = _run_in_memory(tables, ts, seen).result
     assert len(seen) <= n_stages
-    for s, idx in enumerate(seen):
-        np.testing.assert_array_equal(np.flatnonzero(arrays.visited[s]), idx)
-    assert np.all(arrays.exit_stage >= 0)
+    assert [s for s, _ in seen] == list(range(len(seen)))  # in order, once each
+    for s, idx in seen:
+        np.testing.assert_array_equal(np.flatnonzero(result.visited[s]), idx)
+    assert np.all(result.exit_stage >= 0)
     # A sample visited exactly the stages up to and including its exit stage.
     for i in range(n_samples):
-        assert arrays.visited[: arrays.exit_stage[i] + 1, i].all()
-        assert not arrays.visited[arrays.exit_stage[i] + 1 :, i].any()
+        assert result.visited[: result.exit_stage[i] + 1, i].all()
+        assert not result.visited[result.exit_stage[i] + 1 :, i].any()
 
 
-def test_route_needs_a_stage():
-    with pytest.raises(PolicyError, match="at least one stage"):
-        route(
-            lambda s, i: np.ones((i.size, 2)) / 2,
-            n_samples=1,
-            n_classes=2,
-            thresholds=[],
-            measure="max_proba",
+@given(tables=proba_tables(min_stages=2), data=st.data())
+def test_engine_batches_never_exceed_the_batch_size(tables, data):
+    n_stages, n_samples, _ = tables.shape
+    ts = data.draw(st.lists(st.floats(0, 1), min_size=n_stages, max_size=n_stages))
+    size = data.draw(st.integers(1, n_samples + 1))
+    seen: list[tuple[int, np.ndarray]] = []
+    batched = _run_in_memory(tables, ts, seen, batch_size=size).result
+    whole = _run_in_memory(tables, ts, []).result
+    assert all(0 < idx.size <= size for _, idx in seen)
+    np.testing.assert_array_equal(batched.exit_stage, whole.exit_stage)
+    np.testing.assert_array_equal(batched.proba, whole.proba)
+
+
+def test_engine_needs_a_stage():
+    with pytest.raises(PolicyError, match="non-zero length"):
+        _engine.run(
+            [],
+            _engine.MemorySource(np.zeros((1, 1)), 1),
+            rule=RoutingRule("max_proba", (1.0,)),
+            stage_names=[],
+            classes=np.arange(2),
         )

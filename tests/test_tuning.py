@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -12,7 +13,13 @@ from sklearn.metrics import f1_score, get_scorer, log_loss
 from sklearn.naive_bayes import GaussianNB
 from sklearn.tree import DecisionTreeClassifier
 
-from cascademl import CascadeClassifier, ConfidencePolicy, NotFittedError, PolicyError
+from cascademl import (
+    CascadeClassifier,
+    ConfidencePolicy,
+    NotFittedError,
+    PolicyError,
+    RoutingRule,
+)
 from cascademl.tuning import (
     OrderSearchResult,
     apply_tuning,
@@ -20,15 +27,41 @@ from cascademl.tuning import (
     order_by_cost,
     score_thresholds,
     search_orders,
-    search_stage_orders,
+    search_orders_from_proba,
     single_stage_scores,
     stage_probabilities,
     tune_cascade,
-    tune_thresholds,
+    tune_cascade_from_proba,
 )
 from strategies import CLASS_LABELS, TableStage, sample_ids
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _rule(n_stages, combine="vote", escalation_weight=0.5, measure="max_proba"):
+    return RoutingRule.from_params(
+        ConfidencePolicy(measure),
+        n_stages=n_stages,
+        combine=combine,
+        escalation_weight=escalation_weight,
+    )
+
+
+def tune_with(tables, y, *, combine="vote", escalation_weight=0.5, **kwargs):
+    """`tune_cascade_from_proba` with the rule of ``combine`` and ``escalation_weight``."""
+    rule = _rule(len(tables), combine, escalation_weight)
+    return tune_cascade_from_proba(tables, y, rule=rule, **kwargs)
+
+
+def search_with(tables, y, *, combine="vote", escalation_weight=0.5, **kwargs):
+    """`search_orders_from_proba` with the rule of ``combine`` and ``escalation_weight``."""
+    rule = _rule(len(tables), combine, escalation_weight)
+    return search_orders_from_proba(tables, y, rule=rule, **kwargs)
+
+
+def score_with(tables, y, thresholds, *, combine="vote", **kwargs):
+    """`score_thresholds` with the rule of ``combine``."""
+    return score_thresholds(tables, y, thresholds, rule=_rule(len(tables), combine), **kwargs)
 
 
 def _synthetic(n_stages=4, n_samples=400, n_classes=3, seed=0):
@@ -70,9 +103,7 @@ def _routed(tables, y, classes, thresholds, costs, **kwargs):
 def test_every_frontier_point_matches_the_real_cascade(combine):
     tables, y, classes = _synthetic()
     costs = [1.0, 2.0, 5.0, 20.0]
-    result = tune_thresholds(
-        tables, y, classes=classes, stage_cost=costs, combine=combine, max_cost=8.0
-    )
+    result = tune_with(tables, y, classes=classes, stage_cost=costs, combine=combine, max_cost=8.0)
     assert len(result.frontier) > 3
     for point in result.frontier:
         score, cost = _routed(tables, y, classes, point.thresholds, costs, combine=combine)
@@ -84,11 +115,11 @@ def test_every_frontier_point_matches_the_real_cascade(combine):
 def test_score_thresholds_matches_the_real_cascade_and_the_tuner(combine):
     tables, y, classes = _synthetic(seed=3)
     costs = [1.0, 2.0, 5.0, 20.0]
-    tuned = tune_thresholds(
+    tuned = tune_with(
         tables, y, classes=classes, stage_cost=costs, combine=combine, scoring="neg_log_loss"
     )
     for point in tuned.frontier:
-        again = score_thresholds(
+        again = score_with(
             tables,
             y,
             point.thresholds,
@@ -100,7 +131,7 @@ def test_score_thresholds_matches_the_real_cascade_and_the_tuner(combine):
         assert again.score == pytest.approx(point.score, rel=1e-12)
         assert again.mean_cost == pytest.approx(point.mean_cost, rel=1e-12)
         # Read in accuracy, the same thresholds score as the real cascade routes them.
-        accuracy = score_thresholds(
+        accuracy = score_with(
             tables, y, point.thresholds, classes=classes, stage_cost=costs, combine=combine
         )
         score, cost = _routed(tables, y, classes, point.thresholds, costs, combine=combine)
@@ -121,7 +152,7 @@ def test_log_loss_frontier_is_sklearns_log_loss_of_the_real_cascade(combine, con
         tables = tables.copy()
         tables[0, :40] = wrong[:40]
     costs = [1.0, 2.0, 5.0, 20.0]
-    tuned = tune_thresholds(
+    tuned = tune_with(
         tables, y, classes=classes, stage_cost=costs, combine=combine, scoring="neg_log_loss"
     )
     assert len(tuned.frontier) > 3
@@ -150,11 +181,11 @@ def test_log_loss_fast_path_agrees_with_the_generic_scorer_path(seed, n_stages, 
 
     kwargs = {"classes": classes, "stage_cost": costs, "combine": combine}
     small = {"max_cost": budget, "n_candidates": 16, "n_lambdas": 4}
-    fast = tune_thresholds(tables, y, scoring="neg_log_loss", **small, **kwargs)
-    slow = tune_thresholds(tables, y, scoring=generic, **small, **kwargs)
+    fast = tune_with(tables, y, scoring="neg_log_loss", **small, **kwargs)
+    slow = tune_with(tables, y, scoring=generic, **small, **kwargs)
     assert fast.score == pytest.approx(slow.score, rel=1e-9, abs=1e-12)
     for point in fast.frontier:
-        again = score_thresholds(tables, y, point.thresholds, scoring=generic, **kwargs)
+        again = score_with(tables, y, point.thresholds, scoring=generic, **kwargs)
         assert point.score == pytest.approx(again.score, rel=1e-9, abs=1e-12)
 
 
@@ -170,7 +201,7 @@ def test_budget_is_respected_and_beats_a_shared_threshold_grid():
     tables, y, classes = _synthetic(n_stages=5, n_samples=600)
     costs = [1.0, 2.0, 4.0, 8.0, 16.0]
     budget = 6.0
-    result = tune_thresholds(tables, y, classes=classes, stage_cost=costs, max_cost=budget)
+    result = tune_with(tables, y, classes=classes, stage_cost=costs, max_cost=budget)
     assert result.mean_cost <= budget
     assert result.feasible
     assert result.objective == "max_score_under_budget"
@@ -186,7 +217,7 @@ def test_min_score_best_stage_and_cost_minimisation():
     tables, y, classes = _synthetic()
     costs = [1.0, 2.0, 5.0, 20.0]
     stage_scores = single_stage_scores(tables, y, classes=classes)
-    result = tune_thresholds(tables, y, classes=classes, stage_cost=costs, min_score="best_stage")
+    result = tune_with(tables, y, classes=classes, stage_cost=costs, min_score="best_stage")
     assert result.score >= stage_scores.max()
     assert result.objective == "min_cost_for_score"
     # The cheapest frontier point reaching the target is the one chosen.
@@ -197,7 +228,7 @@ def test_min_score_best_stage_and_cost_minimisation():
 
 def test_unconstrained_picks_the_best_score():
     tables, y, classes = _synthetic()
-    result = tune_thresholds(tables, y, classes=classes)
+    result = tune_with(tables, y, classes=classes)
     _, scores_f = result.frontier_arrays()
     assert result.score == scores_f.max()
     assert result.chosen_index == len(result.frontier) - 1
@@ -206,11 +237,11 @@ def test_unconstrained_picks_the_best_score():
 def test_infeasible_constraints_raise_with_the_best_found():
     tables, y, classes = _synthetic()
     with pytest.raises(PolicyError, match=r"max_cost=0\.5"):
-        tune_thresholds(tables, y, classes=classes, stage_cost=[1, 2, 3, 4], max_cost=0.5)
+        tune_with(tables, y, classes=classes, stage_cost=[1, 2, 3, 4], max_cost=0.5)
     with pytest.raises(PolicyError, match=r"min_score=1\.5"):
-        tune_thresholds(tables, y, classes=classes, min_score=1.5)
+        tune_with(tables, y, classes=classes, min_score=1.5)
     with pytest.raises(PolicyError, match="not both"):
-        tune_thresholds(tables, y, classes=classes, min_score=0.5, max_cost=2.0)
+        tune_with(tables, y, classes=classes, min_score=0.5, max_cost=2.0)
 
 
 @pytest.mark.parametrize(
@@ -228,23 +259,23 @@ def test_infeasible_constraints_raise_with_the_best_found():
 def test_invalid_arguments(kwargs, match):
     tables, y, classes = _synthetic()
     with pytest.raises(PolicyError, match=match):
-        tune_thresholds(tables, y, classes=classes, **kwargs)
+        tune_with(tables, y, classes=classes, **kwargs)
 
 
 def test_unknown_labels_and_shapes_are_rejected():
     tables, y, classes = _synthetic()
     with pytest.raises(PolicyError, match="not in classes"):
-        tune_thresholds(tables, np.array(["zzz"] * len(y)), classes=classes)
+        tune_with(tables, np.array(["zzz"] * len(y)), classes=classes)
     with pytest.raises(PolicyError, match="samples"):
-        tune_thresholds(tables, y[:-1], classes=classes)
+        tune_with(tables, y[:-1], classes=classes)
     with pytest.raises(PolicyError, match="shape"):
-        tune_thresholds(tables[0], y, classes=classes)
+        tune_with(tables[0], y, classes=classes)
 
 
 def test_sklearn_scorer_matches_sklearn_on_the_routed_labels():
     tables, y, classes = _synthetic()
     costs = [1.0, 2.0, 5.0, 20.0]
-    result = tune_thresholds(
+    result = tune_with(
         tables, y, classes=classes, stage_cost=costs, max_cost=6.0, scoring="f1_macro"
     )
     assert result.scoring == "f1_macro"
@@ -255,7 +286,7 @@ def test_sklearn_scorer_matches_sklearn_on_the_routed_labels():
 
 def test_single_stage_and_tiny_inputs():
     tables, y, classes = _synthetic(n_stages=1)
-    result = tune_thresholds(tables, y, classes=classes)
+    result = tune_with(tables, y, classes=classes)
     assert result.frontier[0].thresholds == ()
     assert result.score == pytest.approx(single_stage_scores(tables, y, classes=classes)[0])
 
@@ -271,8 +302,8 @@ def test_properties_budget_frontier_determinism(seed, n_stages, budget, combine)
     tables, y, classes = _synthetic(n_stages=n_stages, n_samples=60, seed=seed)
     costs = [1.0, 3.0, 5.0, 7.0][:n_stages]
     kwargs = {"classes": classes, "stage_cost": costs, "combine": combine, "n_candidates": 16}
-    result = tune_thresholds(tables, y, max_cost=budget, **kwargs)
-    again = tune_thresholds(tables, y, max_cost=budget, **kwargs)
+    result = tune_with(tables, y, max_cost=budget, **kwargs)
+    again = tune_with(tables, y, max_cost=budget, **kwargs)
     # Respects the budget.
     assert result.mean_cost <= budget + 1e-9
     # Deterministic.
@@ -296,7 +327,7 @@ def test_properties_budget_frontier_determinism(seed, n_stages, budget, combine)
 def test_frontier_is_not_dominated_by_any_grid_point(seed):
     tables, y, classes = _synthetic(n_stages=3, n_samples=50, seed=seed)
     costs = [1.0, 2.0, 6.0]
-    result = tune_thresholds(tables, y, classes=classes, stage_cost=costs)
+    result = tune_with(tables, y, classes=classes, stage_cost=costs)
     costs_f, scores_f = result.frontier_arrays()
     for t0, t1 in itertools.product([0.0, 0.5, 0.7, 0.9, math.inf], repeat=2):
         score, cost = _routed(tables, y, classes, (t0, t1), costs)
@@ -313,7 +344,7 @@ def test_stage_probabilities_calls_each_stage_once_then_tuning_calls_none():
     proba = stage_probabilities(cascade, X)
     assert [stage.calls for stage in cascade.stages_] == [[400]] * 4
     np.testing.assert_allclose(proba, tables, rtol=1e-12)
-    tune_thresholds(proba, y, classes=cascade.classes_, max_cost=2.5)
+    tune_with(proba, y, classes=cascade.classes_, max_cost=2.5)
     assert [stage.calls for stage in cascade.stages_] == [[400]] * 4
 
 
@@ -344,7 +375,7 @@ def test_orders_helpers():
 def test_order_search_reports_each_order():
     tables, y, classes = _synthetic()
     costs = [20.0, 1.0, 5.0, 2.0]  # the given order is expensive-first
-    search = search_stage_orders(
+    search = search_with(
         tables,
         y,
         classes=classes,
@@ -365,10 +396,10 @@ def test_order_search_reports_each_order():
     assert search.best.score == max(r.score for r in search.results if r.feasible)
     with pytest.raises(KeyError):
         search.for_order((3, 2, 1, 0))
-    everything = search_stage_orders(tables[:3], y, classes=classes, orders="all")
+    everything = search_with(tables[:3], y, classes=classes, orders="all")
     assert len(everything.results) == 6
     with pytest.raises(PolicyError, match="permutation"):
-        search_stage_orders(tables, y, classes=classes, orders=[(0, 0, 1, 2)])
+        search_with(tables, y, classes=classes, orders=[(0, 0, 1, 2)])
 
 
 @pytest.fixture(scope="module")
@@ -411,7 +442,7 @@ def test_scales_to_many_stages_and_samples():
     tables, y, classes = _synthetic(n_stages=6, n_samples=20_000, n_classes=10)
     costs = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     start = time.perf_counter()
-    result = tune_thresholds(tables, y, classes=classes, stage_cost=costs, max_cost=10.0)
+    result = tune_with(tables, y, classes=classes, stage_cost=costs, max_cost=10.0)
     elapsed = time.perf_counter() - start
     assert result.mean_cost <= 10.0
     assert elapsed < 30.0  # an exhaustive 64^5 grid would take days
@@ -432,7 +463,7 @@ _FAST = {"n_candidates": 8, "n_lambdas": 3}
 def test_subsets_tunes_every_sub_sequence_once(seed, n_stages, budget):
     tables, y, classes = _synthetic(n_stages=n_stages, n_samples=40, seed=seed)
     costs = [1.0, 3.0, 2.0, 5.0, 4.0][:n_stages]
-    search = search_stage_orders(
+    search = search_with(
         tables, y, classes=classes, stage_cost=costs, orders="subsets", max_cost=budget, **_FAST
     )
     orders = [r.order for r in search.results]
@@ -484,7 +515,7 @@ def test_subsets_drops_a_cheap_confidently_wrong_stage(combine):
     costs = [1.0, 4.0, 10.0]
     budget = 5.0  # stage 1 alone fits; every sample through stages 0 and 1 as well, no more
     kwargs = {"classes": classes, "stage_cost": costs, "combine": combine, "max_cost": budget}
-    subsets = search_stage_orders(tables, y, orders="subsets", **kwargs)
+    subsets = search_with(tables, y, orders="subsets", **kwargs)
     best = subsets.best
     assert best.feasible
     assert 0 not in best.order
@@ -492,12 +523,12 @@ def test_subsets_drops_a_cheap_confidently_wrong_stage(combine):
     accuracy = single_stage_scores(tables, y, classes=classes)
     assert best.score > accuracy[1]  # stage 2 fixes stage 1's unsure mistakes
     # Every full order tried by default starts with stage 0 and scores less.
-    auto = search_stage_orders(tables, y, **kwargs)
+    auto = search_with(tables, y, **kwargs)
     assert all(r.order[0] == 0 for r in auto.results)
     assert best.score > max(r.score for r in auto.results)
     assert best.score > subsets.for_order((0, 1, 2)).score
     # No permutation of all three stages does better.
-    everything = search_stage_orders(tables, y, orders="all", **kwargs)
+    everything = search_with(tables, y, orders="all", **kwargs)
     assert best.score >= max(r.score for r in everything.results if r.feasible)
 
 
@@ -505,7 +536,7 @@ def test_subsets_drops_a_cheap_confidently_wrong_stage(combine):
 def test_one_stage_candidates_score_and_cost_that_stage(scoring):
     tables, y, classes = _synthetic(n_stages=3, n_samples=200, seed=5)
     costs = [2.0, 3.0, 7.0]
-    search = search_stage_orders(
+    search = search_with(
         tables, y, classes=classes, stage_cost=costs, orders=[[2], [0], [1, 2]], scoring=scoring
     )
     alone = single_stage_scores(tables, y, classes=classes, scoring=scoring)
@@ -531,7 +562,7 @@ def test_one_stage_candidates_under_constraints():
     best_stage = int(np.argmax(alone))
     kwargs = {"classes": classes, "stage_cost": costs, "orders": "subsets", **_FAST}
     # "best_stage" is the best single stage over all the stages, for every candidate.
-    target = search_stage_orders(tables, y, min_score="best_stage", **kwargs)
+    target = search_with(tables, y, min_score="best_stage", **kwargs)
     assert target.best.score >= alone.max()
     assert target.best.objective == "min_cost_for_score"
     for s in range(3):
@@ -540,7 +571,7 @@ def test_one_stage_candidates_under_constraints():
         assert one.objective == "min_cost_for_score"
     assert target.for_order((best_stage,)).feasible
     # A budget below one stage's cost rules that stage out on its own.
-    budget = search_stage_orders(tables, y, max_cost=1.5, **kwargs)
+    budget = search_with(tables, y, max_cost=1.5, **kwargs)
     assert budget.for_order((0,)).feasible
     assert not budget.for_order((1,)).feasible
     assert budget.for_order((1,)).objective == "max_score_under_budget"
@@ -601,19 +632,19 @@ def test_apply_tuning_drops_stages_of_a_real_cascade(digits_cascade):
 def test_invalid_orders_are_refused(orders, match):
     tables, y, classes = _synthetic(n_stages=3, n_samples=30)
     with pytest.raises(PolicyError, match=match):
-        search_stage_orders(tables, y, classes=classes, orders=orders)
+        search_with(tables, y, classes=classes, orders=orders)
 
 
 def test_subsets_refuses_too_many_stages():
     tables, y, classes = _synthetic(n_stages=13, n_samples=10)
     with pytest.raises(PolicyError, match=r"2\*\*13 - 1 = 8191 candidates.*12 stages"):
-        search_stage_orders(tables, y, classes=classes, orders="subsets")
+        search_with(tables, y, classes=classes, orders="subsets")
 
 
 def test_order_search_reports_the_closest_candidate_when_none_is_feasible():
     tables, y, classes = _synthetic(n_stages=3, n_samples=60)
     with pytest.raises(PolicyError, match=r"cheapest policy found costs 0\.5 per sample"):
-        search_stage_orders(
+        search_with(
             tables, y, classes=classes, stage_cost=[3.0, 0.5, 2.0], orders="subsets", max_cost=0.1
         )
 
@@ -625,7 +656,7 @@ def test_order_search_reports_the_closest_candidate_when_none_is_feasible():
 def test_apply_tuning_refuses_orders_that_do_not_fit(order, match):
     tables, y, classes = _synthetic(n_stages=3, n_samples=50)
     cascade = _cascade(tables, classes)
-    result = tune_thresholds(tables[:2], y, classes=classes)
+    result = tune_with(tables[:2], y, classes=classes)
     bad = dataclasses.replace(result, order=order)
     with pytest.raises(PolicyError, match=match):
         apply_tuning(cascade, bad, sample_ids(50), y)
@@ -634,7 +665,135 @@ def test_apply_tuning_refuses_orders_that_do_not_fit(order, match):
 def test_apply_tuning_refuses_a_result_tuned_on_another_number_of_stages():
     tables, y, classes = _synthetic(n_stages=3, n_samples=50)
     cascade = _cascade(tables, classes)
-    result = tune_thresholds(tables[:2], y, classes=classes)
+    result = tune_with(tables[:2], y, classes=classes)
     assert result.n_stages == 2
     with pytest.raises(PolicyError, match=r"\(0, 1\) does not fit .* tuned on 2 stages"):
         apply_tuning(cascade, result, sample_ids(50), y)
+
+
+# --------------------------------------------------------------------------- the new API
+def test_deprecated_names_warn_and_match_the_new_ones():
+    tables, y, classes = _synthetic(n_stages=3, n_samples=200)
+    kwargs = {"classes": classes, "stage_cost": [1.0, 2.0, 6.0], "max_cost": 3.0}
+    from cascademl import tuning
+
+    with pytest.deprecated_call(match="tune_cascade_from_proba"):
+        old = tuning.tune_thresholds(tables, y, combine="last", **kwargs)
+    new = tune_with(tables, y, combine="last", **kwargs)
+    assert old.frontier == new.frontier
+    assert old.rule == new.rule
+    with pytest.deprecated_call(match="search_orders_from_proba"):
+        old_search = tuning.search_stage_orders(tables, y, escalation_weight=0.2, **kwargs)
+    new_search = search_with(tables, y, escalation_weight=0.2, **kwargs)
+    assert [r.frontier for r in old_search.results] == [r.frontier for r in new_search.results]
+    with pytest.deprecated_call(match="rule="):
+        point = score_thresholds(
+            tables, y, old.thresholds, combine="last", classes=classes, stage_cost=[1.0, 2.0, 6.0]
+        )
+    assert point.score == old.score
+
+
+def test_result_rule_routes_like_the_result():
+    tables, y, classes = _synthetic(n_stages=3, n_samples=300, seed=4)
+    costs = [1.0, 2.0, 6.0]
+    rule = _rule(3, "vote", [0.1, 0.2, 0.3], measure="margin")
+    result = tune_cascade_from_proba(
+        tables, y, classes=classes, rule=rule, stage_cost=costs, max_cost=4.0
+    )
+    assert result.rule == rule.with_thresholds(result.thresholds)
+    assert result.rule.policy.thresholds[:-1] == result.thresholds
+    again = score_thresholds(tables, y, result.rule, classes=classes, stage_cost=costs)
+    assert (again.score, again.mean_cost) == (result.score, result.mean_cost)
+    with pytest.raises(PolicyError, match="rule is for 2 stages but stage_proba has 3"):
+        tune_cascade_from_proba(tables, y, classes=classes, rule=_rule(2))
+    with pytest.raises(PolicyError, match="not both"):
+        score_thresholds(tables, y, result.rule, classes=classes, rule=rule)
+
+
+def test_escalation_weight_grid_picks_the_best_weight_and_zero_is_last():
+    tables, y, classes = _synthetic(n_stages=4, n_samples=400, seed=6)
+    costs = [1.0, 2.0, 5.0, 20.0]
+    kwargs = {"classes": classes, "stage_cost": costs, "max_cost": 8.0}
+    grid = (0.0, 0.25, 0.5)
+    best = tune_cascade_from_proba(tables, y, escalation_weight_grid=grid, **kwargs)
+    alone = {w: tune_with(tables, y, escalation_weight=w, **kwargs) for w in grid}
+    assert best.score == max(r.score for r in alone.values())
+    (weight,) = set(best.rule.escalation_weights)
+    assert best.frontier == alone[weight].frontier
+    # Weight 0 under "vote" is the exiting stage alone: combine="last".
+    last = tune_with(tables, y, combine="last", **kwargs)
+    assert [(p.score, p.mean_cost) for p in alone[0.0].frontier] == [
+        (p.score, p.mean_cost) for p in last.frontier
+    ]
+    # The tuned weight is applied with the thresholds, and routes as tuned.
+    cascade = _cascade(tables, classes)
+    for stage, cost in zip(cascade.stages_, costs, strict=True):
+        stage.cost_per_sample = cost
+    X = sample_ids(tables.shape[1])
+    tuned = apply_tuning(
+        cascade, tune_cascade(cascade, X, y, max_cost=8.0, escalation_weight_grid=grid), X, y
+    )
+    assert tuned.escalation_weight == weight
+    assert tuned.score(X, y) == pytest.approx(best.score, abs=1e-12)
+    with pytest.raises(PolicyError, match="combine='vote'"):
+        tune_with(tables, y, combine="mean", escalation_weight_grid=grid, **kwargs)
+    with pytest.raises(PolicyError, match="non-empty"):
+        tune_cascade_from_proba(tables, y, escalation_weight_grid=(), **kwargs)
+
+
+def test_empty_validation_set_raises(digits_cascade):
+    cascade, X_val, y_val = digits_cascade
+    with pytest.raises(PolicyError, match="no samples"):
+        tune_cascade(cascade, X_val[:0], y_val[:0])
+    tables, y, classes = _synthetic(n_stages=2)
+    with pytest.raises(PolicyError, match="no samples"):
+        tune_cascade_from_proba(tables[:, :0], y[:0], classes=classes)
+
+
+@pytest.mark.parametrize(("value", "match"), [(3.0, "summing to"), (np.nan, "NaN"), (-1.0, "min")])
+def test_rows_that_are_not_probabilities_name_the_stage_and_row(value, match):
+    tables, y, classes = _synthetic(n_stages=3)
+    tables = tables.copy()
+    tables[1, 7] = value
+    with pytest.raises(PolicyError, match=rf"stage_proba\[1\] \(stage 's1'\) row 7 .*{match}"):
+        tune_cascade_from_proba(tables, y, classes=classes, stage_names=["s0", "s1", "s2"])
+    with pytest.raises(PolicyError, match="row 7"):
+        search_orders_from_proba(tables, y, classes=classes)
+
+
+def test_scoring_takes_names_metrics_and_scorers_through_public_api_only():
+    tables, y, classes = _synthetic(n_stages=3, n_samples=300, seed=8)
+    kwargs = {"classes": classes, "stage_cost": [1.0, 2.0, 6.0], "max_cost": 3.5}
+    by_name = tune_cascade_from_proba(tables, y, scoring="f1_macro", **kwargs)
+
+    def f1_macro(y_true, y_pred):  # a plain metric without sample_weight: called per point
+        return f1_score(y_true, y_pred, average="macro")
+
+    read = []
+
+    class PublicOnly:
+        """A scorer that records every attribute the tuner tries to read from it."""
+
+        def __init__(self):
+            self.inner = get_scorer("f1_macro")
+
+        def __call__(self, estimator, X, y_true):
+            return self.inner(estimator, X, y_true)
+
+        def __getattr__(self, name):
+            read.append(name)
+            raise AttributeError(name)
+
+    for scoring in (functools.partial(f1_score, average="macro"), f1_macro, PublicOnly()):
+        result = tune_cascade_from_proba(tables, y, scoring=scoring, **kwargs)
+        assert result.score == pytest.approx(by_name.score, abs=1e-12)
+        assert result.frontier == by_name.frontier
+    assert not {"_response_method", "_score_func", "_sign", "_kwargs"} & set(read)
+    assert tune_cascade_from_proba(tables, y, scoring=f1_macro, **kwargs).scoring == "f1_macro"
+
+
+def test_numpy_integers_are_accepted_for_integer_settings():
+    tables, y, classes = _synthetic(n_stages=3, n_samples=100)
+    a = tune_cascade_from_proba(tables, y, classes=classes, n_candidates=np.int64(8))
+    b = tune_cascade_from_proba(tables, y, classes=classes, n_candidates=8)
+    assert a.frontier == b.frontier

@@ -10,25 +10,30 @@ python -m examples.leukemia seeds --data-root DIR --preset cpu --seeds 0,1,2 --o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
+from cascademl import _files
 from cascademl.exceptions import CascadeMLError
 
 from .audit import run_audit
 from .data import LeukemiaDataError, load_rgb
 from .pipeline import ORDER_RULES, evaluate_folder, load_predictor, read_images, run_experiment
 from .presets import PRESETS, get_preset
+from .runlock import OutputFolderBusyError
 from .seeds import SUMMARY_MARKDOWN, SeedRunError, run_seeds, seeds_markdown
 from .training import TrainingError
 
 logger = logging.getLogger("examples.leukemia")
+_LISTED = 5  # file names a warning lists
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -232,6 +237,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: Path | None) -> None:
+    """Fail before any work when ``path`` cannot be written (a folder, no such folder...)."""
+    if path is None:
+        return
+    if path.is_dir():
+        msg = f"--output {path} is a folder; give a file name"
+        raise LeukemiaDataError(msg)
+    parent = path.parent
+    if not parent.is_dir():
+        msg = f"--output {path}: the folder {parent} does not exist"
+        raise LeukemiaDataError(msg)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        msg = f"--output {path}: the folder {parent} is not writable"
+        raise LeukemiaDataError(msg)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -274,6 +295,7 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    _check_output(args.output)
     predictor = load_predictor(args.model, device=args.device)
     files = _expand(args.images)
     if not files:
@@ -295,10 +317,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not good:
         msg = f"all {len(files)} image files were unreadable (skipped with --skip-bad)"
         raise LeukemiaDataError(msg)
-    x, _ = read_images(good, predictor)
+    x, fallbacks = read_images(good, predictor)
+    if fallbacks:
+        logger.warning(
+            "stain normalization fell back to the original image for %d of %d images: %s",
+            len(fallbacks),
+            len(good),
+            ", ".join(fallbacks[:_LISTED]) + (" ..." if len(fallbacks) > _LISTED else ""),
+        )
     routed = predictor.cascade.route(x)
-    handle = args.output.open("w", newline="") if args.output else sys.stdout
-    try:
+    with (
+        _files.atomic_open(args.output, "w", newline="")
+        if args.output
+        else contextlib.nullcontext(sys.stdout)
+    ) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "confidence", "exit_stage"])
         for i, path in enumerate(good):
@@ -310,13 +342,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     routed.stage_names[int(routed.exit_stage[i])],
                 ]
             )
-    finally:
-        if args.output:
-            handle.close()
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    output = args.output or args.model.parent / "evaluate.json"
+    _check_output(output)
     result = evaluate_folder(
         args.model,
         args.data_root,
@@ -324,8 +355,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         class_map=args.class_map,
     )
-    output = args.output or args.model.parent / "evaluate.json"
-    output.write_text(json.dumps(result, indent=2))
+    _files.write_text(output, json.dumps(result, indent=2))
     m = result["metrics"]
     print(f"{result['n_images']} images from {result['data_root']}")
     seen = result["input"]
@@ -367,9 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except (
         LeukemiaDataError,
+        OutputFolderBusyError,
         TrainingError,
         CascadeMLError,
         FileNotFoundError,
+        OSError,
         KeyError,
         ValueError,
     ) as exc:

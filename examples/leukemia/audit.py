@@ -38,7 +38,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from cascademl import CascadeClassifier, CascadeResult, ConfidencePolicy
+from cascademl import CascadeClassifier, CascadeResult, ConfidencePolicy, _files
 from cascademl.metrics import ClassificationMetrics, classification_metrics
 
 from .data import SCALE_BAR_FRACTION, SplitManifest, mask_bottom_strip, prepare_split
@@ -535,9 +535,7 @@ def baseline_per_variant(
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    _files.write_text(path, text)  # per-process temporary name, fsync, rename
 
 
 def baseline_markdown(results: Mapping[str, BaselineResult], trained: str) -> str:

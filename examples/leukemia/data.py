@@ -43,6 +43,8 @@ from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 
+from cascademl import _files
+
 logger = logging.getLogger(__name__)
 
 #: The four classes of the Kaggle ALL dataset, in label order.
@@ -353,7 +355,12 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     Raises:
         BadImageError: When the file is not an image, is truncated or corrupt.
     """
-    return _decode(Path(path), Path(path).read_bytes())
+    target = Path(path)
+    try:
+        data = target.read_bytes()
+    except OSError as error:  # a folder, a dangling or looping link, no permission
+        raise BadImageError(target, f"{type(error).__name__}: {error.strerror}") from error
+    return _decode(target, data)
 
 
 def _decode(path: Path, data: bytes) -> Image.Image:
@@ -824,13 +831,11 @@ def save_split_manifest(manifest: SplitManifest, path: str | os.PathLike[str]) -
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    with _files.atomic_open(target, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SPLIT_COLUMNS)
         for row in manifest.rows:
             writer.writerow([row.path, row.label, row.group, row.split, row.sha256])
-    tmp.replace(target)
     return target
 
 

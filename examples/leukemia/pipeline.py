@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cascademl import CascadeClassifier, ConfidencePolicy
+from cascademl import CascadeClassifier, ConfidencePolicy, _files
 from cascademl.cost import CostReport, StageCost, measure_stage_cost
 from cascademl.inference import resolve_device
 from cascademl.io import load_cascade, save_cascade
@@ -42,7 +43,7 @@ from cascademl.tuning import (
     apply_tuning,
     order_by_accuracy,
     score_thresholds,
-    search_stage_orders,
+    search_orders_from_proba,
     stage_probabilities,
 )
 
@@ -51,6 +52,7 @@ from .data import (
     CLASS_NAMES,
     SCALE_BAR_FRACTION,
     DatasetScan,
+    LeukemiaDataError,
     SplitManifest,
     load_rgb,
     mask_bottom_strip,
@@ -59,6 +61,7 @@ from .data import (
 )
 from .mapping import folder_classes, parse_class_map
 from .presets import BackboneSpec, Preset
+from .runlock import lock_output, releases_output_locks
 from .training import (
     PretrainedWeightsUnavailableError,
     TrainResult,
@@ -209,7 +212,7 @@ def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: s
         crop_pct=1.0,
         batch_size=max(spec.batch_size, 64),
         device=device,
-        precision="bf16" if preset.amp else "fp32",
+        precision=preset.precision,  # validated by TrainConfig and TorchStage
         channels_last=preset.channels_last,
         drop_rate=spec.drop_rate,
     )
@@ -312,6 +315,7 @@ def _predict_labels(
     return labels
 
 
+@releases_output_locks
 def run_experiment(
     data_root: str | Path,
     preset: Preset,
@@ -373,8 +377,8 @@ def run_experiment(
     device = str(resolve_device(device))  # also resolves "auto"
     weights = check_pretrained_weights(preset, checkpoints or {}, allow_download=allow_download)
     out = Path(out)
+    lock_output(out)  # a second run into the same folder stops here, naming this one
     figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(preset.seed)
 
     # ---------------------------------------------------------------- data
@@ -496,7 +500,6 @@ def run_experiment(
     }
 
     # ---------------------------------------------------------------- save
-    cascade_dir = save_cascade(chosen.cascade, out / "cascade", overwrite=True)
     settings = {
         "classes": list(manifest.classes),
         "cache_size": preset.cache_size,
@@ -504,7 +507,7 @@ def run_experiment(
         "mask_bottom": preset.mask_bottom,
         "preset": preset.name,
     }
-    (cascade_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    _save_model(chosen.cascade, settings, out / "cascade")
 
     # ---------------------------------------------------------------- report
     references = {f"{name} alone": (flops[i], val_acc[i]) for i, name in enumerate(names)}
@@ -567,7 +570,7 @@ def run_experiment(
         "test_predictions": shortcuts.test_predictions,
         "seconds": seconds,
     }
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
+    _files.write_text(out / "metrics.json", json.dumps(payload, indent=2, default=str))
     sections = {
         **_report_sections(payload, manifest, scan, best_name, metrics),
         **audit.report_sections(payload["shortcut_audit"]),
@@ -592,6 +595,23 @@ def run_experiment(
     )
 
 
+def _save_model(cascade: CascadeClassifier, settings: dict[str, Any], folder: Path) -> Path:
+    """Save the cascade and its settings file into ``folder`` together, atomically.
+
+    Both are written into a new folder beside ``folder``, which then replaces it in one
+    rename: a reader sees the previous model and settings or the new ones, never a mix.
+    """
+    new = _files.temporary_sibling(folder, "new")
+    try:
+        save_cascade(cascade, new)
+        _files.write_text(new / SETTINGS_FILE, json.dumps(settings, indent=2))
+        _files.replace_folder(new, folder)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return folder
+
+
 def _backbone_probabilities(
     stages: list[tuple[str, TorchStage]],
     x: Mapping[str, torch.Tensor],
@@ -609,15 +629,16 @@ def _backbone_probabilities(
         x["val"], y["val"]
     )
     proba = {split: stage_probabilities(full, x[split]) for split in ("val", "test")}
-    np.savez(
-        out / PROBABILITIES_FILE,
-        stages=np.array([name for name, _ in stages]),
-        classes=np.array([str(c) for c in classes]),
-        val=proba["val"],
-        test=proba["test"],
-        val_labels=np.array([str(c) for c in y["val"]]),
-        test_labels=np.array([str(c) for c in y["test"]]),
-    )
+    with _files.atomic_path(out / PROBABILITIES_FILE) as tmp:
+        np.savez(
+            tmp,
+            stages=np.array([name for name, _ in stages]),
+            classes=np.array([str(c) for c in classes]),
+            val=proba["val"],
+            test=proba["test"],
+            val_labels=np.array([str(c) for c in y["val"]]),
+            test_labels=np.array([str(c) for c in y["test"]]),
+        )
     return proba["val"], proba["test"]
 
 
@@ -760,7 +781,7 @@ def _order_and_tune(
     """Order the stages and tune the thresholds on validation probabilities (no test data).
 
     ``order="selected"`` tunes every sub-sequence of the paper's order (one to all five
-    stages, :func:`cascademl.tuning.search_stage_orders` with ``orders="subsets"``) and
+    stages, :func:`cascademl.tuning.search_orders_from_proba` with ``orders="subsets"``) and
     keeps the best on validation, so that stages that do not pay within the budget are
     dropped.
     """
@@ -780,7 +801,7 @@ def _order_and_tune(
             100 * max_cost_ratio,
         )
         budget = None
-    search = search_stage_orders(
+    search = search_orders_from_proba(
         val_proba[list(base)],
         y_val,
         classes=classes,
@@ -1067,12 +1088,61 @@ def load_predictor(model_dir: str | Path, *, device: str | None = None) -> Predi
             "'python -m examples.leukemia run'"
         )
         raise FileNotFoundError(msg)
-    settings = json.loads(settings_file.read_text())
+    settings = _read_settings(settings_file)
     cascade = load_cascade(folder, device=device)
     state = settings.get("stain_normalizer")
     normalizer = StainNormalizer.from_dict(state) if state else None
     mask = float(settings.get("mask_bottom", 0.0))
     return Predictor(cascade, int(settings["cache_size"]), normalizer, mask)
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """Read the example's settings file; an invalid value raises an error naming it.
+
+    Raises:
+        LeukemiaDataError: For invalid JSON, a ``cache_size`` that is not a positive
+            integer, or a stain reference that is not finite and of the fitted shapes
+            (``he_ref`` 3 x 2, ``max_c_ref`` two positive numbers): each would otherwise
+            make every image fall back to no normalization.
+    """
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:
+        msg = f"{path}: not valid JSON ({exc})"
+        raise LeukemiaDataError(msg) from exc
+    if not isinstance(settings, dict):
+        msg = f"{path}: expected a JSON object, got {type(settings).__name__}"
+        raise LeukemiaDataError(msg)
+    size = settings.get("cache_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        msg = f"{path}: cache_size must be a positive integer, got {size!r}"
+        raise LeukemiaDataError(msg)
+    state = settings.get("stain_normalizer")
+    if state is None:
+        return settings
+    if not isinstance(state, dict):
+        msg = f"{path}: stain_normalizer must be an object or null, got {state!r:.80}"
+        raise LeukemiaDataError(msg)
+    checks = {
+        "he_ref": ((3, 2), "a 3 x 2 list of finite numbers"),
+        "max_c_ref": ((2,), "two positive finite numbers"),
+        "io": ((), "a positive finite number"),
+    }
+    for key, (shape, what) in checks.items():
+        value = state.get(key)
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            array = np.full(1, np.nan)
+        positive = key != "he_ref"
+        if (
+            array.shape != shape
+            or not np.isfinite(array).all()
+            or (positive and not (array > 0).all())
+        ):
+            msg = f"{path}: stain_normalizer.{key} must be {what}, got {value!r:.120}"
+            raise LeukemiaDataError(msg)
+    return settings
 
 
 def read_images(paths: Sequence[Path], predictor: Predictor) -> tuple[torch.Tensor, list[str]]:

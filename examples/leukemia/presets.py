@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .data import SCALE_BAR_FRACTION
-from .training import TrainConfig
+from .training import PRECISIONS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,10 @@ class Preset:
             every split and at prediction (where the dataset's scale bars sit; ``0``:
             off). See :func:`examples.leukemia.data.mask_bottom_strip`.
         cache_size: Side the images are resized to before stain normalization and caching.
-        amp: bfloat16 autocast for training and inference.
+        precision: ``"fp32"``, ``"bf16"`` (bfloat16 autocast for training and inference) or
+            ``"auto"``: bfloat16 only where the device runs it natively (CPUs with
+            AVX512-BF16 or AMX, CUDA devices that support it), float32 elsewhere. The
+            override ``amp=true``/``amp=false`` of earlier versions means ``bf16``/``fp32``.
         channels_last: Channels-last memory format.
         num_workers: Worker processes for the training augmentation (0: the main process).
         seed: Seed of the split, the stain reference and the training.
@@ -110,7 +113,7 @@ class Preset:
     stain_normalize: bool = True
     mask_bottom: float = SCALE_BAR_FRACTION
     cache_size: int = 224
-    amp: bool = False
+    precision: str = "fp32"
     channels_last: bool = False
     num_workers: int = 0
     seed: int = 0
@@ -122,6 +125,9 @@ class Preset:
 
     def __post_init__(self) -> None:
         """Validate the settings that nothing else checks before the work starts."""
+        if self.precision not in PRECISIONS:
+            msg = f"precision must be one of {PRECISIONS}, got {self.precision!r}"
+            raise ValueError(msg)
         if not 0 <= self.mask_bottom < 1:
             msg = (
                 f"mask_bottom must be in [0, 1) (a share of the image rows), got {self.mask_bottom}"
@@ -152,7 +158,7 @@ class Preset:
             patience=self.patience,
             warmup_epochs=self.warmup_epochs,
             ema_decay=self.ema_decay,
-            amp=self.amp,
+            precision=self.precision,
             channels_last=self.channels_last,
             num_workers=self.num_workers,
             seed=self.seed,
@@ -180,7 +186,10 @@ class Preset:
         items = {**(overrides or {}), **kwargs}
         preset = self
         for key, value in items.items():
-            if key == "backbones" and isinstance(value, str):
+            if key == "amp":  # the setting of earlier versions: bfloat16 autocast on or off
+                amp = _convert(_AmpSetting, "amp", value)
+                preset = dataclasses.replace(preset, precision="bf16" if amp else "fp32")
+            elif key == "backbones" and isinstance(value, str):
                 keys = [part.strip() for part in value.split(",") if part.strip()]
                 preset = dataclasses.replace(
                     preset, backbones=tuple(preset.backbone(k) for k in keys)
@@ -197,6 +206,13 @@ class Preset:
             else:
                 preset = dataclasses.replace(preset, **{key: _convert(Preset, key, value)})
         return preset
+
+
+@dataclass(frozen=True)
+class _AmpSetting:
+    """The ``amp`` override of earlier versions (read as a bool, mapped to ``precision``)."""
+
+    amp: bool
 
 
 def _convert(cls: type, field_name: str, value: Any) -> Any:
@@ -284,7 +300,7 @@ PAPER: Final = Preset(
     epochs=10,
     patience=3,
     warmup_epochs=0.5,
-    amp=False,
+    precision="fp32",
     num_workers=8,
 )
 
@@ -302,7 +318,7 @@ CPU: Final = Preset(
     patience=5,
     warmup_epochs=0.3,
     ema_decay=0.998,
-    amp=True,
+    precision="auto",
     channels_last=True,
 )
 

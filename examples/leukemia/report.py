@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from cascademl import _files
 from cascademl.metrics import ClassificationMetrics
 
 #: Paper names of the four classes, in label order (Benign, Early, Pre, Pro).
@@ -87,7 +88,8 @@ def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(target, dpi=120, bbox_inches="tight")
+    with _files.atomic_path(target) as tmp:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight")
     return target
 
 
@@ -399,5 +401,5 @@ def write_markdown_report(
         for caption, image in figures.items():
             relative = os.path.relpath(Path(image), target.parent)
             parts += [f"![{caption}]({Path(relative).as_posix()})", ""]
-    target.write_text("\n".join(parts))
+    _files.write_text(target, "\n".join(parts))
     return target

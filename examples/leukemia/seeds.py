@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from cascademl import _files
 from cascademl.metrics import mcnemar_test
 
 from .audit import BASELINE_NAME
@@ -285,6 +286,4 @@ def write_summary(summary: Mapping[str, Any], parent: Path) -> None:
         (SUMMARY_JSON, json.dumps(summary, indent=2)),
         (SUMMARY_MARKDOWN, "# The experiment over seeds\n\n" + seeds_markdown(summary) + "\n"),
     ):
-        tmp = parent / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(parent / name)
+        _files.write_text(parent / name, text)  # per-process temporary name, fsync, rename

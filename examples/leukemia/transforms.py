@@ -44,6 +44,8 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 from torchvision.transforms import v2
 
+from cascademl import _files
+
 from .data import SplitManifest, load_rgb
 
 logger = logging.getLogger(__name__)
@@ -444,12 +446,9 @@ def load_images(
         )
     if array_file is not None and sidecar is not None:
         array_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = array_file.with_name(array_file.stem + ".tmp.npy")
-        np.save(tmp, images)
-        tmp.replace(array_file)
-        tmp_meta = sidecar.with_name(sidecar.name + ".tmp")
-        tmp_meta.write_text(json.dumps({"paths": list(paths), "fallbacks": fallbacks}))
-        tmp_meta.replace(sidecar)
+        with _files.atomic_path(array_file) as tmp:
+            np.save(tmp, images)
+        _files.write_text(sidecar, json.dumps({"paths": list(paths), "fallbacks": fallbacks}))
     return NormalizedImages(images, paths, fallbacks)
 
 

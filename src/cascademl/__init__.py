@@ -9,6 +9,7 @@ from typing import Any as _Any
 
 from cascademl.abstention import ABSTAIN
 from cascademl.cascade import CascadeClassifier
+from cascademl.cv import CascadeClassifierCV
 from cascademl.exceptions import (
     CascadeMLError,
     CascadeMLWarning,
@@ -53,6 +54,7 @@ def __getattr__(name: str) -> _Any:
 __all__ = [
     "ABSTAIN",
     "CascadeClassifier",
+    "CascadeClassifierCV",
     "CascadeMLError",
     "CascadeMLWarning",
     "CascadeResult",

@@ -1,9 +1,13 @@
-"""The ``cascademl`` command: ``cascademl demo`` runs a three-stage cascade on sklearn digits."""
+"""The ``cascademl`` command: ``cascademl demo`` runs a three-stage cascade on sklearn digits.
+
+``cascademl --version`` prints the installed version and the Python running it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import platform
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from cascademl import __version__
 from cascademl.cascade import CascadeClassifier
 from cascademl.policies import ConfidencePolicy
 
@@ -28,6 +33,11 @@ logger = logging.getLogger("cascademl")
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascademl", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"cascademl {__version__} (Python {platform.python_version()})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",

@@ -1,28 +1,18 @@
 """Pure array functions for confidence scores and stage assignment.
 
 Nothing here touches a model, a device or the file system: the functions take probability
-matrices and return arrays, so the same rule serves the in-memory cascade and the streaming
-torch engine, and is tested once.
+matrices and return arrays. The routing engine (``cascademl._engine``) calls them for every
+batch, whatever the input, so the rule is written and tested once.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from cascademl._typing import BoolArray, ConfidenceMeasure, FloatArray, IntArray, ProbaArray
 from cascademl.exceptions import PolicyError, StageOutputError
 
-__all__ = [
-    "CONFIDENCE_MEASURES",
-    "RoutingArrays",
-    "check_stage_proba",
-    "confidence_scores",
-    "exit_mask",
-    "route",
-]
+__all__ = ["CONFIDENCE_MEASURES", "check_stage_proba", "confidence_scores", "exit_mask"]
 
 CONFIDENCE_MEASURES: tuple[ConfidenceMeasure, ...] = ("max_proba", "margin", "entropy")
 
@@ -79,7 +69,12 @@ def confidence_scores(proba: ProbaArray, measure: ConfidenceMeasure) -> FloatArr
 
 
 def check_stage_proba(
-    proba: object, *, n_samples: int, n_classes: int, stage_name: str
+    proba: object,
+    *,
+    n_samples: int,
+    n_classes: int,
+    stage_name: str,
+    columns: IntArray | None = None,
 ) -> ProbaArray:
     """Validate one stage's probabilities and return them as float64, rows renormalised.
 
@@ -88,9 +83,11 @@ def check_stage_proba(
         n_samples: the number of rows expected.
         n_classes: the number of columns expected.
         stage_name: named in error messages.
+        columns: the stage's columns in the cascade's class order (``None`` keeps them);
+            reordering here costs no extra copy of the matrix.
 
     Returns:
-        ndarray of shape (n_samples, n_classes).
+        ndarray of shape (n_samples, n_classes), a new array.
 
     Raises:
         StageOutputError: for a wrong shape, NaN or infinite values, negative values, or rows
@@ -126,7 +123,10 @@ def check_stage_proba(
             f"(row {first} sums to {sums[first]:.6g}); pass probabilities, not logits"
         )
         raise StageOutputError(msg)
-    return np.asarray(p / sums[:, None], dtype=np.float64)
+    # A new array: never scale the stage's own array in place.
+    out = p[:, columns] if columns is not None else (p.copy() if p is proba else p)
+    out /= sums[:, None]
+    return out
 
 
 def exit_mask(confidence: FloatArray, threshold: float, *, is_last: bool) -> BoolArray:
@@ -134,66 +134,3 @@ def exit_mask(confidence: FloatArray, threshold: float, *, is_last: bool) -> Boo
     if is_last:
         return np.ones(confidence.shape[0], dtype=bool)
     return np.asarray(confidence >= threshold, dtype=bool)
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingArrays:
-    """Raw routing outcome: what each stage saw and said.
-
-    Attributes:
-        stage_proba: ndarray of shape (n_stages, n_samples, n_classes); NaN where a stage
-            did not see the sample.
-        stage_confidence: ndarray of shape (n_stages, n_samples); NaN where not visited.
-        visited: bool ndarray of shape (n_stages, n_samples).
-        exit_stage: int ndarray of shape (n_samples,): the stage that ended each sample.
-    """
-
-    stage_proba: FloatArray
-    stage_confidence: FloatArray
-    visited: BoolArray
-    exit_stage: IntArray
-
-
-def route(
-    predict: Callable[[int, IntArray], ProbaArray],
-    *,
-    n_samples: int,
-    n_classes: int,
-    thresholds: Sequence[float],
-    measure: ConfidenceMeasure,
-) -> RoutingArrays:
-    """Send samples through the stages in order; each stage sees only those that reach it.
-
-    Args:
-        predict: ``predict(stage_index, sample_indices)`` returns the (already validated)
-            probabilities of that stage for those samples, in cascade column order. It is
-            called once per stage, never per sample, and not at all once no sample is left.
-        n_samples: number of samples.
-        n_classes: number of classes.
-        thresholds: one threshold per stage; the last is ignored (the last stage decides).
-        measure: the confidence measure.
-
-    Returns:
-        The routing arrays.
-    """
-    n_stages = len(thresholds)
-    if n_stages == 0:
-        msg = "a cascade needs at least one stage"
-        raise PolicyError(msg)
-    stage_proba = np.full((n_stages, n_samples, n_classes), np.nan)
-    stage_conf = np.full((n_stages, n_samples), np.nan)
-    visited = np.zeros((n_stages, n_samples), dtype=bool)
-    exit_stage = np.full(n_samples, -1, dtype=np.intp)
-    active: IntArray = np.arange(n_samples, dtype=np.intp)
-    for s in range(n_stages):
-        if active.size == 0:
-            break
-        proba = predict(s, active)
-        conf = confidence_scores(proba, measure)
-        stage_proba[s, active] = proba
-        stage_conf[s, active] = conf
-        visited[s, active] = True
-        done = exit_mask(conf, thresholds[s], is_last=s == n_stages - 1)
-        exit_stage[active[done]] = s
-        active = active[~done]
-    return RoutingArrays(stage_proba, stage_conf, visited, exit_stage)

@@ -1,9 +1,13 @@
 """Abstention: a reject option on the cascade's final decision, and how to evaluate it.
 
 A cascade with a ``reject_threshold`` abstains on a sample when the confidence of its final
-(combined) probabilities is below the threshold. Abstained samples are marked with the
-singleton [`ABSTAIN`][cascademl.abstention.ABSTAIN], which fits in an object array next to
-labels of any type and is never equal to a label.
+(combined) probabilities is below the threshold. Abstained samples get an *abstain label*
+of the classes' own type (``abstain_label``, for example ``-1`` or ``"abstain"``), so the
+predictions stay a plain array that scikit-learn's metrics accept
+(``classification_report`` lists the abstain label as one more row). Without a label, one
+is picked by [`resolve_abstain_label`][cascademl.abstention.resolve_abstain_label]. The
+singleton [`ABSTAIN`][cascademl.abstention.ABSTAIN] can still be asked for explicitly
+(``abstain_label=ABSTAIN``); it needs an object array.
 
 The evaluation functions are pure numpy: ``coverage`` (the share of samples decided),
 ``selective_accuracy`` (accuracy on the decided samples), ``selective_risk`` (its
@@ -33,6 +37,7 @@ __all__ = [
     "coverage",
     "is_abstained",
     "predict_with_abstention",
+    "resolve_abstain_label",
     "risk_coverage_curve",
     "selective_accuracy",
     "selective_risk",
@@ -79,8 +84,125 @@ class AbstainType:
 ABSTAIN: Final = AbstainType()
 """Marks a sample the cascade abstained on, in an object array of predictions.
 
-Compare with ``is``: ``pred is ABSTAIN``; for arrays use
+Only used when asked for (``abstain_label=ABSTAIN``): the default abstain label has the
+classes' type. Compare with ``is``: ``pred is ABSTAIN``; for arrays use
 [`is_abstained`][cascademl.abstention.is_abstained]."""
+
+
+def resolve_abstain_label(abstain_label: Any, classes: Any) -> Any:
+    """The label to give abstained samples, checked against the classes.
+
+    ``None`` picks a default of the classes' type: ``-1`` for integer classes (one below
+    the smallest class when ``-1`` is a class), ``"abstain"`` for string classes and NaN
+    for float classes. Other classes (booleans, mixed objects) need an explicit label.
+
+    Args:
+        abstain_label: the label asked for, ``None`` or [`ABSTAIN`][cascademl.abstention.ABSTAIN].
+        classes: array-like of shape (n_classes,), the class labels.
+
+    Returns:
+        The abstain label.
+
+    Raises:
+        PolicyError: if the label is one of the classes, is not of the classes' type, or
+            ``None`` has no default for these classes.
+
+    Examples:
+        >>> resolve_abstain_label(None, [0, 1, 2])
+        -1
+        >>> resolve_abstain_label(None, [-1, 0, 1])
+        -2
+        >>> resolve_abstain_label(None, ["cat", "dog"])
+        'abstain'
+    """
+    labels = np.asarray(classes)
+    if abstain_label is ABSTAIN:
+        return ABSTAIN
+    label = _default_label(labels) if abstain_label is None else abstain_label
+    if not _same_type(label, labels):
+        msg = (
+            f"abstain_label must be of the classes' type ({_describe(labels)}), got "
+            f"{label!r} ({type(label).__name__})"
+        )
+        raise PolicyError(msg)
+    if any(_equal(label, c) for c in labels.tolist()):
+        msg = (
+            f"abstain_label {label!r} is one of the classes {labels.tolist()[:10]}; pick a "
+            "label that no class uses"
+        )
+        raise PolicyError(msg)
+    return label
+
+
+def _default_label(labels: np.ndarray[Any, Any]) -> Any:
+    values = labels.tolist()
+    kind = labels.dtype.kind
+    if kind == "O" and values and all(isinstance(v, str) for v in values):
+        kind = "U"
+    elif kind == "O" and values and all(_is_int(v) for v in values):
+        kind = "i"
+    if kind in "iu":
+        candidate = -1 if -1 not in values else min(values) - 1
+        if kind == "u" or (labels.dtype.kind == "i" and candidate < np.iinfo(labels.dtype).min):
+            candidate = None
+        if candidate is not None:
+            return candidate
+    elif kind in "US":
+        if "abstain" not in values:
+            return "abstain"
+    elif kind == "f":
+        return math.nan
+    msg = (
+        f"abstain_label=None has no default for classes {values[:10]} ({_describe(labels)}); "
+        "give abstain_label, a value of the classes' type that is not a class "
+        "(for example -1 or 'abstain')"
+    )
+    raise PolicyError(msg)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def _describe(labels: np.ndarray[Any, Any]) -> str:
+    return f"dtype {labels.dtype}"
+
+
+def _same_type(label: object, labels: np.ndarray[Any, Any]) -> bool:
+    kind = labels.dtype.kind
+    values = labels.tolist()
+    if kind == "O" and values and all(isinstance(v, str) for v in values):
+        kind = "U"
+    elif kind == "O" and values and all(_is_int(v) for v in values):
+        kind = "o"  # Python integers of any size
+    if kind in "iu":
+        info = np.iinfo(labels.dtype)
+        ok = _is_int(label) and info.min <= int(label) <= info.max  # type: ignore[call-overload]
+    elif kind == "o":
+        ok = _is_int(label)
+    elif kind == "f":
+        ok = isinstance(label, numbers.Real) and not isinstance(label, bool | np.bool_)
+    elif kind in "US":
+        ok = isinstance(label, str)
+    else:
+        ok = kind == "O"  # mixed objects: any label that is not a class
+    return ok
+
+
+def _equal(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _output_dtype(label: object, labels: np.ndarray[Any, Any]) -> np.dtype[Any]:
+    dtype: np.dtype[Any] = labels.dtype
+    if label is ABSTAIN:
+        dtype = np.dtype(object)
+    elif dtype.kind in "US":
+        dtype = np.result_type(dtype, np.asarray(label).dtype)
+    return dtype
 
 
 def check_reject_threshold(value: object, name: str = "reject_threshold") -> float | None:
@@ -133,77 +255,128 @@ def predict_with_abstention(
     reject_threshold: float | None,
     *,
     measure: ConfidenceMeasure = "max_proba",
+    abstain_label: Any = None,
 ) -> LabelArray:
-    """Labels from final probabilities, with [`ABSTAIN`][cascademl.abstention.ABSTAIN] where unsure.
+    """Labels from final probabilities, with ``abstain_label`` where unsure.
 
     Args:
         proba: array-like of shape (n_samples, n_classes).
         classes: array-like of shape (n_classes,), the labels of the columns.
         reject_threshold: abstain below this confidence; ``None`` never abstains.
         measure: the confidence measure.
+        abstain_label: the label of abstained samples, of the classes' type; ``None``
+            picks one with [`resolve_abstain_label`][cascademl.abstention.resolve_abstain_label];
+            [`ABSTAIN`][cascademl.abstention.ABSTAIN] gives an object array.
 
     Returns:
-        object ndarray of shape (n_samples,) holding labels and ``ABSTAIN``.
+        ndarray of shape (n_samples,) with the classes' dtype (a string dtype is widened
+        to hold the label; object with ``ABSTAIN``).
+
+    Raises:
+        PolicyError: for an invalid ``reject_threshold`` or ``abstain_label``.
 
     Examples:
         >>> import numpy as np
         >>> proba = np.array([[0.9, 0.1], [0.55, 0.45]])
         >>> predict_with_abstention(proba, ["cat", "dog"], 0.6).tolist()
-        ['cat', ABSTAIN]
+        ['cat', 'abstain']
+        >>> predict_with_abstention(proba, [3, 7], 0.6, abstain_label=-9)
+        array([ 3, -9])
     """
     p = np.asarray(proba, dtype=np.float64)
     labels = np.asarray(classes)
-    out = np.empty(p.shape[0], dtype=object)
-    out[:] = labels[np.argmax(p, axis=1)].tolist() if p.shape[0] else []
     threshold = check_reject_threshold(reject_threshold)
-    if threshold is not None:
-        out[abstain_mask(p, threshold, measure=measure)] = ABSTAIN
+    if threshold is None:
+        return np.asarray(labels[np.argmax(p, axis=1)] if p.shape[0] else labels[:0])
+    label = resolve_abstain_label(abstain_label, labels)
+    out = np.empty(p.shape[0], dtype=_output_dtype(label, labels))
+    if p.shape[0]:
+        out[:] = (
+            labels[np.argmax(p, axis=1)].tolist()
+            if label is ABSTAIN
+            else labels[np.argmax(p, axis=1)]
+        )
+        out[abstain_mask(p, threshold, measure=measure)] = label
     return out
 
 
-def is_abstained(predictions: Any) -> BoolArray:
-    """Which entries of ``predictions`` are ``ABSTAIN``.
+def is_abstained(predictions: Any, *, abstain_label: Any = ABSTAIN) -> BoolArray:
+    """Which entries of ``predictions`` are the abstain label.
+
+    Args:
+        predictions: array-like of shape (n_samples,), as `predict_or_abstain` returns.
+        abstain_label: the label that marks abstentions (``cascade.abstain_label_``); NaN
+            matches NaN. The default, [`ABSTAIN`][cascademl.abstention.ABSTAIN], needs
+            predictions in an object array (or a list).
+
+    Raises:
+        PolicyError: with the default ``abstain_label`` and predictions that are not an
+            object array: they cannot hold ``ABSTAIN``, so the label must be named.
 
     Examples:
         >>> is_abstained(["a", ABSTAIN, "b"]).tolist()
         [False, True, False]
+        >>> is_abstained(np.array([3, -1, 7]), abstain_label=-1).tolist()
+        [False, True, False]
     """
+    if abstain_label is ABSTAIN:
+        if not isinstance(predictions, (list, tuple)) and np.asarray(predictions).dtype != object:
+            msg = (
+                f"predictions have dtype {np.asarray(predictions).dtype}, which cannot hold "
+                "ABSTAIN; pass abstain_label= the label predict_or_abstain used "
+                "(cascade.abstain_label_)"
+            )
+            raise PolicyError(msg)
+        values = np.asarray(predictions, dtype=object).ravel()
+        return np.fromiter((v is ABSTAIN for v in values), dtype=bool, count=values.size)
     values = np.asarray(predictions, dtype=object).ravel()
-    return np.fromiter((v is ABSTAIN for v in values), dtype=bool, count=values.size)
+    if isinstance(abstain_label, float) and math.isnan(abstain_label):
+        return np.fromiter(
+            (isinstance(v, numbers.Real) and math.isnan(float(v)) for v in values),
+            dtype=bool,
+            count=values.size,
+        )
+    return np.fromiter((_equal(v, abstain_label) for v in values), dtype=bool, count=values.size)
 
 
-def coverage(predictions: Any) -> float:
-    """The share of samples that were decided (not ``ABSTAIN``); 0 for no samples.
+def coverage(predictions: Any, *, abstain_label: Any = ABSTAIN) -> float:
+    """The share of samples that were decided (not abstained on); 0 for no samples.
+
+    ``abstain_label`` is as in [`is_abstained`][cascademl.abstention.is_abstained].
 
     Examples:
         >>> coverage(["a", ABSTAIN, "b", "a"])
         0.75
+        >>> coverage(np.array(["a", "abstain"]), abstain_label="abstain")
+        0.5
     """
-    mask = is_abstained(predictions)
+    mask = is_abstained(predictions, abstain_label=abstain_label)
     return float(1.0 - mask.mean()) if mask.size else 0.0
 
 
-def selective_accuracy(y_true: Any, predictions: Any) -> float:
+def selective_accuracy(y_true: Any, predictions: Any, *, abstain_label: Any = ABSTAIN) -> float:
     """Accuracy on the samples that were decided; NaN when every sample was abstained on.
+
+    ``abstain_label`` is as in [`is_abstained`][cascademl.abstention.is_abstained].
 
     Examples:
         >>> selective_accuracy(["a", "b", "b"], ["a", ABSTAIN, "a"])
         0.5
     """
     y = np.asarray(y_true, dtype=object).ravel()
+    kept = ~is_abstained(predictions, abstain_label=abstain_label)
     pred = np.asarray(predictions, dtype=object).ravel()
     if y.shape != pred.shape:
         msg = f"y_true has {y.size} labels but predictions has {pred.size}"
         raise PolicyError(msg)
-    kept = ~is_abstained(pred)
     if not kept.any():
         return math.nan
     return float(np.mean(y[kept] == pred[kept]))
 
 
-def selective_risk(y_true: Any, predictions: Any) -> float:
+def selective_risk(y_true: Any, predictions: Any, *, abstain_label: Any = ABSTAIN) -> float:
     """Error rate on the samples that were decided (``1 - selective_accuracy``)."""
-    return 1.0 - selective_accuracy(y_true, predictions)
+    return 1.0 - selective_accuracy(y_true, predictions, abstain_label=abstain_label)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

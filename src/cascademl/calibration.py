@@ -26,11 +26,11 @@ import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cascademl._labels import label_indices
+from cascademl._probabilities import stage_probabilities
 from cascademl._typing import FloatArray, IntArray, LabelArray, ProbaArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import NotFittedError, PolicyError
 from cascademl.stages import check_stage
-from cascademl.tuning import stage_probabilities
 
 __all__ = [
     "CalibrationReport",
@@ -144,7 +144,8 @@ def fit_temperature(
         The temperature, within ``bounds``.
 
     Raises:
-        PolicyError: for empty or mismatched inputs or invalid bounds.
+        PolicyError: for empty or mismatched inputs, NaN or infinite values (negative
+            ones for probabilities), or invalid bounds.
 
     Examples:
         >>> import numpy as np
@@ -166,6 +167,17 @@ def fit_temperature(
         msg = (
             f"proba must have shape (n_samples, n_classes) with n_samples = len(y) = "
             f"{y_idx.size} > 0, got {p.shape}"
+        )
+        raise PolicyError(msg)
+    bad = ~np.isfinite(p).all(axis=1)
+    if not from_logits:
+        bad |= (p < 0).any(axis=1)
+    if np.any(bad):
+        row = int(np.flatnonzero(bad)[0])
+        kind = "logits" if from_logits else "probabilities"
+        msg = (
+            f"proba holds NaN, infinite or negative {kind} in {int(bad.sum())} row(s), "
+            f"first at row {row}: {p[row].tolist()!r}"
         )
         raise PolicyError(msg)
     logits = p if from_logits else _log_proba(p)
@@ -337,20 +349,24 @@ class TemperatureScaledStage:
 
 
 def with_temperatures(
-    cascade: CascadeClassifier, temperatures: Sequence[float], X: Any, y: Any
+    cascade: CascadeClassifier,
+    temperatures: Sequence[float],
+    X: Any = None,  # noqa: ARG001 - kept so that calls written for 0.1 keep working
+    y: Any = None,  # noqa: ARG001 - kept so that calls written for 0.1 keep working
 ) -> CascadeClassifier:
     """Return a new fitted cascade whose stages are wrapped in `TemperatureScaledStage`.
 
-    No stage is retrained: ``X`` and ``y`` (for example the calibration split) only let
-    ``fit`` check the classes. A stage that is already temperature-scaled is rewrapped
+    No stage is retrained and no data is needed: the new cascade is built with
+    [`CascadeClassifier.from_fitted`][cascademl.CascadeClassifier.from_fitted] and keeps the
+    classes of ``cascade``. A stage that is already temperature-scaled is rewrapped
     with the product of both temperatures (scaling twice is scaling once by the product).
     ``cascade`` is left unchanged.
 
     Args:
         cascade: a fitted cascade.
         temperatures: one temperature per stage.
-        X: inputs accepted by the stages.
-        y: their labels.
+        X: ignored (optional; once used to check the classes).
+        y: ignored (optional).
 
     Returns:
         The calibrated cascade, with the same policy and combiner.
@@ -374,8 +390,8 @@ def with_temperatures(
         else:
             stages.append((name, TemperatureScaledStage(stage, t)))
     params = cascade.get_params(deep=False)
-    params["stages"] = stages
-    return type(cascade)(**params).fit(X, y)
+    del params["stages"]
+    return type(cascade).from_fitted(stages, classes=cascade.classes_, **params)
 
 
 def calibrate_cascade(
@@ -423,4 +439,4 @@ def calibrate_cascade(
         n_bins=n_bins,
         bounds=bounds,
     )
-    return with_temperatures(cascade, report.temperatures, X_cal, y_cal), report
+    return with_temperatures(cascade, report.temperatures), report

@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any, Self
 
 import numpy as np
+import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
-from sklearn.utils import Bunch
+from sklearn.utils import Bunch, assert_all_finite
+from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import column_or_1d, validate_data
 
-from cascademl import _routing
+from cascademl import _engine
+from cascademl._engine import Keep
 from cascademl._typing import CombineMethod, IntArray, LabelArray, ProbaArray
-from cascademl.abstention import check_reject_threshold, predict_with_abstention
+from cascademl._validation import check_batch_size, check_fitted, take_rows
+from cascademl.abstention import (
+    check_reject_threshold,
+    predict_with_abstention,
+    resolve_abstain_label,
+)
 from cascademl.exceptions import (
     ClassMismatchError,
-    NotFittedError,
     PolicyError,
     StageInterfaceError,
 )
-from cascademl.policies import ConfidencePolicy
+from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.results import CascadeResult
-from cascademl.stages import SklearnStage, check_stage, is_fitted, stage_cost
-from cascademl.voting import COMBINE_METHODS, combine_votes, vote_weights
+from cascademl.stages import SklearnStage, check_stage, check_stage_classes, is_fitted
+from cascademl.voting import COMBINE_METHODS
 
 __all__ = ["CascadeClassifier"]
 
@@ -43,13 +52,22 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
     Kalaiyarasi et al.). Each stage is called once per batch, with only the samples that
     reached it.
 
+    Inputs reach the stages as given, as in scikit-learn's ``VotingClassifier``: a pandas
+    DataFrame stays a DataFrame (so a stage can be a ``Pipeline`` selecting columns by
+    name), and the samples escalated to a stage are taken in the input's own type.
+
+    ``policy``, ``combine`` and ``escalation_weight`` are read at every call, so
+    ``set_params(policy=...)`` (or ``policy__thresholds=...``) after `fit` takes effect at
+    the next ``predict`` without refitting a stage.
+
     Args:
         stages: list of ``(name, stage)`` pairs, cheapest or least accurate first. A stage is
             a scikit-learn classifier (fitted ones, ``FrozenEstimator`` and `SklearnStage`
             wrapping a fitted one are never refit; unfitted ones are cloned and fitted), or
             any object following the [`Stage`][cascademl.Stage] protocol, used as it is.
         policy: the [`ConfidencePolicy`][cascademl.ConfidencePolicy]; defaults to
-            ``ConfidencePolicy("max_proba", thresholds=0.9)``.
+            ``ConfidencePolicy("max_proba", thresholds=0.9)``. Its fields are the nested
+            parameters ``policy__measure`` and ``policy__thresholds`` (for ``GridSearchCV``).
         combine: ``"vote"`` (the paper's rule), ``"last"`` (the exiting stage decides) or
             ``"mean"`` (unweighted mean of the visited stages).
         escalation_weight: with ``combine="vote"``, the weight in ``[0, 1]`` of the vote of a
@@ -58,17 +76,25 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         batch_size: route at most this many samples at a time (bounds memory); results do
             not depend on it. ``None`` routes everything at once.
         reject_threshold: a number in ``[0, 1]``: `predict_or_abstain` returns
-            ``cascademl.abstention.ABSTAIN`` for samples whose final confidence
-            (under the policy's measure) is below it. ``None`` never abstains; `predict`
-            never abstains.
+            ``abstain_label`` for samples whose final confidence (under the policy's
+            measure) is below it. ``None`` never abstains; `predict` never abstains.
+        abstain_label: the label `predict_or_abstain` gives abstained samples, of the same
+            type as the classes (for example ``-1`` or ``"abstain"``); it must not be one of
+            the classes. ``None`` picks one (see
+            [`resolve_abstain_label`][cascademl.abstention.resolve_abstain_label]): ``-1``
+            for integer classes, ``"abstain"`` for string classes, NaN for float classes.
 
     Attributes:
         classes_: ndarray of shape (n_classes,), the class labels.
         stages_: list of the fitted stages, in order.
         named_stages_: `sklearn.utils.Bunch` of the fitted stages by name.
-        policy_: the policy in use.
+        routing_rule_: the [`RoutingRule`][cascademl.RoutingRule] built from the current
+            ``policy``, ``combine`` and ``escalation_weight``.
+        policy_: the policy in use (``policy``, or the default one).
         thresholds_: tuple of one threshold per stage (the last is never consulted).
         n_features_in_: number of features, when every stage is a scikit-learn estimator.
+        feature_names_in_: the column names of a DataFrame given to `fit`, when every stage
+            is a scikit-learn estimator.
 
     Examples:
         >>> from sklearn.datasets import load_iris
@@ -95,6 +121,7 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         escalation_weight: float | Sequence[float] = 0.5,
         batch_size: int | None = None,
         reject_threshold: float | None = None,
+        abstain_label: Any = None,
     ) -> None:
         self.stages = stages
         self.policy = policy
@@ -102,13 +129,76 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         self.escalation_weight = escalation_weight
         self.batch_size = batch_size
         self.reject_threshold = reject_threshold
+        self.abstain_label = abstain_label
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_fitted(
+        cls, stages: Sequence[tuple[str, Any]], *, classes: Any = None, **params: Any
+    ) -> Self:
+        """Build a fitted cascade from stages that are all fitted already, without data.
+
+        No stage is trained. ``n_features_in_`` and ``feature_names_in_`` are taken from
+        the stages when every stage is a scikit-learn estimator and they agree.
+
+        Args:
+            stages: list of ``(name, stage)`` pairs of fitted stages.
+            classes: array-like of shape (n_classes,), the class labels, in the order of
+                ``classes_``; it must hold the same set as the stages' ``classes_``.
+                ``None`` takes the sorted classes of the stages.
+            **params: the other parameters (``policy``, ``combine``, ...).
+
+        Returns:
+            The fitted cascade.
+
+        Raises:
+            StageInterfaceError: if a stage is not fitted or lacks the stage interface.
+            ClassMismatchError: if the stages disagree on the classes, or ``classes``
+                differs from them.
+            PolicyError: if a parameter is invalid.
+
+        Examples:
+            >>> from sklearn.datasets import load_iris
+            >>> from sklearn.naive_bayes import GaussianNB
+            >>> X, y = load_iris(return_X_y=True)
+            >>> nb = GaussianNB().fit(X, y)
+            >>> cascade = CascadeClassifier.from_fitted([("nb", nb)])
+            >>> cascade.classes_.tolist(), cascade.n_features_in_
+            ([0, 1, 2], 4)
+        """
+        cascade = cls(stages, **params)
+        pairs = cascade._validate_params()
+        fitted = [cascade._adopt_stage(name, stage) for name, stage in pairs]
+        agreed = cascade._agreed_classes(pairs, fitted, None)
+        if classes is not None:
+            given = np.asarray(classes)
+            if given.ndim != 1 or given.size != np.unique(given).size:
+                msg = f"classes must be a 1-d array of distinct labels, got {given!r}"
+                raise ClassMismatchError(msg)
+            if set(given.tolist()) != set(agreed.tolist()):
+                msg = (
+                    f"classes {given.tolist()!r} differ from the stages' classes "
+                    f"{agreed.tolist()!r}"
+                )
+                raise ClassMismatchError(msg)
+            agreed = given
+        cascade._set_fitted(pairs, fitted, agreed)
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(cascade, name):
+                delattr(cascade, name)
+        if _all_sklearn(pairs):
+            cascade._features_from_stages(fitted)
+        return cascade
 
     # ----------------------------------------------------------------- parameters
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Parameters; with ``deep=True`` also ``<stage>`` and ``<stage>__<param>`` entries."""
+        """Parameters; ``deep=True`` adds ``policy__<field>``, ``<stage>``, ``<stage>__<param>``."""
         params: dict[str, Any] = super().get_params(deep=False)
         if not deep:
             return params
+        if isinstance(self.policy, ConfidencePolicy):
+            for key, value in self.policy.get_params().items():
+                params[f"policy__{key}"] = value
         stages = self.stages
         if isinstance(stages, Sequence):
             for item in stages:
@@ -121,7 +211,11 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         return params
 
     def set_params(self, **params: Any) -> Self:
-        """Set parameters: ``<stage>=est`` replaces a stage, ``<stage>__<param>`` reaches in."""
+        """Set parameters: ``<stage>=est`` replaces a stage, ``<stage>__<param>`` reaches in.
+
+        ``policy__measure`` and ``policy__thresholds`` replace the (frozen) policy with a
+        copy holding the new value; with ``policy=None`` they start from the default policy.
+        """
         if "stages" in params:
             self.stages = params.pop("stages")
         names = [n for n, _ in self.stages] if _is_pair_list(self.stages) else []
@@ -133,138 +227,263 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
                 new[index] = (key, params.pop(key))
             self.stages = new
         nested: dict[str, dict[str, Any]] = {}
+        policy_fields: dict[str, Any] = {}
         own: dict[str, Any] = {}
         for key, value in params.items():
             head, sep, tail = key.partition("__")
-            if sep and head in names:
+            if sep and head == "policy" and "policy" not in names:
+                policy_fields[tail] = value
+            elif sep and head in names:
                 nested.setdefault(head, {})[tail] = value
             else:
                 own[key] = value
-        for head, sub in nested.items():
-            dict(self.stages)[head].set_params(**sub)
         if own:
             super().set_params(**own)
+        if policy_fields:
+            self._set_policy_fields(policy_fields)
+        for head, sub in nested.items():
+            dict(self.stages)[head].set_params(**sub)
         return self
 
+    def _set_policy_fields(self, fields: dict[str, Any]) -> None:
+        base = ConfidencePolicy() if self.policy is None else self.policy
+        if not isinstance(base, ConfidencePolicy):
+            msg = (
+                f"cannot set {', '.join('policy__' + k for k in fields)}: policy is a "
+                f"{type(base).__name__}, not a ConfidencePolicy"
+            )
+            raise PolicyError(msg)
+        valid = base.get_params()
+        unknown = sorted(set(fields) - set(valid))
+        if unknown:
+            msg = (
+                f"invalid parameter policy__{unknown[0]} for {type(self).__name__}; "
+                f"the policy's parameters are {sorted('policy__' + k for k in valid)}"
+            )
+            raise PolicyError(msg)
+        self.policy = dataclasses.replace(base, **fields)
+
+    # ----------------------------------------------------------------- fitted state
+    @property
+    def routing_rule_(self) -> RoutingRule:
+        """The [`RoutingRule`][cascademl.RoutingRule] of the current parameters.
+
+        Built at every access from ``policy``, ``combine`` and ``escalation_weight``, so
+        ``set_params`` after `fit` takes effect at the next ``predict``.
+
+        Raises:
+            NotFittedError: if the cascade is not fitted.
+            PolicyError: if the current parameters are invalid.
+        """
+        self._check_fitted()
+        return RoutingRule.from_params(
+            self.policy,
+            n_stages=len(self.stages_),
+            combine=self.combine,
+            escalation_weight=self.escalation_weight,
+        )
+
+    @property
+    def policy_(self) -> ConfidencePolicy:
+        """The policy in use: ``policy``, or the default policy when it is ``None``."""
+        self.routing_rule_  # noqa: B018 - checks fitted state and the current parameters
+        return ConfidencePolicy() if self.policy is None else self.policy
+
+    @property
+    def thresholds_(self) -> tuple[float, ...]:
+        """One threshold per stage under the current policy (the last is never consulted)."""
+        return self.routing_rule_.thresholds
+
+    @property
+    def abstain_label_(self) -> Any:
+        """The label `predict_or_abstain` gives abstained samples (``abstain_label`` or default)."""
+        self._check_fitted()
+        return resolve_abstain_label(self.abstain_label, self.classes_)
+
     # ----------------------------------------------------------------- fitting
-    def fit(self, X: Any, y: Any) -> Self:
+    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> Self:
         """Fit the unfitted stages on ``(X, y)`` and check that all stages agree on the classes.
 
+        ``X`` reaches the stages as given (a DataFrame stays a DataFrame). Stages that are
+        already fitted are never refit.
+
         Args:
-            X: inputs every stage accepts: array-like of shape (n_samples, n_features) for
-                scikit-learn stages, or whatever custom stages take (images, tensors, ...).
-            y: array-like of shape (n_samples,), labels of any type.
+            X: inputs every stage accepts: array-like or DataFrame of shape
+                (n_samples, n_features) for scikit-learn stages, or whatever custom stages
+                take (images, tensors, ...).
+            y: array-like of shape (n_samples,), labels of any type. ``None`` when every
+                stage is fitted already: the classes come from the stages.
+            **fit_params: ``sample_weight`` (passed to the stages that are fitted, as
+                ``VotingClassifier`` does); with
+                ``sklearn.set_config(enable_metadata_routing=True)``, any metadata the
+                stages request (``stage.set_fit_request(sample_weight=True)``).
 
         Returns:
             The fitted cascade.
 
         Raises:
-            StageInterfaceError: if a stage lacks ``predict_proba`` or ``classes_``, or the
-                stages are not a list of uniquely named ``(name, stage)`` pairs.
-            ClassMismatchError: if stages disagree on the classes or ``y`` holds a class
-                the stages do not know.
-            PolicyError: if the policy, thresholds, ``combine`` or weights are invalid.
+            StageInterfaceError: if a stage lacks ``predict_proba`` or ``classes_``, the
+                stages are not a list of uniquely named ``(name, stage)`` pairs, ``y`` is
+                ``None`` while a stage is not fitted, or a stage to fit does not accept
+                ``sample_weight``.
+            ClassMismatchError: if stages disagree on the classes, a stage's ``classes_``
+                is not a 1-d array of distinct labels, or ``y`` holds a class the stages do
+                not know.
+            PolicyError: if the policy, thresholds, ``combine``, weights or ``batch_size``
+                are invalid, or ``X`` and ``y`` have different lengths.
         """
-        pairs = self._validate_stages()
-        policy = self._validate_policy(len(pairs))
-        check_reject_threshold(self.reject_threshold)
+        pairs = self._validate_params()
+        routed = self._stage_fit_params(pairs, fit_params)
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(self, name):
+                delattr(self, name)
+        if not hasattr(X, "__len__") and not hasattr(X, "shape") and hasattr(X, "__array__"):
+            X = np.asarray(X)
         if _all_sklearn(pairs):
-            X, y = validate_data(self, X, y, ensure_all_finite=not self._allow_nan(pairs))
-        elif hasattr(self, "n_features_in_"):
-            del self.n_features_in_
-        check_classification_targets(y)
-        y = column_or_1d(y, warn=True)
-        fitted = [self._fit_stage(name, stage, X, y) for name, stage in pairs]
-        classes = self._agreed_classes(pairs, fitted, y)
-        self.classes_ = classes
-        self.stages_ = fitted
-        self.named_stages_ = Bunch(
-            **{name: st for (name, _), st in zip(pairs, fitted, strict=True)}
-        )
-        self.policy_ = policy
-        self.thresholds_ = policy.thresholds_for(len(pairs))
-        self._columns = [_column_map(st.classes_, classes) for st in fitted]
+            validate_data(self, X, skip_check_array=True)
+        if y is None:
+            fitted = [self._adopt_stage(name, stage, without_y=True) for name, stage in pairs]
+            classes = self._agreed_classes(pairs, fitted, None)
+        else:
+            y = _check_y(y)
+            _check_lengths(X, y)
+            fitted = [self._fit_stage(name, stage, X, y, routed[name]) for name, stage in pairs]
+            classes = self._agreed_classes(pairs, fitted, y)
+        self._set_fitted(pairs, fitted, classes)
         return self
+
+    def get_metadata_routing(self) -> MetadataRouter:
+        """How fit metadata reaches the stages (scikit-learn's metadata routing).
+
+        Each stage receives, in its ``fit``, the metadata it requested (for example with
+        ``LogisticRegression().set_fit_request(sample_weight=True)``); the cascade's own
+        ``score`` consumes ``sample_weight`` when ``set_score_request`` asks for it.
+
+        Returns:
+            A ``MetadataRouter`` with one ``fit -> fit`` mapping per stage.
+        """
+        router = MetadataRouter(owner=type(self).__name__).add_self_request(self)
+        pairs = self.stages if _is_pair_list(self.stages) else []
+        for name, stage in pairs:
+            inner = _inner(stage)
+            if hasattr(inner, "get_metadata_routing"):
+                router.add(
+                    **{name: inner}, method_mapping=MethodMapping().add(callee="fit", caller="fit")
+                )
+        return router
 
     # ----------------------------------------------------------------- inference
     def route(
-        self, X: Any, *, batch_size: int | None = None, progress: bool = False
+        self,
+        X: Any,
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+        keep: Keep = "all",
     ) -> CascadeResult:
         """Route samples through the stages and return everything that happened.
 
-        A torch ``Dataset`` or ``DataLoader``, or an iterator of image batches, is streamed
-        through the torch engine ([`stream_route`][cascademl.inference.stream_route]): each
-        stage runs on full batches of its own ``batch_size`` made of the samples that
-        escalated to it, memory stays bounded by the batch sizes, and the result carries a
-        ``cost_report``. The result is the same as routing the same images in memory.
+        In-memory inputs (arrays, DataFrames, lists, tensors) and streams (a torch
+        ``Dataset`` or ``DataLoader``, or an iterator of image batches) go through the same
+        engine: each stage runs on full batches of its own ``batch_size`` (a stage's
+        attribute, else this call's or the cascade's ``batch_size``) made of the samples
+        that escalated to it, and the result carries a ``cost_report``. Streams are read
+        batch by batch ([`stream_route`][cascademl.inference.stream_route]), so memory
+        stays bounded by the batch sizes.
 
         Args:
             X: the inputs, as for `fit`; or a ``Dataset``, ``DataLoader`` or iterator of
                 image batches (items or batches that are ``(images, targets)`` tuples use
                 the images).
-            batch_size: overrides the ``batch_size`` parameter for this call (when
-                streaming: the batch size of stages that have none of their own).
-            progress: when streaming, show a tqdm progress bar.
+            batch_size: overrides the ``batch_size`` parameter for this call (the batch
+                size of stages that have none of their own; ``None`` routes in-memory
+                inputs all at once and streams in batches of 64).
+            progress: show a tqdm progress bar over the samples decided.
+            keep: ``"all"`` (the default) keeps every visited stage's probabilities in
+                ``result.stage_proba``, an array of shape (n_stages, n_samples, n_classes);
+                ``"none"`` keeps only the final probabilities and each stage's confidence
+                (``stage_proba`` is ``None``). `predict`, `predict_proba` and `score` keep
+                nothing per stage.
 
         Returns:
             A frozen [`CascadeResult`][cascademl.CascadeResult] with, per sample, the final
-            label and probabilities, the exit stage and each visited stage's probabilities
-            and confidence.
+            label and probabilities, the exit stage and each visited stage's confidence
+            (and probabilities with ``keep="all"``), and a
+            [`CostReport`][cascademl.cost.CostReport].
 
         Raises:
             NotFittedError: if the cascade is not fitted.
+            PolicyError: for an invalid ``batch_size`` or ``keep``.
             StageOutputError: if a stage returns NaN, negative or malformed probabilities.
         """
-        self._check_fitted()
-        if not isinstance(X, (np.ndarray, list, tuple)) and not hasattr(X, "iloc"):
-            from cascademl import inference  # noqa: PLC0415 - imports torch only when needed
-
-            if inference.is_stream(X):
-                return inference.stream_route(
-                    self.stages_,
-                    X,
-                    stage_names=tuple(self.named_stages_.keys()),
-                    classes=self.classes_,
-                    columns=self._columns,
-                    thresholds=self.thresholds_,
-                    measure=self.policy_.measure,
-                    combine=self.combine,
-                    escalation_weight=self.escalation_weight,
-                    batch_size=self.batch_size if batch_size is None else batch_size,
-                    progress=progress,
-                )
-        if hasattr(self, "n_features_in_"):  # set by fit when every stage is from sklearn
-            allow_nan = self._allow_nan(self._validate_stages())
-            X = validate_data(self, X, reset=False, ensure_all_finite=not allow_nan)
-        n_samples = len(X)
-        size = self.batch_size if batch_size is None else batch_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            msg = f"batch_size must be a positive integer or None, got {size!r}"
-            raise PolicyError(msg)
-        if size is None or size >= n_samples:
-            return self._route_batch(X, np.arange(n_samples, dtype=np.intp))
-        parts = [
-            self._route_batch(X, np.arange(start, min(start + size, n_samples), dtype=np.intp))
-            for start in range(0, n_samples, size)
-        ]
-        return _concat_results(parts)
+        outcome = self._route(X, batch_size=batch_size, progress=progress, want="result", keep=keep)
+        if outcome.result is None:  # pragma: no cover - want="result" always builds one
+            msg = "the routing engine returned no result"
+            raise RuntimeError(msg)
+        return outcome.result
 
     def predict_proba(self, X: Any) -> ProbaArray:
-        """Final probabilities, array of shape (n_samples, n_classes); a view over `route`."""
-        return self.route(X).proba
+        """Final probabilities, array of shape (n_samples, n_classes).
+
+        Memory is bounded by the batch sizes: no stage's probabilities are kept.
+        """
+        proba = self._route(X, want="proba").proba
+        if proba is None:  # pragma: no cover - want="proba" always fills it
+            msg = "the routing engine returned no probabilities"
+            raise RuntimeError(msg)
+        return proba
 
     def predict(self, X: Any) -> LabelArray:
-        """Final labels, array of shape (n_samples,); a view over `route`."""
-        return self.route(X).labels
+        """Final labels, array of shape (n_samples,); memory bounded by the batch sizes."""
+        return self._route(X, want="labels").labels
 
     def predict_or_abstain(self, X: Any) -> LabelArray:
-        """Final labels, or `ABSTAIN` below ``reject_threshold``; object array (n_samples,)."""
+        """Final labels, or ``abstain_label`` below ``reject_threshold``.
+
+        Returns:
+            ndarray of shape (n_samples,) with the classes' dtype (widened only to hold a
+            longer string label), so scikit-learn's metrics accept it.
+
+        Raises:
+            PolicyError: if ``abstain_label`` is one of the classes or of another type, or
+                no default exists for the classes' type.
+        """
         result = self.route(X)
         return predict_with_abstention(
-            result.proba, self.classes_, self.reject_threshold, measure=self.policy_.measure
+            result.proba,
+            self.classes_,
+            self.reject_threshold,
+            measure=self.routing_rule_.measure,
+            abstain_label=self.abstain_label,
         )
 
     # ----------------------------------------------------------------- helpers
+    def _check_input(self, X: Any) -> Any:
+        """Check ``X`` against what `fit` saw (feature count and names); return it unchanged.
+
+        DataFrames stay DataFrames: only ``n_features_in_`` and ``feature_names_in_`` are
+        compared, with scikit-learn's ``validate_data(..., skip_check_array=True)``; the
+        stages check values themselves. An array-like that can be neither indexed nor
+        measured (it only offers ``__array__``) is converted with ``numpy.asarray``.
+
+        Raises:
+            ValueError: if ``X`` is 1-d, or has another number of features than at `fit`,
+                or other column names.
+        """
+        if not hasattr(X, "__len__") and not hasattr(X, "shape") and hasattr(X, "__array__"):
+            X = np.asarray(X)
+        if not (hasattr(self, "n_features_in_") or hasattr(self, "feature_names_in_")):
+            return X
+        if isinstance(X, np.ndarray) and X.ndim == 1:
+            msg = (
+                f"Expected a 2D array, got a 1D array instead: array={X!r}.\nReshape your "
+                "data either using array.reshape(-1, 1) if your data has a single feature "
+                "or array.reshape(1, -1) if it contains a single sample."
+            )
+            raise ValueError(msg)
+        validate_data(self, X, reset=False, skip_check_array=True)
+        return X
+
     def __sklearn_tags__(self) -> Any:
         """Tags: a classifier that accepts NaN only when every stage does."""
         tags = super().__sklearn_tags__()
@@ -276,14 +495,37 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def _check_fitted(self) -> None:
-        try:
-            check_is_fitted(self, "stages_")
-        except _SklearnNotFittedError as exc:
-            msg = (
-                f"this {type(self).__name__} is not fitted yet; call fit (stages that are "
-                "already trained are not refit) before route, predict or predict_proba"
-            )
-            raise NotFittedError(msg) from exc
+        check_fitted(self, before="route, predict or predict_proba")
+
+    def _validate_params(self) -> list[tuple[str, Any]]:
+        pairs = self._validate_stages()
+        self._validate_policy(len(pairs))
+        check_reject_threshold(self.reject_threshold)
+        check_batch_size(self.batch_size, "batch_size", allow_none=True)
+        return pairs
+
+    def _set_fitted(
+        self, pairs: list[tuple[str, Any]], fitted: list[Any], classes: LabelArray
+    ) -> None:
+        self.classes_ = classes
+        self.stages_ = fitted
+        self.named_stages_ = Bunch(
+            **{name: st for (name, _), st in zip(pairs, fitted, strict=True)}
+        )
+        self._columns = [_column_map(st.classes_, classes) for st in fitted]
+        if self.abstain_label is not None:
+            resolve_abstain_label(self.abstain_label, classes)
+
+    def _features_from_stages(self, fitted: list[Any]) -> None:
+        inner = [_inner(st) for st in fitted]
+        counts = {getattr(est, "n_features_in_", None) for est in inner}
+        if len(counts) == 1 and None not in counts:
+            self.n_features_in_ = int(counts.pop())  # type: ignore[arg-type]
+        names = [getattr(est, "feature_names_in_", None) for est in inner]
+        if names[0] is not None and all(
+            n is not None and np.array_equal(n, names[0]) for n in names
+        ):
+            self.feature_names_in_ = np.asarray(names[0], dtype=object)
 
     def _validate_stages(self) -> list[tuple[str, Any]]:
         if not _is_pair_list(self.stages) or len(self.stages) == 0:
@@ -314,15 +556,14 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         if not isinstance(policy, ConfidencePolicy):
             msg = f"policy must be a ConfidencePolicy or None, got {type(policy).__name__}"
             raise PolicyError(msg)
-        policy.thresholds_for(n_stages)
         if self.combine not in COMBINE_METHODS:
             msg = f"combine must be one of {COMBINE_METHODS}, got {self.combine!r}"
             raise PolicyError(msg)
-        # Validate the weight schedule once, on a dummy routing.
-        vote_weights(
-            np.ones((n_stages, 1), dtype=bool),
-            np.zeros(1, dtype=np.intp),
-            method=self.combine,
+        # The rule validates the thresholds against the stage count and the weight schedule.
+        RoutingRule.from_params(
+            policy,
+            n_stages=n_stages,
+            combine=self.combine,
             escalation_weight=self.escalation_weight,
         )
         return policy
@@ -336,24 +577,71 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         except (AttributeError, TypeError):
             return False
 
-    @staticmethod
-    def _fit_stage(name: str, stage: Any, X: Any, y: Any) -> Any:
+    def _stage_fit_params(
+        self, pairs: list[tuple[str, Any]], fit_params: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        if sklearn.get_config().get("enable_metadata_routing", False):
+            routed = process_routing(self, "fit", **fit_params)
+            # A stage outside scikit-learn's routing (no get_metadata_routing) gets nothing.
+            return {name: dict(routed.get(name, {}).get("fit", {})) for name, _ in pairs}
+        unknown = sorted(set(fit_params) - {"sample_weight"})
+        if unknown:
+            msg = (
+                f"fit got unexpected parameters {unknown}; only sample_weight is passed to the "
+                "stages unless metadata routing is on "
+                "(sklearn.set_config(enable_metadata_routing=True))"
+            )
+            raise TypeError(msg)
+        weight = fit_params.get("sample_weight")
+        return {name: {} if weight is None else {"sample_weight": weight} for name, _ in pairs}
+
+    def _adopt_stage(self, name: str, stage: Any, *, without_y: bool = False) -> Any:
+        """A fitted stage as the cascade holds it; never trains."""
+        if not is_fitted(stage):
+            kind = type(_inner(stage)).__name__
+            if without_y:
+                msg = (
+                    f"{type(self).__name__} requires y to be passed, but the target y is None "
+                    f"and stage {name!r} ({kind}) is not fitted; fit(X, None) needs every "
+                    "stage fitted already"
+                )
+                raise ClassMismatchError(msg)
+            msg = f"stage {name!r} ({kind}) is not fitted; from_fitted needs fitted stages"
+            raise StageInterfaceError(msg)
+        adopted: Any = stage
         if isinstance(stage, SklearnStage):
-            fitted = SklearnStage(stage.estimator, cost_per_sample=stage.cost_per_sample)
-            return fitted.fit(X, y)
-        if isinstance(stage, BaseEstimator):
-            return SklearnStage(stage).fit(X, y)
-        if is_fitted(stage):
+            adopted = SklearnStage(stage.estimator, cost_per_sample=stage.cost_per_sample)
+            adopted.estimator_ = getattr(stage, "estimator_", stage.estimator)
+        elif isinstance(stage, BaseEstimator):
+            adopted = SklearnStage(stage)
+            adopted.estimator_ = stage
+        check_stage(adopted, name, fitted=True)
+        check_stage_classes(adopted, name)
+        return adopted
+
+    @staticmethod
+    def _fit_stage(name: str, stage: Any, X: Any, y: Any, params: dict[str, Any]) -> Any:
+        if isinstance(stage, (SklearnStage, BaseEstimator)):
+            inner = _inner(stage)
+            cost = stage.cost_per_sample if isinstance(stage, SklearnStage) else None
+            if is_fitted(inner):
+                params = {}  # a fitted estimator is adopted, never refit
+            _check_accepts(name, inner, params)
+            fitted = SklearnStage(inner, cost_per_sample=cost).fit(X, y, **params)
+        elif is_fitted(stage):
             check_stage(stage, name, fitted=True)
-            return stage
-        logger.debug("fitting stage %r (%s)", name, type(stage).__name__)
-        fitted = clone(stage).fit(X, y)
-        check_stage(fitted, name, fitted=True)
+            fitted = stage
+        else:
+            logger.debug("fitting stage %r (%s)", name, type(stage).__name__)
+            _check_accepts(name, stage, params)
+            fitted = clone(stage).fit(X, y, **params)
+            check_stage(fitted, name, fitted=True)
+        check_stage_classes(fitted, name)
         return fitted
 
     @staticmethod
     def _agreed_classes(
-        pairs: list[tuple[str, Any]], fitted: list[Any], y: LabelArray
+        pairs: list[tuple[str, Any]], fitted: list[Any], y: LabelArray | None
     ) -> LabelArray:
         reference = np.asarray(fitted[0].classes_)
         ref_set = set(reference.tolist())
@@ -366,54 +654,44 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
                     "predict the same set of classes"
                 )
                 raise ClassMismatchError(msg)
-        unknown = set(np.unique(y).tolist()) - ref_set
-        if unknown:
-            msg = (
-                f"y holds classes {sorted(unknown, key=str)} that the stages do not "
-                f"predict (they know {sorted(ref_set, key=str)})"
-            )
-            raise ClassMismatchError(msg)
+        if y is not None:
+            unknown = set(np.unique(y).tolist()) - ref_set
+            if unknown:
+                msg = (
+                    f"y holds classes {sorted(unknown, key=str)} that the stages do not "
+                    f"predict (they know {sorted(ref_set, key=str)})"
+                )
+                raise ClassMismatchError(msg)
         return np.sort(reference)
 
-    def _route_batch(self, X: Any, rows: IntArray) -> CascadeResult:
-        stages = self.stages_
-        names = tuple(self.named_stages_.keys())
-        n_classes = len(self.classes_)
+    def _route(
+        self,
+        X: Any,
+        *,
+        want: _engine.Want,
+        batch_size: int | None = None,
+        progress: bool = False,
+        keep: Keep = "none",
+    ) -> _engine.Outcome:
+        """Run the routing engine on ``X``: a stream, or an in-memory source."""
+        rule = self.routing_rule_
+        options: dict[str, Any] = {
+            "rule": rule,
+            "stage_names": tuple(self.named_stages_.keys()),
+            "classes": self.classes_,
+            "columns": self._columns,
+            "batch_size": self.batch_size if batch_size is None else batch_size,
+            "want": want,
+            "keep": keep,
+            "progress": progress,
+        }
+        if _is_stream(X):
+            from cascademl import inference  # noqa: PLC0415 - imports torch only when needed
 
-        def predict(stage_index: int, idx: IntArray) -> ProbaArray:
-            stage = stages[stage_index]
-            raw = stage.predict_proba(_take(X, rows[idx]))
-            proba = _routing.check_stage_proba(
-                raw, n_samples=idx.size, n_classes=n_classes, stage_name=names[stage_index]
-            )
-            return proba[:, self._columns[stage_index]]
-
-        arrays = _routing.route(
-            predict,
-            n_samples=rows.size,
-            n_classes=n_classes,
-            thresholds=self.thresholds_,
-            measure=self.policy_.measure,
-        )
-        proba = combine_votes(
-            arrays.stage_proba,
-            arrays.visited,
-            arrays.exit_stage,
-            method=self.combine,
-            escalation_weight=self.escalation_weight,
-        )
-        labels = self.classes_[np.argmax(proba, axis=1)] if rows.size else self.classes_[:0]
-        return CascadeResult(
-            classes=self.classes_,
-            stage_names=names,
-            labels=labels,
-            proba=proba,
-            exit_stage=arrays.exit_stage,
-            stage_proba=arrays.stage_proba,
-            stage_confidence=arrays.stage_confidence,
-            visited=arrays.visited,
-            stage_cost=np.array([stage_cost(s) for s in stages], dtype=np.float64),
-        )
+            return _engine.run(self.stages_, inference._TensorStream(X), **options)  # noqa: SLF001
+        X = self._check_input(X)
+        source = _engine.MemorySource(X, _n_rows(X))
+        return _engine.run(self.stages_, source, **options)
 
 
 def _is_pair_list(stages: object) -> bool:
@@ -436,25 +714,64 @@ def _column_map(stage_classes: Any, classes: LabelArray) -> IntArray:
     return np.array([position[label] for label in classes.tolist()], dtype=np.intp)
 
 
-def _take(X: Any, idx: IntArray) -> Any:
-    if hasattr(X, "iloc"):
-        return X.iloc[idx]
-    if isinstance(X, (list, tuple)):
-        return [X[i] for i in idx]
-    return X[idx]
-
-
-def _concat_results(parts: list[CascadeResult]) -> CascadeResult:
-    first = parts[0]
-    return CascadeResult(
-        classes=first.classes,
-        stage_names=first.stage_names,
-        labels=np.concatenate([p.labels for p in parts]),
-        proba=np.concatenate([p.proba for p in parts]),
-        exit_stage=np.concatenate([p.exit_stage for p in parts]),
-        stage_proba=np.concatenate([p.stage_proba for p in parts], axis=1),
-        stage_confidence=np.concatenate([p.stage_confidence for p in parts], axis=1),
-        visited=np.concatenate([p.visited for p in parts], axis=1),
-        stage_cost=first.stage_cost,
-        cost_unit=first.cost_unit,
+def _check_accepts(name: str, estimator: Any, params: dict[str, Any]) -> None:
+    if "sample_weight" not in params:
+        return
+    try:
+        signature = inspect.signature(estimator.fit)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    accepts = "sample_weight" in signature.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
     )
+    if not accepts:
+        msg = (
+            f"stage {name!r} ({type(estimator).__name__}) does not accept sample_weight in "
+            "fit; give it a fitted estimator, or fit without sample_weight"
+        )
+        raise StageInterfaceError(msg)
+
+
+def _check_y(y: Any) -> LabelArray:
+    labels = np.asarray(y)
+    if labels.dtype.kind in "fc":
+        assert_all_finite(labels, input_name="y")
+    check_classification_targets(y)
+    return np.asarray(column_or_1d(y, warn=True))
+
+
+def _check_lengths(X: Any, y: LabelArray) -> None:
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 0:
+        n_samples: int | None = int(shape[0])
+    elif isinstance(X, (list, tuple)):
+        n_samples = len(X)
+    else:
+        n_samples = None  # a Dataset, a loader or a custom container: the stages decide
+    if n_samples is not None and n_samples != len(y):
+        msg = f"X has {n_samples} samples but y has {len(y)} labels; give one label per sample"
+        raise PolicyError(msg)
+
+
+def _take(X: Any, idx: IntArray) -> Any:
+    return take_rows(X, idx)
+
+
+def _n_rows(X: Any) -> int:
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    return len(X)
+
+
+def _is_stream(X: object) -> bool:
+    """Whether ``X`` is streamed: an iterator, or a torch ``Dataset``/``DataLoader``."""
+    if isinstance(X, (np.ndarray, list, tuple)) or hasattr(X, "iloc"):
+        return False
+    if isinstance(X, Iterator):
+        return True
+    if "torch" not in sys.modules:  # no torch object can exist: nothing to import
+        return False
+    from cascademl import inference  # noqa: PLC0415 - torch is loaded already
+
+    return inference.is_stream(X)

@@ -11,14 +11,24 @@ Two measurements per stage:
 
 A [`CostReport`][cascademl.cost.CostReport] combines them with how many samples each stage
 processed in a run: the mean cost per sample, and its ratio to running every stage on every
-sample (a voting ensemble) and to running only the last stage. The streaming engine
-attaches one to every result (``result.cost_report``); for in-memory routing, build one
-with [`CostReport.from_result`][cascademl.cost.CostReport.from_result] and stage costs from
+sample (a voting ensemble) and to running only the last stage. The routing engine attaches
+one to every result of [`CascadeClassifier.route`][cascademl.CascadeClassifier.route]
+(``result.cost_report``), in memory or streamed; for a steadier profile, build one with
+[`CostReport.from_result`][cascademl.cost.CostReport.from_result] and stage costs from
 [`measure_stage_cost`][cascademl.cost.measure_stage_cost].
+
+The cost model itself is two functions,
+[`mean_cost_per_sample`][cascademl.cost.mean_cost_per_sample] and
+[`cost_ratio`][cascademl.cost.cost_ratio]: `CostReport` (FLOPs, latency) and
+[`CascadeResult`][cascademl.CascadeResult] (the unit-free ``stage_cost``) both use them,
+and [`routing_summary`][cascademl.metrics.routing_summary] reads the result's figures.
+
+Only `count_flops` and `measure_stage_cost` import torch, when called.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import statistics
 import time
@@ -26,15 +36,59 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from cascademl.exceptions import PolicyError
 
 if TYPE_CHECKING:
     from cascademl.results import CascadeResult
 
-__all__ = ["CostReport", "StageCost", "count_flops", "measure_stage_cost"]
+__all__ = [
+    "CostReport",
+    "StageCost",
+    "cost_ratio",
+    "count_flops",
+    "mean_cost_per_sample",
+    "measure_stage_cost",
+]
+
+
+def mean_cost_per_sample(
+    per_sample: Sequence[float], stage_calls: Sequence[int], n_samples: int
+) -> float:
+    """Mean cost of one routed sample: each stage's cost times the samples it processed.
+
+    This is the one cost model of cascademl; a stage that processed no sample adds nothing,
+    even when its cost is unknown (NaN).
+
+    Args:
+        per_sample: per stage, the cost of one sample there (FLOPs, seconds, any unit).
+        stage_calls: per stage, how many samples it processed.
+        n_samples: how many samples were routed.
+
+    Returns:
+        ``sum(calls * cost) / n_samples`` as a Python float; NaN when ``n_samples`` is 0.
+
+    Examples:
+        >>> mean_cost_per_sample([1.0, 10.0], [100, 20], 100)
+        3.0
+    """
+    if n_samples == 0:
+        return math.nan
+    total = math.fsum(
+        float(c) * float(v) for c, v in zip(stage_calls, per_sample, strict=True) if c
+    )
+    return total / n_samples
+
+
+def cost_ratio(value: float, reference: float) -> float:
+    """``value / reference``, NaN when either is NaN or the reference is zero.
+
+    Examples:
+        >>> cost_ratio(3.0, 11.0) == 3.0 / 11.0, cost_ratio(1.0, 0.0)
+        (True, nan)
+    """
+    if math.isnan(value) or math.isnan(reference) or reference == 0:
+        return math.nan
+    return float(value) / float(reference)
 
 
 def count_flops(stage: Any, example: Any) -> float:
@@ -48,6 +102,8 @@ def count_flops(stage: Any, example: Any) -> float:
         The FLOPs per sample, or NaN when the counter saw no operation it knows (a stage
         that does not use torch, for example).
     """
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415 - torch on demand
+
     with FlopCounterMode(display=False) as counter:
         stage.predict_proba(example[:1])
     total = counter.get_total_flops()
@@ -110,6 +166,8 @@ def measure_stage_cost(
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         msg = f"repeats must be a positive integer, got {repeats!r}"
         raise PolicyError(msg)
+    import torch  # noqa: PLC0415 - torch on demand
+
     source = torch.as_tensor(example)
     if source.ndim == 0 or source.shape[0] == 0:
         msg = "example must hold at least one sample"
@@ -221,33 +279,33 @@ class CostReport:
     @property
     def mean_flops(self) -> float:
         """Mean FLOPs per routed sample."""
-        return self._mean(self.flops_per_sample)
+        return mean_cost_per_sample(self.flops_per_sample, self.stage_calls, self.n_samples)
 
     @property
     def flops_ratio_all(self) -> float:
         """``mean_flops`` over the FLOPs of running every stage on every sample."""
-        return _ratio(self.mean_flops, math.fsum(self.flops_per_sample))
+        return cost_ratio(self.mean_flops, math.fsum(self.flops_per_sample))
 
     @property
     def flops_ratio_last(self) -> float:
         """``mean_flops`` over the FLOPs of running only the last stage."""
-        return _ratio(self.mean_flops, self.flops_per_sample[-1])
+        return cost_ratio(self.mean_flops, self.flops_per_sample[-1])
 
     # ----------------------------------------------------------------- latency
     @property
     def mean_latency(self) -> float:
         """Mean seconds per routed sample, summed over the stages it visited."""
-        return self._mean(self.latency_per_sample)
+        return mean_cost_per_sample(self.latency_per_sample, self.stage_calls, self.n_samples)
 
     @property
     def latency_ratio_all(self) -> float:
         """``mean_latency`` over the latency of running every stage on every sample."""
-        return _ratio(self.mean_latency, math.fsum(self.latency_per_sample))
+        return cost_ratio(self.mean_latency, math.fsum(self.latency_per_sample))
 
     @property
     def latency_ratio_last(self) -> float:
         """``mean_latency`` over the latency of running only the last stage."""
-        return _ratio(self.mean_latency, self.latency_per_sample[-1])
+        return cost_ratio(self.mean_latency, self.latency_per_sample[-1])
 
     @property
     def throughput(self) -> float:
@@ -255,12 +313,6 @@ class CostReport:
         if self.wall_time is None or self.wall_time <= 0:
             return math.nan
         return self.n_samples / self.wall_time
-
-    def _mean(self, per_sample: tuple[float, ...]) -> float:
-        if self.n_samples == 0:
-            return math.nan
-        total = math.fsum(c * v for c, v in zip(self.stage_calls, per_sample, strict=True) if c)
-        return total / self.n_samples
 
     # ----------------------------------------------------------------- display
     def to_table(self) -> str:
@@ -314,11 +366,81 @@ class CostReport:
         """The table of [`to_table`][cascademl.cost.CostReport.to_table]."""
         return self.to_table()
 
+    def __repr__(self) -> str:
+        """A short summary: samples, stages, mean cost and ratios (``str`` gives the table)."""
+        known = [f for f in self.flops_per_sample if not math.isnan(f)]
+        scale, unit = _flops_unit(max(known, default=0.0))
+        return (
+            f"CostReport(n_samples={self.n_samples}, stages={list(self.stage_names)})\n"
+            f"  samples per stage: {list(self.stage_calls)}\n"
+            f"  mean per sample: {_fmt(self.mean_flops / scale)} {unit}, "
+            f"{_fmt(self.mean_latency * 1e3)} ms; vs every stage: "
+            f"{_fmt(self.flops_ratio_all, 2)}x FLOPs, {_fmt(self.latency_ratio_all, 2)}x latency"
+        )
 
-def _ratio(value: float, reference: float) -> float:
-    if math.isnan(value) or math.isnan(reference) or reference == 0:
-        return math.nan
-    return value / reference
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain Python values (str, int, float, lists), ready for JSON.
+
+        Per-stage fields are lists in stage order; derived figures (``mean_flops``, the
+        ratios, ``throughput``) are included. Unknown values are ``nan``.
+
+        Examples:
+            >>> report = CostReport(("a", "b"), (2e6, 8e6), (1e-3, 4e-3), (10, 5), 10)
+            >>> report.to_dict()["flops_ratio_all"]
+            0.6
+        """
+        return {
+            "stage_names": list(self.stage_names),
+            "flops_per_sample": [float(v) for v in self.flops_per_sample],
+            "latency_per_sample": [float(v) for v in self.latency_per_sample],
+            "stage_calls": [int(v) for v in self.stage_calls],
+            "n_samples": int(self.n_samples),
+            "batch_sizes": None if self.batch_sizes is None else [int(b) for b in self.batch_sizes],
+            "devices": None if self.devices is None else [str(d) for d in self.devices],
+            "wall_time": None if self.wall_time is None else float(self.wall_time),
+            "mean_flops": self.mean_flops,
+            "flops_ratio_all": self.flops_ratio_all,
+            "flops_ratio_last": self.flops_ratio_last,
+            "mean_latency": self.mean_latency,
+            "latency_ratio_all": self.latency_ratio_all,
+            "latency_ratio_last": self.latency_ratio_last,
+            "throughput": self.throughput,
+        }
+
+    def to_frame(self) -> Any:
+        """One row per stage (index: the stage's name), as a ``pandas.DataFrame``.
+
+        Columns: ``samples``, ``share`` (of all routed samples), ``flops_per_sample``,
+        ``latency_per_sample`` (seconds), ``batch_size`` and ``device`` (when recorded).
+
+        Raises:
+            ImportError: if pandas is not installed, with the command that installs it.
+        """
+        pd = _import_pandas()
+        n = self.n_samples
+        frame = pd.DataFrame(
+            {
+                "samples": [int(c) for c in self.stage_calls],
+                "share": [c / n if n else math.nan for c in self.stage_calls],
+                "flops_per_sample": [float(v) for v in self.flops_per_sample],
+                "latency_per_sample": [float(v) for v in self.latency_per_sample],
+            },
+            index=pd.Index(list(self.stage_names), name="stage"),
+        )
+        if self.batch_sizes is not None:
+            frame["batch_size"] = list(self.batch_sizes)
+        if self.devices is not None:
+            frame["device"] = list(self.devices)
+        return frame
+
+
+def _import_pandas() -> Any:
+    """Import pandas for ``to_frame``, or raise ImportError saying how to install it."""
+    try:
+        return importlib.import_module("pandas")
+    except ImportError as exc:
+        msg = "to_frame() needs pandas, which is not installed: pip install pandas"
+        raise ImportError(msg) from exc
 
 
 def _fmt(value: float, digits: int = 3) -> str:

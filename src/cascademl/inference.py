@@ -15,20 +15,18 @@ library calls into it:
   runs only on full batches of its own ``batch_size``; partial batches are flushed only once
   the input is exhausted. Memory is bounded by the batch sizes, not by the dataset size.
 
-The escalation rule itself is not here: the engine calls
-[`check_stage_proba`][cascademl._routing.check_stage_proba],
-[`confidence_scores`][cascademl._routing.confidence_scores],
-``cascademl._routing.exit_mask`` and
-[`combine_votes`][cascademl.voting.combine_votes], so its results equal those of
-[`CascadeClassifier.route`][cascademl.CascadeClassifier.route] on in-memory inputs.
+The routing loop itself is not here: ``stream_route`` hands a torch source to the one
+engine, ``cascademl._engine``, which also routes in-memory inputs and applies the
+[`RoutingRule`][cascademl.RoutingRule] through the pure functions of
+``cascademl._routing`` and [`cascademl.voting`][cascademl.voting]. So a streamed result
+equals [`CascadeClassifier.route`][cascademl.CascadeClassifier.route] on the same images
+in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -36,9 +34,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cascademl import _routing
-from cascademl._typing import CombineMethod, ConfidenceMeasure, IntArray, LabelArray, ProbaArray
-from cascademl.cost import CostReport
+from cascademl import _engine
+from cascademl._engine import DEFAULT_BATCH_SIZE, Keep
+from cascademl._precision import ResolvedPrecision, cpu_bf16_support, resolve_precision
+from cascademl._typing import IntArray, LabelArray, ProbaArray
+from cascademl._validation import check_batch_size
 from cascademl.exceptions import (
     DeviceUnavailableError,
     DeviceWarning,
@@ -46,28 +46,31 @@ from cascademl.exceptions import (
     StageInterfaceError,
     StageOutputError,
 )
-from cascademl.results import CascadeResult
-from cascademl.stages import stage_cost
-from cascademl.voting import combine_votes
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from torch import nn
 
+    from cascademl.policies import RoutingRule
+    from cascademl.results import CascadeResult
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "PRECISIONS",
     "Precision",
+    "ResolvedPrecision",
     "as_tensor",
     "autocast",
     "available_devices",
+    "cpu_bf16_support",
     "forward_proba",
     "is_stream",
     "iter_batches",
     "predict_proba_batched",
     "prepare_module",
     "resolve_device",
+    "resolve_precision",
     "state_dict_to_cpu",
     "stream_route",
     "to_device",
@@ -76,10 +79,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Names of the numeric precisions a stage may run in.
-Precision: TypeAlias = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
-#: Batch size of stages that do not set their own (non-torch stages).
-DEFAULT_BATCH_SIZE = 64
+#: ``"auto"`` is bfloat16 where the device runs it natively, else float32.
+Precision: TypeAlias = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "fp16")
 
 _AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: (device type, precision) pairs where autocast is applied; elsewhere fp32 with a warning.
@@ -253,14 +255,20 @@ def autocast(device: torch.device, precision: Precision) -> AbstractContextManag
 
     ``"fp32"`` does nothing. ``"bf16"`` and ``"fp16"`` use ``torch.autocast`` on CUDA;
     ``"bf16"`` also on CPU. Elsewhere the pass stays in fp32 and a
-    [`DeviceWarning`][cascademl.exceptions.DeviceWarning] says so.
+    [`DeviceWarning`][cascademl.exceptions.DeviceWarning] says so. ``"auto"`` is ``"bf16"``
+    where the device runs bfloat16 natively (a CUDA device that supports it, a CPU with
+    AVX512-BF16 or AMX) and ``"fp32"`` elsewhere, where emulated bfloat16 can be 20x slower
+    ([`resolve_precision`][cascademl.inference.resolve_precision]; the choice is logged).
 
     Raises:
-        PolicyError: if ``precision`` is not one of ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        PolicyError: if ``precision`` is not one of ``"auto"``, ``"fp32"``, ``"bf16"``,
+            ``"fp16"``.
     """
     if precision not in PRECISIONS:
         msg = f"precision must be one of {PRECISIONS}, got {precision!r}"
         raise PolicyError(msg)
+    if precision == "auto":
+        precision = resolve_precision(precision, device).precision
     if precision == "fp32":
         return contextlib.nullcontext()
     if (device.type, precision) not in _AUTOCAST_SUPPORTED:
@@ -277,7 +285,7 @@ def autocast(device: torch.device, precision: Precision) -> AbstractContextManag
 
 def iter_batches(X: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """Yield consecutive slices of at most ``batch_size`` samples (views, no copies)."""
-    _check_batch_size(batch_size, "batch_size")
+    check_batch_size(batch_size, "batch_size")
     for start in range(0, X.shape[0], batch_size):
         yield X[start : start + batch_size]
 
@@ -393,15 +401,13 @@ def stream_route(
     stages: Sequence[Any],
     data: Any,
     *,
+    rule: RoutingRule,
     stage_names: Sequence[str],
     classes: LabelArray,
     columns: Sequence[IntArray] | None = None,
-    thresholds: Sequence[float],
-    measure: ConfidenceMeasure,
-    combine: CombineMethod = "vote",
-    escalation_weight: float | Sequence[float] = 0.5,
     batch_size: int | None = None,
     progress: bool = False,
+    keep: Keep = "all",
 ) -> CascadeResult:
     """Route a stream of images through the stages with batched escalation.
 
@@ -413,6 +419,8 @@ def stream_route(
 
     [`CascadeClassifier.route`][cascademl.CascadeClassifier.route] calls this for
     ``Dataset``, ``DataLoader`` and iterator inputs; call it directly to stream tensors.
+    In-memory inputs go through the same engine (``cascademl._engine``), so both give the
+    same result.
 
     Args:
         stages: the fitted stages, in order (anything with ``predict_proba``).
@@ -420,16 +428,17 @@ def stream_route(
             ``Dataset`` (read through a ``DataLoader`` with the first stage's batch size), a
             ``DataLoader``, or an iterator of batches. Items or batches that are tuples or
             lists, such as ``(images, targets)``, contribute their first element.
+        rule: the [`RoutingRule`][cascademl.RoutingRule]: measure, one threshold per stage
+            (the last is never consulted), combiner and escalation weights.
         stage_names: one name per stage, used in messages and the result.
         classes: ndarray of shape (n_classes,), the cascade's class order.
         columns: per stage, the indices that reorder its ``predict_proba`` columns into
             ``classes`` order; ``None`` when every stage already uses that order.
-        thresholds: one threshold per stage (the last is never consulted).
-        measure: the confidence measure.
-        combine: ``"vote"``, ``"last"`` or ``"mean"``.
-        escalation_weight: the weight schedule of ``"vote"``.
         batch_size: the batch size of stages without their own ``batch_size`` attribute.
         progress: show a tqdm progress bar over the samples decided (needs ``tqdm``).
+        keep: ``"all"`` keeps every visited stage's probabilities in
+            ``result.stage_proba``; ``"none"`` does not (``stage_proba`` is ``None``), so
+            memory stays bounded by the batch sizes.
 
     Returns:
         A [`CascadeResult`][cascademl.CascadeResult] in input order, with ``cost_report``
@@ -438,238 +447,68 @@ def stream_route(
         and the run's wall time.
 
     Raises:
-        PolicyError: for an invalid batch size or mismatched arguments.
+        PolicyError: for an invalid batch size or ``keep``, or mismatched arguments.
         StageOutputError: if a stage returns NaN, negative or malformed probabilities.
         StageInterfaceError: if the input is not images of shape (n, c, h, w).
 
     Examples:
         >>> import numpy as np, torch
+        >>> from cascademl import RoutingRule
         >>> from cascademl.torch_stage import TorchStage
         >>> stage = TorchStage(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)),
         ...                    classes=["no", "yes"], batch_size=4, device="cpu")
         >>> result = stream_route([stage], torch.rand(10, 3, 2, 2), stage_names=["s"],
-        ...                       classes=np.array(["no", "yes"]), thresholds=[math.inf],
-        ...                       measure="max_proba")
+        ...                       classes=np.array(["no", "yes"]),
+        ...                       rule=RoutingRule("max_proba", (float("inf"),)))
         >>> result.n_samples, result.cost_report.stage_calls
         (10, (10,))
     """
-    names = tuple(str(n) for n in stage_names)
-    if len(stages) == 0 or len(names) != len(stages) or len(thresholds) != len(stages):
-        msg = (
-            f"stages, stage_names and thresholds must have the same non-zero length, got "
-            f"{len(stages)}, {len(names)} and {len(thresholds)}"
-        )
-        raise PolicyError(msg)
-    if batch_size is not None:
-        _check_batch_size(batch_size, "batch_size")
-    sizes = [
-        _stage_batch_size(stage, batch_size, name)
-        for stage, name in zip(stages, names, strict=True)
-    ]
-    cols = (
-        [np.arange(len(classes), dtype=np.intp)] * len(stages)
-        if columns is None
-        else [np.asarray(c, dtype=np.intp) for c in columns]
-    )
-    engine = _Engine(
+    outcome = _engine.run(
         stages,
-        names,
-        sizes,
-        cols,
-        n_classes=len(classes),
-        thresholds=tuple(float(t) for t in thresholds),
-        measure=measure,
+        _TensorStream(data),
+        rule=rule,
+        stage_names=stage_names,
+        classes=classes,
+        columns=columns,
+        batch_size=batch_size,
+        want="result",
+        keep=keep,
+        progress=progress,
     )
-    start = time.perf_counter()
-    with _progress_bar(progress, _length(data)) as bar:
-        engine.on_decided = bar.update
-        for batch in _iter_source(data, sizes[0]):
-            engine.feed(batch)
-        engine.finish()
-    wall = time.perf_counter() - start
-    return engine.result(
-        np.asarray(classes), combine=combine, escalation_weight=escalation_weight, wall_time=wall
-    )
+    if outcome.result is None:  # pragma: no cover - want="result" always builds one
+        msg = "the engine returned no result"
+        raise RuntimeError(msg)
+    return outcome.result
 
 
-class _Buffer:
-    """Pending samples of one stage: global indices and raw inputs, in arrival order."""
+class _TensorStream:
+    """A source of image batches: tensors, numpy arrays, Datasets, DataLoaders, iterators.
 
-    def __init__(self) -> None:
-        self.indices: list[IntArray] = []
-        self.inputs: list[torch.Tensor] = []
-        self.size = 0
+    Buffered samples carry their raw rows (a tensor) as payload, so each stage receives the
+    source images and preprocesses them its own way.
+    """
 
-    def push(self, indices: IntArray, inputs: torch.Tensor) -> None:
-        if indices.size:
-            self.indices.append(indices)
-            self.inputs.append(inputs)
-            self.size += int(indices.size)
+    default_batch_size = DEFAULT_BATCH_SIZE
 
-    def pop(self, count: int) -> tuple[IntArray, torch.Tensor]:
-        """Remove and return the first ``min(count, size)`` samples."""
-        take_idx: list[IntArray] = []
-        take_x: list[torch.Tensor] = []
-        need = count
-        while need > 0 and self.indices:
-            idx, x = self.indices[0], self.inputs[0]
-            if idx.size <= need:
-                take_idx.append(idx)
-                take_x.append(x)
-                self.indices.pop(0)
-                self.inputs.pop(0)
-                need -= int(idx.size)
-            else:
-                take_idx.append(idx[:need])
-                take_x.append(x[:need])
-                self.indices[0] = idx[need:]
-                self.inputs[0] = x[need:]
-                need = 0
-        taken = count - need
-        self.size -= taken
-        if len(take_x) == 1:
-            return take_idx[0], take_x[0]
-        return np.concatenate(take_idx), torch.cat(take_x)
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.length = _length(data)
 
+    def chunks(self, size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        for batch in _iter_source(self.data, size):
+            x = as_tensor(batch, name="each input batch")
+            yield int(x.shape[0]), x
 
-class _Engine:
-    """State of one streaming run: per-stage buffers and per-sample outputs."""
+    def inputs(self, indices: IntArray, payload: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
+        return payload
 
-    def __init__(
-        self,
-        stages: Sequence[Any],
-        names: tuple[str, ...],
-        sizes: list[int],
-        columns: list[IntArray],
-        *,
-        n_classes: int,
-        thresholds: tuple[float, ...],
-        measure: ConfidenceMeasure,
-    ) -> None:
-        self.stages = stages
-        self.names = names
-        self.sizes = sizes
-        self.columns = columns
-        self.n_classes = n_classes
-        self.thresholds = thresholds
-        self.measure = measure
-        n_stages = len(stages)
-        self.buffers = [_Buffer() for _ in range(n_stages)]
-        self.seen_idx: list[list[IntArray]] = [[] for _ in range(n_stages)]
-        self.seen_proba: list[list[ProbaArray]] = [[] for _ in range(n_stages)]
-        self.seen_conf: list[list[np.ndarray[Any, np.dtype[np.float64]]]] = [
-            [] for _ in range(n_stages)
-        ]
-        self.seconds = [0.0] * n_stages
-        self.flops = [math.nan] * n_stages
-        self.n_seen = 0
-        self.on_decided: Callable[[int], object] = lambda _: None
+    def concat(self, payloads: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(payloads)
 
-    def feed(self, batch: Any) -> None:
-        x = as_tensor(batch, name="each input batch")
-        if self.n_seen == 0 and x.shape[0] > 0:
-            self._count_flops(x[:1])
-        indices = np.arange(self.n_seen, self.n_seen + x.shape[0], dtype=np.intp)
-        self.n_seen += int(x.shape[0])
-        self.buffers[0].push(indices, x)
-        self._drain(final=False)
-
-    def finish(self) -> None:
-        self._drain(final=True)
-
-    def _drain(self, *, final: bool) -> None:
-        n_stages = len(self.stages)
-        while True:
-            # Deepest full buffer first: escalated samples leave memory as soon as possible.
-            ready = [s for s in range(n_stages) if self.buffers[s].size >= self.sizes[s]]
-            if ready:
-                stage = ready[-1]
-            elif final:
-                # A partial batch runs only once every earlier buffer is empty, so no
-                # further sample can reach this stage.
-                pending = [s for s in range(n_stages) if self.buffers[s].size > 0]
-                if not pending:
-                    return
-                stage = pending[0]
-            else:
-                return
-            indices, inputs = self.buffers[stage].pop(self.sizes[stage])
-            self._run(stage, indices, inputs)
-
-    def _run(self, s: int, indices: IntArray, inputs: torch.Tensor) -> None:
-        start = time.perf_counter()
-        raw = self.stages[s].predict_proba(inputs)
-        self.seconds[s] += time.perf_counter() - start
-        proba = _routing.check_stage_proba(
-            raw, n_samples=indices.size, n_classes=self.n_classes, stage_name=self.names[s]
-        )[:, self.columns[s]]
-        conf = _routing.confidence_scores(proba, self.measure)
-        done = _routing.exit_mask(conf, self.thresholds[s], is_last=s == len(self.stages) - 1)
-        self.seen_idx[s].append(indices)
-        self.seen_proba[s].append(proba)
-        self.seen_conf[s].append(conf)
-        if not done.all():
-            keep = torch.from_numpy(~done).to(inputs.device)
-            self.buffers[s + 1].push(indices[~done], inputs[keep])
-        self.on_decided(int(done.sum()))
-
-    def _count_flops(self, example: torch.Tensor) -> None:
-        for s, stage in enumerate(self.stages):
-            counter = getattr(stage, "flops_per_sample", None)
-            if callable(counter):
-                self.flops[s] = float(counter(example))
-
-    def result(
-        self,
-        classes: LabelArray,
-        *,
-        combine: CombineMethod,
-        escalation_weight: float | Sequence[float],
-        wall_time: float,
-    ) -> CascadeResult:
-        n_stages, n, k = len(self.stages), self.n_seen, self.n_classes
-        stage_proba = np.full((n_stages, n, k), np.nan)
-        stage_conf = np.full((n_stages, n), np.nan)
-        visited = np.zeros((n_stages, n), dtype=bool)
-        exit_stage = np.full(n, -1, dtype=np.intp)
-        for s in range(n_stages):
-            if not self.seen_idx[s]:
-                continue
-            idx = np.concatenate(self.seen_idx[s])
-            stage_proba[s, idx] = np.concatenate(self.seen_proba[s])
-            stage_conf[s, idx] = np.concatenate(self.seen_conf[s])
-            visited[s, idx] = True
-            exit_stage[idx] = s  # later stages overwrite: the deepest visited stage ended it
-        proba = combine_votes(
-            stage_proba, visited, exit_stage, method=combine, escalation_weight=escalation_weight
-        )
-        labels = classes[np.argmax(proba, axis=1)] if n else classes[:0]
-        calls = tuple(int(c) for c in visited.sum(axis=1))
-        latency = tuple(
-            self.seconds[s] / calls[s] if calls[s] else math.nan for s in range(n_stages)
-        )
-        report = CostReport(
-            stage_names=self.names,
-            flops_per_sample=tuple(self.flops),
-            latency_per_sample=latency,
-            stage_calls=calls,
-            n_samples=n,
-            batch_sizes=tuple(self.sizes),
-            devices=tuple(_device_name(stage) for stage in self.stages),
-            wall_time=wall_time,
-        )
-        return CascadeResult(
-            classes=classes,
-            stage_names=self.names,
-            labels=labels,
-            proba=proba,
-            exit_stage=exit_stage,
-            stage_proba=stage_proba,
-            stage_confidence=stage_conf,
-            visited=visited,
-            stage_cost=np.array([stage_cost(stage) for stage in self.stages], dtype=np.float64),
-            cost_report=report,
-        )
+    def select(self, payload: torch.Tensor, rows: slice | IntArray) -> torch.Tensor:
+        if isinstance(rows, slice):
+            return payload[rows]
+        return payload[torch.from_numpy(rows).to(payload.device)]
 
 
 def _iter_source(data: Any, batch_size: int) -> Iterator[Any]:
@@ -697,41 +536,3 @@ def _length(data: Any) -> int | None:
         return len(data)
     except TypeError:
         return None
-
-
-def _check_batch_size(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be a positive integer, got {value!r}"
-        raise PolicyError(msg)
-    return value
-
-
-def _stage_batch_size(stage: Any, default: int | None, name: str) -> int:
-    own = getattr(stage, "batch_size", None)
-    if own is not None:
-        return _check_batch_size(own, f"batch_size of stage {name!r}")
-    return DEFAULT_BATCH_SIZE if default is None else default
-
-
-def _device_name(stage: Any) -> str:
-    device = getattr(stage, "device_", None)
-    return str(device) if device is not None else "cpu"
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        """Do nothing."""
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int | None) -> Iterator[Any]:
-    if not enabled:
-        yield _NoBar()
-        return
-    try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # noqa: PLC0415 - optional
-    except ImportError as exc:  # pragma: no cover - tqdm ships with the example extra
-        msg = "progress=True needs tqdm: pip install 'cascademl[example]' (or tqdm)"
-        raise ImportError(msg) from exc
-    with tqdm(total=total, unit="sample", desc="cascade") as bar:
-        yield bar

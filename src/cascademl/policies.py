@@ -73,6 +73,23 @@ class ConfidencePolicy:
         else:
             object.__setattr__(self, "thresholds", _check_threshold(raw, "thresholds"))
 
+    def get_params(self, deep: bool = True) -> dict[str, object]:  # noqa: ARG002 - sklearn's signature
+        """The fields, as scikit-learn's ``get_params`` gives them.
+
+        A cascade exposes them as ``policy__measure`` and ``policy__thresholds``, so
+        ``GridSearchCV`` can search thresholds; ``set_params`` on the cascade replaces the
+        policy with a copy (the policy itself is frozen and has no ``set_params``).
+
+        Examples:
+            >>> ConfidencePolicy("margin", 0.3).get_params()
+            {'measure': 'margin', 'thresholds': 0.3}
+        """
+        return {"measure": self.measure, "thresholds": self.thresholds}
+
+    def __sklearn_clone__(self) -> ConfidencePolicy:
+        """The policy itself: it is frozen, so ``sklearn.base.clone`` may share it."""
+        return self
+
     def thresholds_for(self, n_stages: int) -> tuple[float, ...]:
         """Return one threshold per stage for a cascade of ``n_stages`` stages.
 

@@ -23,9 +23,16 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from cascademl._typing import LabelArray, ProbaArray
-from cascademl.exceptions import NotFittedError, StageInterfaceError
+from cascademl.exceptions import ClassMismatchError, NotFittedError, StageInterfaceError
 
-__all__ = ["SklearnStage", "Stage", "check_stage", "is_fitted", "stage_cost"]
+__all__ = [
+    "SklearnStage",
+    "Stage",
+    "check_stage",
+    "check_stage_classes",
+    "is_fitted",
+    "stage_cost",
+]
 
 
 @runtime_checkable
@@ -76,6 +83,46 @@ def check_stage(stage: object, name: str, *, fitted: bool) -> None:
         raise StageInterfaceError(msg)
 
 
+def check_stage_classes(stage: object, name: str) -> None:
+    """Raise `ClassMismatchError` unless the stage's ``classes_`` is a 1-d array of distinct labels.
+
+    Args:
+        stage: a fitted stage.
+        name: the stage's name, used in the message.
+
+    Examples:
+        >>> class Odd:
+        ...     classes_ = ["a", "b", "a"]
+        >>> try:
+        ...     check_stage_classes(Odd(), "odd")
+        ... except ClassMismatchError as exc:
+        ...     print(str(exc)[:44])
+        stage 'odd' (Odd) has duplicate labels ['a']
+    """
+    classes = np.asarray(getattr(stage, "classes_", None))
+    kind = type(stage).__name__
+    if classes.ndim != 1 or classes.size == 0:
+        msg = (
+            f"stage {name!r} ({kind}) has classes_ of shape {classes.shape}; a stage's "
+            "classes_ must be a non-empty 1-d array of labels (multi-output stages are "
+            "not supported)"
+        )
+        raise ClassMismatchError(msg)
+    values = classes.tolist()
+    seen: set[Any] = set()
+    duplicates: list[Any] = []
+    for value in values:
+        if value in seen and value not in duplicates:
+            duplicates.append(value)
+        seen.add(value)
+    if duplicates:
+        msg = (
+            f"stage {name!r} ({kind}) has duplicate labels {duplicates[:5]} in classes_ "
+            f"{values[:10]}; each column of predict_proba needs its own label"
+        )
+        raise ClassMismatchError(msg)
+
+
 def stage_cost(stage: object) -> float:
     """The stage's ``cost_per_sample`` hook, or 1.0 (one stage call) when it has none."""
     cost = getattr(stage, "cost_per_sample", None)
@@ -108,13 +155,17 @@ class SklearnStage(ClassifierMixin, BaseEstimator):
         self.estimator = estimator
         self.cost_per_sample = cost_per_sample
 
-    def fit(self, X: Any, y: Any) -> Self:
-        """Fit a clone of the estimator, or adopt it unchanged when it is already fitted."""
+    def fit(self, X: Any, y: Any, **fit_params: Any) -> Self:
+        """Fit a clone of the estimator, or adopt it unchanged when it is already fitted.
+
+        ``fit_params`` (such as ``sample_weight``) go to the estimator's ``fit``; they are
+        ignored when the estimator is adopted.
+        """
         check_stage(self.estimator, type(self.estimator).__name__, fitted=False)
         if is_fitted(self.estimator):
             self.estimator_ = self.estimator
         else:
-            self.estimator_ = clone(self.estimator).fit(X, y)
+            self.estimator_ = clone(self.estimator).fit(X, y, **fit_params)
         return self
 
     def __sklearn_clone__(self) -> SklearnStage:

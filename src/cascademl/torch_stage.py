@@ -10,12 +10,13 @@ autocast and channels-last are delegated to [`cascademl.inference`][cascademl.in
 
 from __future__ import annotations
 
-import importlib.util
+import inspect
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's own convention
 from torch import nn
 
 from cascademl import inference
+from cascademl._optional import require
 from cascademl._typing import LabelArray, ProbaArray
 from cascademl.cost import count_flops
 from cascademl.exceptions import PolicyError, SerializationError, StageError, StageInterfaceError
@@ -120,7 +122,8 @@ class Preprocessing:
             if x.shape[1] != channels:
                 msg = (
                     f"the model takes {channels}-channel images, got {x.shape[1]} channels "
-                    f"(input shape {tuple(x.shape)})"
+                    f"(input shape {tuple(x.shape)}; expected (n_samples, {channels}, height, "
+                    f"width), or (n_samples, height, width, {channels}))"
                 )
                 raise StageInterfaceError(msg)
             x, resized = self._resize_crop(x, height, width)
@@ -191,6 +194,20 @@ class TorchStage:
     preprocesses them for this model (see [`Preprocessing`][cascademl.torch_stage.Preprocessing])
     and returns float64 softmax probabilities, ``batch_size`` samples per forward pass.
 
+    It also reads, without being told, the layouts images usually come in:
+
+    * channels-last batches (n_samples, height, width, channels), as numpy and PIL give
+      them: recognised when the last axis has the model's channel count and the second has
+      not (with no ``input_size`` or ``mean``, when the last axis has 1, 3 or 4 values and
+      the second has not), and read through a permuted view, without a copy;
+    * a list of PIL images of one size (converted to RGB, or to grayscale for a one-channel
+      model, when their mode differs; the preprocessing then resizes them), or a list of
+      single images as arrays or tensors of one shape, stacked into a batch.
+
+    Anything else (file paths, images of different sizes) raises a
+    [`StageInterfaceError`][cascademl.exceptions.StageInterfaceError] that says what the
+    stage takes.
+
     Preprocessing arguments left at ``None`` come from timm's data config when ``module`` is
     a timm model (``timm.data.resolve_model_data_config``); for other modules ``None``
     means no resize and no normalisation, and ``interpolation`` defaults to ``"bilinear"``.
@@ -207,8 +224,11 @@ class TorchStage:
             samples into full batches of this size.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; resolved by
             [`resolve_device`][cascademl.inference.resolve_device] on first use.
-        precision: ``"fp32"`` (default), or ``"bf16"``/``"fp16"`` autocast (CUDA; ``"bf16"``
-            also on CPU).
+        precision: ``"fp32"`` (default), ``"bf16"``/``"fp16"`` autocast (CUDA; ``"bf16"``
+            also on CPU), or ``"auto"``: bfloat16 where the device runs it natively (a CUDA
+            device that supports it, a CPU with AVX512-BF16 or AMX), float32 elsewhere,
+            where emulated bfloat16 can be 20x slower. ``"auto"`` is resolved at every
+            call on the machine that runs it, so a saved stage adapts to the next machine.
         channels_last: run in channels-last memory format (faster convolutions on recent
             GPUs).
         cost_per_sample: this stage's cost for one sample, in any unit, for the
@@ -303,17 +323,7 @@ class TorchStage:
         pretrained: bool = False,
         checkpoint_path: str | os.PathLike[str] | None = None,
         classes: Any = None,
-        input_size: tuple[int, int, int] | None = None,
-        interpolation: Interpolation | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        crop_pct: float | None = None,
-        batch_size: int = 64,
-        device: str | torch.device = "auto",
-        precision: inference.Precision = "fp32",
-        channels_last: bool = False,
-        cost_per_sample: float | None = None,
-        **model_kwargs: Any,
+        **kwargs: Any,
     ) -> TorchStage:
         """Build a stage from a timm model name, with timm's preprocessing for it.
 
@@ -329,18 +339,13 @@ class TorchStage:
                 checkpoint of this architecture with ``num_classes`` outputs (e.g. a
                 fine-tuned model), loaded strictly.
             classes: labels of the outputs; ``range(num_classes)`` by default.
-            input_size: overrides timm's input size, e.g. ``(3, 64, 64)``.
-            interpolation: overrides timm's interpolation.
-            mean: overrides timm's mean.
-            std: overrides timm's std.
-            crop_pct: overrides timm's crop share.
-            batch_size: samples per forward pass.
-            device: as for the class.
-            precision: as for the class.
-            channels_last: as for the class.
-            cost_per_sample: as for the class.
-            **model_kwargs: JSON-able keyword arguments for ``timm.create_model`` (e.g.
-                ``drop_rate``); ``None`` values are dropped, as timm does.
+            **kwargs: the class's own keyword arguments (``input_size``,
+                ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``batch_size``,
+                ``device``, ``precision``, ``channels_last``, ``cost_per_sample``) configure
+                the stage, and preprocessing values given here override timm's (e.g.
+                ``input_size=(3, 64, 64)``); any other keyword is a JSON-able argument for
+                ``timm.create_model`` (e.g. ``drop_rate``), where ``None`` values are
+                dropped, as timm does.
 
         Returns:
             The stage.
@@ -352,11 +357,14 @@ class TorchStage:
             FileNotFoundError: if ``checkpoint_path`` does not exist.
         """
         timm = _import_timm()
-        kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
+        options = {k: v for k, v in kwargs.items() if k in _STAGE_OPTIONS}
+        model_kwargs = {
+            k: v for k, v in kwargs.items() if k not in _STAGE_OPTIONS and v is not None
+        }
         if checkpoint_path is not None and not os.path.isfile(checkpoint_path):  # noqa: PTH113
             msg = f"checkpoint_path {os.fspath(checkpoint_path)!r} does not exist"
             raise FileNotFoundError(msg)
-        create: dict[str, Any] = {"num_classes": num_classes, **kwargs}
+        create: dict[str, Any] = {"num_classes": num_classes, **model_kwargs}
         if pretrained and checkpoint_path is not None:
             create["pretrained_cfg_overlay"] = {"file": os.fspath(checkpoint_path)}
         elif checkpoint_path is not None:
@@ -377,24 +385,13 @@ class TorchStage:
             )
             raise StageError(msg) from exc
         stage = cls(
-            module,
-            classes=np.arange(num_classes) if classes is None else classes,
-            input_size=input_size,
-            interpolation=interpolation,
-            mean=mean,
-            std=std,
-            crop_pct=crop_pct,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            cost_per_sample=cost_per_sample,
+            module, classes=np.arange(num_classes) if classes is None else classes, **options
         )
         stage._architecture = {
             "source": "timm",
             "name": name,
             "num_classes": num_classes,
-            "kwargs": kwargs,
+            "kwargs": model_kwargs,
         }
         return stage
 
@@ -412,11 +409,12 @@ class TorchStage:
         """Yield probabilities batch by batch, as CPU float64 arrays of shape (n_batch, n_classes).
 
         Args:
-            X: tensor or numpy array of shape (n_samples, channels, height, width).
+            X: tensor or numpy array of shape (n_samples, channels, height, width), or
+                channels last, or a list of same-size PIL images (see the class).
         """
         yield from inference.predict_proba_batched(
             self.module_,
-            X,
+            self._image_batch(X),
             batch_size=self.batch_size,
             device=self.device_,
             preprocess=self.preprocessing_,
@@ -429,7 +427,8 @@ class TorchStage:
         """Class probabilities, float64 ndarray of shape (n_samples, n_classes).
 
         Args:
-            X: tensor or numpy array of shape (n_samples, channels, height, width).
+            X: tensor or numpy array of shape (n_samples, channels, height, width), or
+                channels last, or a list of same-size PIL images (see the class).
 
         Raises:
             StageInterfaceError: if ``X`` is not a batch of images with the right channels.
@@ -450,11 +449,20 @@ class TorchStage:
         Args:
             example: tensor or numpy array (n, c, h, w); its first sample is run once.
         """
-        x = inference.as_tensor(example, name="example")
+        x = inference.as_tensor(self._image_batch(example), name="example")
         key = tuple(int(v) for v in x.shape[1:])
         if key not in self._flops:
             self._flops[key] = count_flops(self, x[:1])
         return self._flops[key]
+
+    def _image_batch(self, X: Any) -> Any:
+        """``X`` as (n, c, h, w) when given in another layout this stage can read."""
+        prep = self.preprocessing_
+        if prep.input_size is not None:
+            channels: int | None = prep.input_size[0]
+        else:
+            channels = None if prep.mean is None else len(prep.mean)
+        return _as_nchw(X, channels)
 
     # ----------------------------------------------------------------- sklearn
     def __sklearn_clone__(self) -> TorchStage:
@@ -489,7 +497,7 @@ class TorchStage:
           "mean": [float] | null, "std": [float] | null, "crop_pct": float}``, the
           resolved values;
         * ``"batch_size"``: int; ``"device"``: str (as given, e.g. ``"auto"``);
-          ``"precision"``: ``"fp32" | "bf16" | "fp16"``; ``"channels_last"``: bool;
+          ``"precision"``: ``"auto" | "fp32" | "bf16" | "fp16"``; ``"channels_last"``: bool;
           ``"cost_per_sample"``: float | null.
 
         Raises:
@@ -563,20 +571,13 @@ class TorchStage:
                     num_classes=arch["num_classes"],
                     **arch["kwargs"],
                 )
-            stage = cls(
-                module,
-                classes=np.asarray(config["classes"]),
-                input_size=None if prep["input_size"] is None else tuple(prep["input_size"]),
-                interpolation=prep["interpolation"],
-                mean=prep["mean"],
-                std=prep["std"],
-                crop_pct=prep["crop_pct"],
-                batch_size=config["batch_size"],
-                device=config["device"] if device is None else device,
-                precision=config["precision"],
-                channels_last=config["channels_last"],
-                cost_per_sample=config["cost_per_sample"],
-            )
+            options = {name: prep[name] for name in _PREPROCESSING_OPTIONS}
+            options |= {name: config[name] for name in _STAGE_OPTIONS - _PREPROCESSING_OPTIONS}
+            if options["input_size"] is not None:
+                options["input_size"] = tuple(options["input_size"])
+            if device is not None:
+                options["device"] = device
+            stage = cls(module, classes=np.asarray(config["classes"]), **options)
         except KeyError as exc:
             msg = f"the TorchStage config lacks the key {exc.args[0]!r}"
             raise SerializationError(msg) from exc
@@ -589,14 +590,101 @@ class TorchStage:
         return stage
 
 
-def _import_timm() -> Any:
-    if importlib.util.find_spec("timm") is None:  # pragma: no cover - timm is in the dev env
-        msg = "timm models need timm: pip install 'cascademl[timm]'"
-        raise ImportError(msg)
-    import timm  # noqa: PLC0415 - optional dependency
-    import timm.data  # noqa: PLC0415 - optional dependency
+#: Channel counts that mark the last axis of a 4-d array as the channel axis.
+_IMAGE_CHANNELS = (1, 3, 4)
+_NCHW_NDIM = 4
+_HINT = (
+    "TorchStage takes a tensor or numpy array of shape (n_samples, channels, height, width)"
+    " (uint8 in [0, 255] or float in [0, 1]); it also reads (n_samples, height, width,"
+    " channels) arrays and lists of same-size PIL images or (channels, height, width) arrays"
+)
 
-    return timm
+
+def _as_nchw(X: Any, channels: int | None) -> Any:
+    """Bring a list of images, or a channels-last batch, to (n, c, h, w); else return ``X``.
+
+    * A list (or tuple) of PIL images of one size is stacked (converted to RGB, or to
+      grayscale for a 1-channel model, when their mode differs), as ``uint8``.
+    * A list of tensors or arrays of one shape is stacked, then read as below.
+    * A 4-d tensor or array whose last axis holds ``channels`` values and whose second
+      does not (or, when the stage does not know its channels, whose last axis has 1, 3
+      or 4 values and whose second has not) is read as (n, h, w, c) and returned as a
+      permuted view (no copy).
+
+    Anything else is returned unchanged, for `inference.as_tensor` to check.
+
+    Raises:
+        StageInterfaceError: for a list that is empty, mixes types, holds images of
+            different sizes, or holds something other than images; the message says what
+            the stage takes.
+    """
+    if isinstance(X, (list, tuple)):
+        X = _stack_images(list(X), channels)
+    if isinstance(X, np.ndarray) and X.ndim == _NCHW_NDIM and X.dtype.kind in "biuf":
+        X = torch.from_numpy(np.ascontiguousarray(X))
+    if isinstance(X, torch.Tensor) and X.ndim == _NCHW_NDIM:
+        second, last = int(X.shape[1]), int(X.shape[3])
+        if channels is not None:
+            channels_last = last == channels and second != channels
+        else:
+            channels_last = last in _IMAGE_CHANNELS and second not in _IMAGE_CHANNELS
+        if channels_last:
+            return X.permute(0, 3, 1, 2)
+    return X
+
+
+def _stack_images(images: list[Any], channels: int | None) -> Any:
+    if not images:
+        msg = f"got an empty {type(images).__name__} of images. {_HINT}"
+        raise StageInterfaceError(msg)
+    pil = sys.modules.get("PIL.Image")
+    if pil is not None and all(isinstance(im, pil.Image) for im in images):
+        mode = {1: "L", 3: "RGB"}.get(channels or 0)
+        if mode is None and len({im.mode for im in images}) > 1:
+            mode = "RGB"
+        arrays = [
+            np.asarray(im if mode is None or im.mode == mode else im.convert(mode)) for im in images
+        ]
+        arrays = [a[:, :, None] if a.ndim == 2 else a for a in arrays]  # noqa: PLR2004 - (h, w)
+        sizes = sorted({a.shape for a in arrays})
+        if len(sizes) > 1:
+            msg = (
+                f"the {len(images)} PIL images have different sizes {sizes[:5]} (height, "
+                "width, channels): resize them to one size first (the stage's "
+                f"preprocessing then brings them to its input size). {_HINT}"
+            )
+            raise StageInterfaceError(msg)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    if all(isinstance(im, torch.Tensor) for im in images) or all(
+        isinstance(im, np.ndarray) for im in images
+    ):
+        shapes = sorted({tuple(im.shape) for im in images})
+        if len(shapes) > 1 or len(shapes[0]) != _NCHW_NDIM - 1:
+            msg = (
+                f"a list of {len(images)} arrays is stacked into a batch, so each must be one "
+                f"image of the same shape, got shapes {shapes[:5]}. {_HINT}"
+            )
+            raise StageInterfaceError(msg)
+        if isinstance(images[0], torch.Tensor):
+            return torch.stack(images)
+        return np.stack(images)
+    kinds = sorted({type(im).__name__ for im in images})
+    msg = f"got a {type(images).__name__} of {', '.join(kinds)}. {_HINT}"
+    if "str" in kinds or "PosixPath" in kinds or "WindowsPath" in kinds:
+        msg += " (load image files first, e.g. with PIL.Image.open)"
+    raise StageInterfaceError(msg)
+
+
+#: The keyword parameters of `TorchStage` that `from_timm` and `from_config` pass through:
+#: read from its signature, so they are declared once.
+_STAGE_OPTIONS = frozenset(inspect.signature(TorchStage).parameters) - {"module", "classes"}
+#: Those of them that are `Preprocessing` fields (saved under ``"preprocessing"``).
+_PREPROCESSING_OPTIONS = frozenset(field.name for field in fields(Preprocessing))
+
+
+def _import_timm() -> Any:
+    require("timm.data", "timm", purpose="a timm model")
+    return require("timm", "timm", purpose="a timm model")
 
 
 def _resolve_preprocessing(

@@ -10,7 +10,13 @@ import numpy as np
 from cascademl._typing import BoolArray, CombineMethod, FloatArray, IntArray, ProbaArray
 from cascademl.exceptions import PolicyError
 
-__all__ = ["COMBINE_METHODS", "combine_votes", "escalation_weights", "vote_weights"]
+__all__ = [
+    "COMBINE_METHODS",
+    "combine_votes",
+    "escalating_vote_weights",
+    "escalation_weights",
+    "vote_weights",
+]
 
 COMBINE_METHODS: tuple[CombineMethod, ...] = ("vote", "last", "mean")
 
@@ -43,15 +49,45 @@ def vote_weights(
         PolicyError: for an unknown method or invalid weights.
     """
     n_stages, n_samples = visited.shape
+    weights = escalating_vote_weights(method, escalation_weight, n_stages)
     is_exit = np.zeros((n_stages, n_samples), dtype=bool)
     is_exit[exit_stage, np.arange(n_samples)] = True
-    if method == "last":
-        return is_exit.astype(np.float64)
-    if method == "mean":
-        return visited.astype(np.float64)
+    return np.where(is_exit, 1.0, np.where(visited, weights[:, None], 0.0))
+
+
+def escalating_vote_weights(
+    method: CombineMethod, escalation_weight: float | Sequence[float], n_stages: int
+) -> FloatArray:
+    """Per stage, the weight of the vote of a stage that escalated a sample.
+
+    The stage that ends a sample always votes with weight 1. An escalating stage votes with
+    its ``escalation_weight`` under ``"vote"``, with 1 under ``"mean"`` and with 0 under
+    ``"last"``. [`vote_weights`][cascademl.voting.vote_weights] and the routing engine,
+    which folds the votes batch by batch, both take the weights from here.
+
+    Args:
+        method: ``"vote"``, ``"last"`` or ``"mean"``.
+        escalation_weight: a weight in ``[0, 1]`` for every stage, or one per stage.
+        n_stages: the number of stages.
+
+    Returns:
+        ndarray of shape (n_stages,).
+
+    Raises:
+        PolicyError: for an unknown method or invalid weights.
+
+    Examples:
+        >>> escalating_vote_weights("vote", 0.25, 3).tolist()
+        [0.25, 0.25, 0.25]
+        >>> escalating_vote_weights("last", 0.25, 2).tolist()
+        [0.0, 0.0]
+    """
     if method == "vote":
-        weights = escalation_weights(escalation_weight, n_stages)
-        return np.where(is_exit, 1.0, np.where(visited, weights[:, None], 0.0))
+        return escalation_weights(escalation_weight, n_stages)
+    if method == "mean":
+        return np.ones(n_stages)
+    if method == "last":
+        return np.zeros(n_stages)
     msg = f"combine must be one of {COMBINE_METHODS}, got {method!r}"
     raise PolicyError(msg)
 

@@ -1,4 +1,5 @@
 import dataclasses
+import logging
 import shutil
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_class_weighted_training_on_cuda(split, images, tmp_path):
     model = training.create_backbone("test_resnet", seed=0)
     train, val = _datasets(split, images, model)
     weights = training.class_weights(split.targets("train"), 4)
-    config = dataclasses.replace(CONFIG, amp=True, num_workers=2)
+    config = dataclasses.replace(CONFIG, precision="auto", num_workers=2)
     result = training.train_model(
         model, train, val, config=config, out_dir=tmp_path, weights=weights, device="cuda"
     )
@@ -255,7 +256,7 @@ def test_doubling_serves_plain_then_augmented(split, images):
 def test_presets_and_overrides():
     cpu = presets.get_preset("cpu", ["epochs=2", "resnet50.lr=5e-4", "amp=false"])
     assert cpu.epochs == 2
-    assert cpu.amp is False
+    assert cpu.precision == "fp32"  # the override of earlier versions still works
     assert cpu.backbone("ResNet50").lr == 5e-4
     assert presets.CPU.backbone("resnet50").lr != 5e-4
     assert not cpu.pretrained
@@ -269,7 +270,7 @@ def test_presets_and_overrides():
     assert presets.SMOKE.with_overrides(group_block="none").group_block is None
     config = cpu.train_config(cpu.backbone("vgg19_bn"))
     assert config.epochs == cpu.backbone("vgg19_bn").epochs
-    assert config.amp is False
+    assert config.precision == "fp32"
     with pytest.raises(KeyError, match="no setting"):
         presets.CPU.with_overrides(epoch="3")
     with pytest.raises(KeyError, match="no backbone"):
@@ -289,3 +290,51 @@ def test_cpu_budget_describes_the_cpu_preset():
     assert set(presets.CPU_BUDGET) == expected
     # Training, plus about 1 min of splitting and stain normalization and 2-3 of evaluation.
     assert sum(presets.CPU_BUDGET.values()) / 60 < 52
+
+
+def test_cpu_preset_asks_for_auto_precision_and_validates_it():
+    assert presets.CPU.precision == "auto"
+    assert presets.CPU.train_config(presets.CPU.backbones[0]).precision == "auto"
+    assert presets.get_preset("cpu", ["amp=true"]).precision == "bf16"
+    assert presets.get_preset("cpu", ["precision=fp32"]).precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        presets.get_preset("cpu", ["precision=fp64"])
+    with pytest.raises(ValueError, match=r"TrainConfig\.precision"):
+        training.TrainConfig(precision="half")
+
+
+@pytest.mark.parametrize("case", [(False, "fp32"), (True, "bf16")])
+def test_training_logs_and_uses_the_resolved_precision(split, images, tmp_path, monkeypatch, case):
+    """precision='auto' trains in bf16 only where the CPU runs it natively."""
+    native, expected = case
+    from cascademl import _precision
+
+    monkeypatch.setattr(_precision.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(_precision, "_cpu_flag", lambda name: native and name == "amx_tile")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    entered = []
+    real_autocast = torch.autocast
+
+    def spy(*args, **kwargs):
+        entered.append(kwargs.get("dtype"))
+        return real_autocast(*args, **kwargs)
+
+    monkeypatch.setattr(training.torch, "autocast", spy)
+    model = training.create_backbone("test_resnet", seed=0)
+    train, val = _datasets(split, images, model)
+    config = dataclasses.replace(CONFIG, epochs=1, precision="auto")
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    train_logger = logging.getLogger(training.__name__)
+    level = train_logger.level
+    train_logger.setLevel(logging.INFO)  # setLevel also clears the logger's level cache
+    train_logger.addHandler(handler)
+    try:
+        training.train_model(model, train, val, config=config, out_dir=tmp_path)
+    finally:
+        train_logger.removeHandler(handler)
+        train_logger.setLevel(level)
+    assert any(f"training in {expected}" in m for m in messages)
+    assert bool(entered) is native
+    assert all(dtype == torch.bfloat16 for dtype in entered)

@@ -1,0 +1,204 @@
+"""Tune a fitted cascade and apply the result: the cascade-level entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cascademl._probabilities import stage_probabilities
+from cascademl.cascade import CascadeClassifier
+from cascademl.exceptions import NotFittedError, PolicyError
+from cascademl.policies import ConfidencePolicy, RoutingRule
+from cascademl.stages import SklearnStage
+from cascademl.stages import stage_cost as _stage_cost
+from cascademl.tuning._orders import OrdersArg, _order_problem, search_orders_from_proba
+from cascademl.tuning._results import MinScore, OrderSearchResult, Scoring, TuningResult
+from cascademl.tuning._thresholds import tune_cascade_from_proba
+
+__all__ = ["apply_tuning", "search_orders", "tune_cascade"]
+
+
+def _cascade_costs(cascade: CascadeClassifier, stage_cost: Sequence[float] | None) -> list[float]:
+    if stage_cost is not None:
+        return [float(c) for c in stage_cost]
+    return [_stage_cost(s) for s in cascade.stages_]
+
+
+def _cascade_rule(cascade: CascadeClassifier) -> RoutingRule:
+    """The routing rule of a fitted cascade, from its current parameters."""
+    if not hasattr(cascade, "stages_"):
+        msg = f"this {type(cascade).__name__} is not fitted yet; call fit before tuning"
+        raise NotFittedError(msg)
+    return RoutingRule.from_params(
+        cascade.policy,
+        n_stages=len(cascade.stages_),
+        combine=cascade.combine,
+        escalation_weight=cascade.escalation_weight,
+    )
+
+
+def tune_cascade(
+    cascade: CascadeClassifier,
+    X_val: Any,
+    y_val: Any,
+    *,
+    max_cost: float | None = None,
+    min_score: MinScore | None = None,
+    scoring: Scoring = None,
+    stage_cost: Sequence[float] | None = None,
+    escalation_weight_grid: Sequence[float] | None = None,
+    n_candidates: int = 64,
+    n_lambdas: int = 12,
+) -> TuningResult:
+    """Tune a fitted cascade's thresholds on a validation split (one model call per stage).
+
+    The measure, combiner and escalation weights are the cascade's (its routing rule);
+    the thresholds are tuned, and with ``escalation_weight_grid`` the escalation weight
+    too. Apply the result with [`apply_tuning`][cascademl.tuning.apply_tuning].
+
+    Args:
+        cascade: a fitted cascade.
+        X_val: validation inputs (never the test split).
+        y_val: validation labels.
+        max_cost: see [`tune_cascade_from_proba`][cascademl.tuning.tune_cascade_from_proba].
+        min_score: see `tune_cascade_from_proba`.
+        scoring: see `tune_cascade_from_proba`.
+        stage_cost: cost per sample of each stage; defaults to each stage's
+            ``cost_per_sample`` (1 per stage call when it has none).
+        escalation_weight_grid: see `tune_cascade_from_proba`.
+        n_candidates: see `tune_cascade_from_proba`.
+        n_lambdas: see `tune_cascade_from_proba`.
+
+    Returns:
+        The tuning result.
+
+    Raises:
+        NotFittedError: if the cascade is not fitted.
+        PolicyError: see `tune_cascade_from_proba`.
+    """
+    rule = _cascade_rule(cascade)
+    proba = stage_probabilities(cascade, X_val)
+    return tune_cascade_from_proba(
+        proba,
+        y_val,
+        classes=cascade.classes_,
+        rule=rule,
+        stage_cost=_cascade_costs(cascade, stage_cost),
+        max_cost=max_cost,
+        min_score=min_score,
+        scoring=scoring,
+        escalation_weight_grid=escalation_weight_grid,
+        n_candidates=n_candidates,
+        n_lambdas=n_lambdas,
+        stage_names=tuple(cascade.named_stages_.keys()),
+    )
+
+
+def search_orders(
+    cascade: CascadeClassifier,
+    X_val: Any,
+    y_val: Any,
+    *,
+    orders: OrdersArg = "auto",
+    max_cost: float | None = None,
+    min_score: MinScore | None = None,
+    scoring: Scoring = None,
+    stage_cost: Sequence[float] | None = None,
+    escalation_weight_grid: Sequence[float] | None = None,
+    n_candidates: int = 64,
+    n_lambdas: int = 12,
+) -> OrderSearchResult:
+    """Like [`tune_cascade`][cascademl.tuning.tune_cascade], over several stage orders.
+
+    See [`search_orders_from_proba`][cascademl.tuning.search_orders_from_proba] for
+    ``orders``: ``orders="subsets"`` also tries every sub-sequence of the stages, so that
+    [`apply_tuning`][cascademl.tuning.apply_tuning] can drop the stages that do not pay.
+    """
+    rule = _cascade_rule(cascade)
+    proba = stage_probabilities(cascade, X_val)
+    return search_orders_from_proba(
+        proba,
+        y_val,
+        classes=cascade.classes_,
+        orders=orders,
+        rule=rule,
+        stage_cost=_cascade_costs(cascade, stage_cost),
+        max_cost=max_cost,
+        min_score=min_score,
+        scoring=scoring,
+        escalation_weight_grid=escalation_weight_grid,
+        n_candidates=n_candidates,
+        n_lambdas=n_lambdas,
+        stage_names=tuple(cascade.named_stages_.keys()),
+    )
+
+
+def _frozen_stage(stage: Any) -> Any:
+    """Return a stage that a new cascade's ``fit`` adopts as it is, without retraining."""
+    if isinstance(stage, SklearnStage):
+        fitted = stage.estimator_ if hasattr(stage, "estimator_") else stage.estimator
+        return SklearnStage(fitted, cost_per_sample=stage.cost_per_sample)
+    return stage
+
+
+def _rule_params(rule: RoutingRule, *, as_list: bool = False) -> dict[str, Any]:
+    """The cascade parameters ``policy``, ``combine`` and ``escalation_weight`` of a rule.
+
+    The weights are one number when they are all equal, unless ``as_list``.
+    """
+    weights = rule.escalation_weights
+    return {
+        "policy": ConfidencePolicy(rule.measure, rule.thresholds[:-1] or 0.0),
+        "combine": rule.combine,
+        "escalation_weight": list(weights) if as_list or len(set(weights)) > 1 else weights[0],
+    }
+
+
+def apply_tuning(
+    cascade: CascadeClassifier,
+    result: TuningResult | OrderSearchResult,
+    X: Any,
+    y: Any,
+) -> CascadeClassifier:
+    """Return a new fitted cascade with the tuned stage order and routing rule.
+
+    The new cascade holds the stages of the tuned order only, in that order, under their
+    names: a result for a sub-sequence of the stages (from ``orders="subsets"``) drops the
+    others. Its policy, combiner and escalation weights are those of ``result.rule``
+    (the cascade's own unless the escalation weight was tuned). The trained stages are
+    reused, never retrained: ``X`` and ``y`` (for example the validation split) only let
+    ``fit`` check the classes and the number of features.
+
+    Args:
+        cascade: the fitted cascade that was tuned.
+        result: a tuning result (an order search contributes its best order).
+        X: inputs accepted by the stages.
+        y: their labels.
+
+    Returns:
+        A fitted cascade; ``cascade`` is left unchanged.
+
+    Raises:
+        NotFittedError: if the cascade is not fitted.
+        PolicyError: if the result's order is empty or holds an index that is repeated or
+            not one of the cascade's stages.
+    """
+    tuned = result.best if isinstance(result, OrderSearchResult) else result
+    if not hasattr(cascade, "stages_"):
+        msg = f"this {type(cascade).__name__} is not fitted yet; call fit before apply_tuning"
+        raise NotFittedError(msg)
+    names = list(cascade.named_stages_.keys())
+    problem = _order_problem(tuned.order, len(names))
+    if problem is None and tuned.n_stages not in (None, len(names)):
+        problem = f"it was tuned on {tuned.n_stages} stages"
+    if problem is not None:
+        msg = (
+            f"the result's order {tuned.order!r} does not fit this cascade of {len(names)} "
+            f"stages (indices in range({len(names)}), each at most once): {problem}"
+        )
+        raise PolicyError(msg)
+    stages = [(names[i], _frozen_stage(cascade.stages_[i])) for i in tuned.order]
+    params = cascade.get_params(deep=False)
+    as_list = isinstance(cascade.escalation_weight, Sequence)
+    params.update(stages=stages, **_rule_params(tuned.rule, as_list=as_list))
+    return type(cascade)(**params).fit(X, y)

@@ -1,0 +1,171 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.naive_bayes import GaussianNB
+from sklearn.tree import DecisionTreeClassifier
+
+import cascademl
+from cascademl import (
+    CascadeClassifier,
+    CascadeClassifierCV,
+    NotFittedError,
+    PolicyError,
+    SklearnStage,
+    StageInterfaceError,
+)
+from cascademl.tuning import score_thresholds
+
+COSTS = [1.0, 2.0, 8.0]
+
+
+class CountingTree(DecisionTreeClassifier):
+    """A decision tree that counts its fits (class-wide, since stages are cloned)."""
+
+    fits = 0
+
+    def fit(self, X, y, sample_weight=None, check_input=True):
+        type(self).fits += 1
+        return super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
+
+
+def _data(n_samples=900, seed=0):
+    return make_classification(
+        n_samples=n_samples,
+        n_features=12,
+        n_informative=6,
+        n_classes=3,
+        n_clusters_per_class=1,
+        random_state=seed,
+    )
+
+
+def _stages():
+    return [
+        ("nb", GaussianNB()),
+        ("shallow", DecisionTreeClassifier(max_depth=2, random_state=0)),
+        ("deep", DecisionTreeClassifier(max_depth=8, min_samples_leaf=5, random_state=0)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = _data()
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.4, random_state=0)
+    model = CascadeClassifierCV(_stages(), cv=3, stage_cost=COSTS, max_cost=5.0).fit(
+        X_train, y_train
+    )
+    return model, X_train, y_train, X_test, y_test
+
+
+def test_is_exported():
+    assert cascademl.CascadeClassifierCV is CascadeClassifierCV
+    assert "CascadeClassifierCV" in cascademl.__all__
+
+
+def test_fits_and_exposes_the_tuned_rule_and_frontier(fitted):
+    model, _, y_train, _, _ = fitted
+    assert isinstance(model.cascade_, CascadeClassifier)
+    np.testing.assert_array_equal(model.classes_, np.unique(y_train))
+    assert list(model.named_stages_) == ["nb", "shallow", "deep"]
+    result = model.tuning_result_
+    assert result.mean_cost <= 5.0 + 1e-9
+    assert model.rule_ == result.rule
+    assert model.policy_ == result.policy
+    assert model.cascade_.combine == model.rule_.combine
+    # The frontier as a cv_results_-style dict of equally long arrays.
+    n = len(result.frontier)
+    assert n > 1
+    assert {k: len(v) for k, v in model.cv_results_.items()} == dict.fromkeys(
+        ("thresholds", "score", "mean_cost", "is_chosen"), n
+    )
+    assert int(model.cv_results_["is_chosen"].sum()) == 1
+    assert model.cv_results_["is_chosen"][model.best_index_]
+    assert model.best_score_ == result.score
+    assert np.all(np.diff(model.cv_results_["mean_cost"]) > 0)
+
+
+def test_the_rule_is_tuned_on_out_of_fold_probabilities(fitted):
+    model, X_train, y_train, _, _ = fitted
+    folds = StratifiedKFold(3)
+    expected = cross_val_predict(GaussianNB(), X_train, y_train, cv=folds, method="predict_proba")
+    np.testing.assert_allclose(model.oof_proba_[0], expected)
+    point = score_thresholds(
+        model.oof_proba_, y_train, model.rule_, classes=model.classes_, stage_cost=COSTS
+    )
+    assert point.score == pytest.approx(model.best_score_, abs=1e-12)
+
+
+def test_budget_is_respected_on_held_out_data(fitted):
+    model, _, _, X_test, y_test = fitted
+    result = model.route(X_test)
+    assert result.mean_cost <= 5.0 * 1.1
+    np.testing.assert_array_equal(model.predict(X_test), result.labels)
+    np.testing.assert_allclose(model.predict_proba(X_test), result.proba)
+    # Better than the cheap stages, and close to the deep stage alone.
+    assert model.score(X_test, y_test) >= model.stages_[-1].score(X_test, y_test) - 0.05
+
+
+def test_each_stage_is_fitted_once_per_fold_and_once_on_all_data():
+    X, y = _data(300)
+    CountingTree.fits = 0
+    CascadeClassifierCV(
+        [("nb", GaussianNB()), ("tree", CountingTree(max_depth=4, random_state=0))], cv=4
+    ).fit(X, y)
+    assert CountingTree.fits == 4 + 1
+
+
+def test_clone_and_get_params_round_trip():
+    model = CascadeClassifierCV(_stages(), cv=4, max_cost=3.0, escalation_weight_grid=(0, 0.5))
+    params = model.get_params(deep=False)
+    copy = clone(model)
+    assert copy.get_params(deep=False).keys() == params.keys()
+    assert copy.cv == 4
+    assert copy.max_cost == 3.0
+    assert copy.escalation_weight_grid == (0, 0.5)
+    assert [name for name, _ in copy.stages] == ["nb", "shallow", "deep"]
+    assert copy.set_params(max_cost=2.0).max_cost == 2.0
+    assert not hasattr(copy, "cascade_")
+
+
+def test_escalation_weight_grid_picks_a_weight_from_the_grid():
+    X, y = _data(400, seed=1)
+    model = CascadeClassifierCV(
+        _stages(), cv=3, stage_cost=COSTS, max_cost=4.0, escalation_weight_grid=(0.0, 0.25, 0.5)
+    ).fit(X, y)
+    (weight,) = set(model.rule_.escalation_weights)
+    assert weight in (0.0, 0.25, 0.5)
+    assert model.cascade_.escalation_weight == weight
+
+
+def test_sklearn_stage_costs_are_used():
+    X, y = _data(300)
+    stages = [
+        ("nb", SklearnStage(GaussianNB(), cost_per_sample=1.0)),
+        ("tree", SklearnStage(DecisionTreeClassifier(random_state=0), cost_per_sample=9.0)),
+    ]
+    model = CascadeClassifierCV(stages, cv=3, max_cost=4.0).fit(X, y)
+    assert model.tuning_result_.stage_cost == (1.0, 9.0)
+    assert model.route(X).stage_cost.tolist() == [1.0, 9.0]
+
+
+def test_infeasible_budget_and_bad_stages_raise():
+    X, y = _data(200)
+    with pytest.raises(PolicyError, match="max_cost"):
+        CascadeClassifierCV(_stages(), cv=3, stage_cost=COSTS, max_cost=0.5).fit(X, y)
+    with pytest.raises(StageInterfaceError, match="predict_proba"):
+        CascadeClassifierCV([("a", object())], cv=3).fit(X, y)
+    with pytest.raises(StageInterfaceError, match="unique"):
+        CascadeClassifierCV([("a", GaussianNB()), ("a", GaussianNB())], cv=3).fit(X, y)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        CascadeClassifierCV(_stages()).predict(X)
+
+
+def test_works_on_a_dataframe():
+    pd = pytest.importorskip("pandas")
+    X, y = _data(300)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    model = CascadeClassifierCV(_stages(), cv=3).fit(frame, y)
+    assert list(model.feature_names_in_) == list(frame.columns)
+    assert model.predict(frame).shape == (300,)
