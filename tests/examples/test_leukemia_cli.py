@@ -58,7 +58,10 @@ def test_run_writes_the_results_folder(smoke_run):
     assert sum(metrics["exit_counts"].values()) == sum(metrics["split_counts"]["test"].values())
     assert 0 <= metrics["test"]["Cascade"]["accuracy"] <= 1
     report = (out / "report.md").read_text()
-    assert "| Metric | Cascade | TestResNet | TestEfficientNet | Paper: Cascade |" in report
+    assert (
+        "| Metric | Cascade | TestResNet | TestEfficientNet | Colour statistics (no cell) "
+        "| Paper: Cascade |" in report
+    )
     assert "## McNemar's test" in report
     # Thresholds tuned for the validation log-loss, reported in accuracy as well.
     tuning = metrics["tuning"]
