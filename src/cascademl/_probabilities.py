@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.utils.validation import _num_samples
 
 from cascademl._routing import check_stage_proba
-from cascademl._typing import FloatArray
-from cascademl.cascade import CascadeClassifier, _column_map, _take
-from cascademl.exceptions import NotFittedError, PolicyError
+from cascademl._typing import FloatArray, IntArray, LabelArray
+from cascademl._validation import check_batch_size, check_fitted, take_rows
+from cascademl.cascade import CascadeClassifier
 
 __all__ = ["stage_probabilities"]
 
@@ -49,29 +48,30 @@ def stage_probabilities(
         >>> stage_probabilities(cascade, X[:5]).shape
         (2, 5, 3)
     """
-    if not hasattr(cascade, "stages_"):
-        msg = (
-            f"this {type(cascade).__name__} is not fitted yet; call fit before stage_probabilities"
-        )
-        raise NotFittedError(msg)
+    check_fitted(cascade, before="stage_probabilities")
     classes = cascade.classes_
     names = tuple(cascade.named_stages_.keys())
-    n_samples = _num_samples(X)
-    size = batch_size if batch_size is not None else cascade.batch_size
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        msg = f"batch_size must be a positive integer or None, got {size!r}"
-        raise PolicyError(msg)
+    n_samples = X.shape[0] if hasattr(X, "shape") else len(X)
+    size = check_batch_size(
+        cascade.batch_size if batch_size is None else batch_size, allow_none=True
+    )
     step = max(n_samples, 1) if size is None else size
     out = np.empty((len(cascade.stages_), n_samples, len(classes)), dtype=np.float64)
     for s, stage in enumerate(cascade.stages_):
-        columns = _column_map(stage.classes_, classes)
+        columns = _columns(stage.classes_, classes)
         for start in range(0, n_samples, step):
             rows = np.arange(start, min(start + step, n_samples), dtype=np.intp)
             proba = check_stage_proba(
-                stage.predict_proba(_take(X, rows)),
+                stage.predict_proba(take_rows(X, rows)),
                 n_samples=rows.size,
                 n_classes=len(classes),
                 stage_name=names[s],
             )
             out[s, rows] = proba[:, columns]
     return out
+
+
+def _columns(stage_classes: Any, classes: LabelArray) -> IntArray:
+    """Where each of ``classes`` sits among a stage's own ``classes_``."""
+    position = {label: i for i, label in enumerate(np.asarray(stage_classes).tolist())}
+    return np.array([position[label] for label in classes.tolist()], dtype=np.intp)

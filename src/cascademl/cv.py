@@ -14,14 +14,14 @@ from typing import Any, Self
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.model_selection import check_cv, cross_val_predict
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import column_or_1d
 
 from cascademl._typing import CombineMethod, ConfidenceMeasure, LabelArray, ProbaArray
+from cascademl._validation import check_fitted
 from cascademl.cascade import CascadeClassifier
-from cascademl.exceptions import NotFittedError, StageInterfaceError
+from cascademl.exceptions import StageInterfaceError
 from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.results import CascadeResult
 from cascademl.stages import SklearnStage
@@ -233,11 +233,7 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         return self._fitted_cascade().predict(X)
 
     def _fitted_cascade(self) -> CascadeClassifier:
-        try:
-            check_is_fitted(self, "cascade_")
-        except _SklearnNotFittedError as exc:
-            msg = f"this {type(self).__name__} is not fitted yet; call fit before predicting"
-            raise NotFittedError(msg) from exc
+        check_fitted(self, attributes="cascade_", before="predicting")
         return self.cascade_
 
     def _validate_stages(self) -> list[tuple[str, Any, float | None]]:

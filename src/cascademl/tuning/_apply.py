@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from cascademl._probabilities import stage_probabilities
+from cascademl._validation import check_fitted
 from cascademl.cascade import CascadeClassifier
-from cascademl.exceptions import NotFittedError, PolicyError
+from cascademl.exceptions import PolicyError
 from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.stages import SklearnStage
 from cascademl.stages import stage_cost as _stage_cost
@@ -26,9 +27,7 @@ def _cascade_costs(cascade: CascadeClassifier, stage_cost: Sequence[float] | Non
 
 def _cascade_rule(cascade: CascadeClassifier) -> RoutingRule:
     """The routing rule of a fitted cascade, from its current parameters."""
-    if not hasattr(cascade, "stages_"):
-        msg = f"this {type(cascade).__name__} is not fitted yet; call fit before tuning"
-        raise NotFittedError(msg)
+    check_fitted(cascade, before="tuning")
     return RoutingRule.from_params(
         cascade.policy,
         n_stages=len(cascade.stages_),
@@ -184,9 +183,7 @@ def apply_tuning(
             not one of the cascade's stages.
     """
     tuned = result.best if isinstance(result, OrderSearchResult) else result
-    if not hasattr(cascade, "stages_"):
-        msg = f"this {type(cascade).__name__} is not fitted yet; call fit before apply_tuning"
-        raise NotFittedError(msg)
+    check_fitted(cascade, before="apply_tuning")
     names = list(cascade.named_stages_.keys())
     problem = _order_problem(tuned.order, len(names))
     if problem is None and tuned.n_stages not in (None, len(names)):
