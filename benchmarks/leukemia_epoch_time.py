@@ -56,7 +56,7 @@ def time_steps(
     bf16: bool,
     channels_last: bool,
     fused: bool,
-    warmup: int = 1,
+    warmup: int = 2,
 ) -> tuple[float, float]:
     """Measure the mean seconds of one training step and of one inference batch.
 

@@ -266,23 +266,43 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 
 
 #: Seconds per doubled training epoch (2 x 2,284 images) plus one validation pass, at the
-#: ``cpu`` preset's sizes and batch sizes, times its epochs: the per-epoch times logged by
-#: ``python -m examples.leukemia run --preset cpu`` on the 2-core development machine
-#: (Xeon with AMX, torch 2.14.1, bf16, channels-last, shared with light work), see
-#: ``docs/examples/leukemia.md``. About 50 min of training (weight averaging included),
-#: plus about 1 min of splitting and stain normalization (cached afterwards) and 2 min of
-#: evaluation: about 7 min of margin for a slower shared host (the same machine ran 12%
-#: slower on another day). EfficientNetB0 (the weakest stage at any epoch count) trains 6
-#: epochs and DenseNet201 8, whose validation accuracy peaked at epoch 8 of 10 before.
-#: Size a new preset with ``python benchmarks/leukemia_epoch_time.py --bf16
-#: --channels-last`` first, then add about 10% for weight averaging.
-CPU_BUDGET: Final[Mapping[str, float]] = types.MappingProxyType(
+#: ``cpu`` preset's sizes and batch sizes, times its epochs, on two kinds of 2-core CPU.
+#:
+#: ``"bf16 (AMX)"``: the per-epoch times logged by ``python -m examples.leukemia run
+#: --preset cpu`` on a Xeon with AMX (torch 2.14.1, bf16 autocast, channels-last), about
+#: 50 min of training (weight averaging included) plus about 3 min of splitting, stain
+#: normalization and evaluation: the preset fits the hour there.
+#:
+#: ``"fp32 (AVX2)"``: ``python -m benchmarks.leukemia_epoch_time --preset cpu --steps 3``
+#: on a 2-core AMD EPYC with AVX2 only (no AVX-512, no AMX), where ``precision="auto"``
+#: resolves to float32, measured 2026-12-01 on an otherwise quiet machine: about 169 min of
+#: training, so the preset does NOT fit the hour there. VGG19 (143 M parameters, most of them
+#: in its 4096-wide head) alone takes 72 min; it ran 5.2x slower than on the AMX machine,
+#: the other backbones 1.3-3.3x. Emulated bf16 would be far slower still (see
+#: ``docs/examples/leukemia.md``).
+#:
+#: Size a new preset with ``python -m benchmarks.leukemia_epoch_time --preset NAME`` on the
+#: target machine first, then add about 10% for weight averaging.
+CPU_BUDGET: Final[Mapping[str, Mapping[str, float]]] = types.MappingProxyType(
     {
-        "inception_v3 @96 x8": 8 * 52.0,
-        "efficientnet_b0 @64 x6": 6 * 48.0,
-        "vgg19_bn @48 x4": 4 * 209.0,
-        "resnet50 @80 x10": 10 * 66.0,
-        "densenet201 @80 x8": 8 * 98.7,
+        "bf16 (AMX)": types.MappingProxyType(
+            {
+                "inception_v3 @96 x8": 8 * 52.0,
+                "efficientnet_b0 @64 x6": 6 * 48.0,
+                "vgg19_bn @48 x4": 4 * 209.0,
+                "resnet50 @80 x10": 10 * 66.0,
+                "densenet201 @80 x8": 8 * 98.7,
+            }
+        ),
+        "fp32 (AVX2)": types.MappingProxyType(
+            {
+                "inception_v3 @96 x8": 8 * 134.0,
+                "efficientnet_b0 @64 x6": 6 * 61.0,
+                "vgg19_bn @48 x4": 4 * 1085.0,
+                "resnet50 @80 x10": 10 * 217.0,
+                "densenet201 @80 x8": 8 * 271.0,
+            }
+        ),
     }
 )
 

@@ -282,14 +282,17 @@ def test_presets_and_overrides():
 
 
 def test_cpu_budget_describes_the_cpu_preset():
-    """CPU_BUDGET has one entry per backbone at the preset's size and epochs, under 60 min."""
+    """CPU_BUDGET: one entry per backbone at the preset's size and epochs, per kind of CPU."""
     expected = set()
     for spec in presets.CPU.backbones:
         epochs = spec.epochs if spec.epochs is not None else presets.CPU.epochs
         expected.add(f"{spec.timm_name} @{spec.image_size} x{epochs}")
-    assert set(presets.CPU_BUDGET) == expected
-    # Training, plus about 1 min of splitting and stain normalization and 2-3 of evaluation.
-    assert sum(presets.CPU_BUDGET.values()) / 60 < 52
+    assert set(presets.CPU_BUDGET) == {"bf16 (AMX)", "fp32 (AVX2)"}
+    for budget in presets.CPU_BUDGET.values():
+        assert set(budget) == expected
+    # With native bf16: training, plus about 1 min of splitting and stain normalization and
+    # 2-3 of evaluation, within the hour. (Without it the preset is measured at about 169 min.)
+    assert sum(presets.CPU_BUDGET["bf16 (AMX)"].values()) / 60 < 52
 
 
 def test_cpu_preset_asks_for_auto_precision_and_validates_it():
