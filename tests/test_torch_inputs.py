@@ -162,3 +162,17 @@ def test_from_config_restores_every_option(tmp_path):
     assert TorchStage.from_config(stage.to_config(), stage.state_dict(), device="meta").device == (
         "meta"
     )
+
+
+def test_torch_stage_accepts_a_numpy_integer_batch_size():
+    import numpy as np
+
+    from cascademl import PolicyError, TorchStage
+
+    stage = TorchStage.from_timm(
+        "test_resnet", num_classes=3, input_size=(3, 32, 32), batch_size=np.int64(7)
+    )
+    assert stage.batch_size == 7
+    assert type(stage.batch_size) is int
+    with pytest.raises(PolicyError, match="batch_size"):
+        TorchStage.from_timm("test_resnet", num_classes=3, batch_size=np.int64(0))

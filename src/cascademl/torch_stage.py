@@ -27,6 +27,7 @@ from torch import nn
 from cascademl import inference
 from cascademl._optional import require
 from cascademl._typing import LabelArray, ProbaArray
+from cascademl._validation import check_positive_int
 from cascademl.cost import count_flops
 from cascademl.exceptions import PolicyError, SerializationError, StageError, StageInterfaceError
 
@@ -278,9 +279,7 @@ class TorchStage:
         if labels.ndim != 1 or labels.size == 0:
             msg = f"classes must be a non-empty 1-d array-like, got shape {labels.shape}"
             raise StageInterfaceError(msg)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be a positive integer, got {batch_size!r}"
-            raise PolicyError(msg)
+        batch_size = check_positive_int(batch_size, "batch_size")  # numpy integers too
         if precision not in inference.PRECISIONS:
             msg = f"precision must be one of {inference.PRECISIONS}, got {precision!r}"
             raise PolicyError(msg)
