@@ -241,3 +241,45 @@ def test_save_errors(tmp_path, iris):
     )
     with pytest.raises(SerializationError, match="cannot be saved"):
         save_cascade(custom, tmp_path / "custom")
+
+
+@pytest.mark.parametrize(
+    ("labels", "abstain_label"),
+    [
+        (np.array(["setosa", "versicolor", "virginica"]), "unsure"),
+        (np.array([10, 20, 30], dtype=np.int32), -5),
+        (np.array([10, 20, 30], dtype=np.int32), None),
+    ],
+)
+def test_abstain_label_survives_a_save(tmp_path, iris, labels, abstain_label):
+    X, y = iris
+    cascade = _sklearn_cascade(X, labels[y], abstain_label=abstain_label)
+    save_cascade(cascade, tmp_path / "saved")
+    loaded = load_cascade(tmp_path / "saved", trusted=[TREE])
+    assert loaded.abstain_label == abstain_label
+    before, after = cascade.predict_or_abstain(X), loaded.predict_or_abstain(X)
+    np.testing.assert_array_equal(after, before)
+    assert after.dtype == before.dtype
+    if abstain_label is not None:
+        assert (after == abstain_label).any()
+
+
+def test_abstain_sentinel_survives_a_save(tmp_path, iris):
+    from cascademl import ABSTAIN
+
+    X, y = iris
+    cascade = _sklearn_cascade(X, y, abstain_label=ABSTAIN)
+    save_cascade(cascade, tmp_path / "saved")
+    assert load_cascade(tmp_path / "saved", trusted=[TREE]).abstain_label is ABSTAIN
+
+
+def test_measure_stage_cost_takes_numpy_integers():
+    from cascademl import PolicyError
+    from cascademl.cost import measure_stage_cost
+
+    X, y = load_iris(return_X_y=True)
+    stage = LogisticRegression(max_iter=500).fit(X, y)
+    cost = measure_stage_cost(stage, X[:8], batch_size=np.int64(4), repeats=np.int64(2))
+    assert cost.latency_per_sample > 0
+    with pytest.raises(PolicyError, match="repeats"):
+        measure_stage_cost(stage, X[:8], repeats=np.int64(0))

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cascademl._validation import check_positive_int
 from cascademl.exceptions import PolicyError
 
 if TYPE_CHECKING:
@@ -160,12 +161,8 @@ def measure_stage_cost(
         PolicyError: for a non-positive ``repeats`` or ``batch_size``, or an empty example.
     """
     size = batch_size if batch_size is not None else getattr(stage, "batch_size", None) or 1
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        msg = f"batch_size must be a positive integer, got {size!r}"
-        raise PolicyError(msg)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        msg = f"repeats must be a positive integer, got {repeats!r}"
-        raise PolicyError(msg)
+    size = check_positive_int(size, "batch_size")  # numpy integers too
+    repeats = check_positive_int(repeats, "repeats")
     import torch  # noqa: PLC0415 - torch on demand
 
     source = torch.as_tensor(example)

@@ -90,6 +90,7 @@ import torch
 from torch import nn
 
 from cascademl import _files
+from cascademl.abstention import ABSTAIN
 from cascademl.calibration import TemperatureScaledStage
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import (
@@ -195,6 +196,30 @@ def _encode_classes(classes: np.ndarray[Any, Any]) -> dict[str, Any]:
         msg = f"class labels {values[:5]!r}... are not JSON-able: {exc}"
         raise SerializationError(msg) from exc
     return {"dtype": classes.dtype.str, "values": values}
+
+
+def _encode_abstain_label(label: object) -> dict[str, Any] | None:
+    """``None``, the ``ABSTAIN`` sentinel, or a label saved like the classes (dtype kept)."""
+    if label is None:
+        return None
+    if label is ABSTAIN:
+        return {"sentinel": "ABSTAIN"}
+    return _encode_classes(np.asarray([label]))
+
+
+def _decode_abstain_label(spec: object, where: str) -> Any:
+    if spec is None:
+        return None
+    if spec == {"sentinel": "ABSTAIN"}:
+        return ABSTAIN
+    if not isinstance(spec, Mapping):
+        msg = f"{where}: params.abstain_label must be null or an object, got {spec!r}"
+        raise SerializationError(msg)
+    values = _decode_classes(spec, f"{where}: params.abstain_label")
+    if values.shape != (1,):
+        msg = f"{where}: params.abstain_label must hold one label, got {spec!r}"
+        raise SerializationError(msg)
+    return values[0]
 
 
 def _decode_classes(spec: Mapping[str, Any], where: str) -> np.ndarray[Any, Any]:
@@ -357,6 +382,7 @@ def _serialize(cascade: CascadeClassifier, sklearn_format: SklearnFormat) -> dic
             "escalation_weight": _json_weights(cascade.escalation_weight),
             "batch_size": cascade.batch_size,
             "reject_threshold": getattr(cascade, "reject_threshold", None),
+            "abstain_label": _encode_abstain_label(getattr(cascade, "abstain_label", None)),
         },
         "stages": stages,
         "files": files,
@@ -550,6 +576,7 @@ def _load(folder: Path, options: _LoadOptions) -> CascadeClassifier:
                 escalation_weight=params["escalation_weight"],
                 batch_size=params["batch_size"],
                 reject_threshold=params.get("reject_threshold"),
+                abstain_label=_decode_abstain_label(params.get("abstain_label"), where),
             )
         except KeyError as exc:
             msg = f"{where}: missing key {exc.args[0]!r}"
