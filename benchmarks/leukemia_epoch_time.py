@@ -31,6 +31,7 @@ import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -57,6 +58,7 @@ def time_steps(
     channels_last: bool,
     fused: bool,
     warmup: int = 2,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
     """Measure the mean seconds of one training step and of one inference batch.
 
@@ -69,12 +71,15 @@ def time_steps(
         channels_last: Use the channels-last memory format for model and inputs.
         fused: Use the fused AdamW implementation.
         warmup: Untimed steps first (oneDNN picks its kernels on the first calls).
+        model_kwargs: More arguments for ``timm.create_model`` (a preset's ``mlp_ratio``).
 
     Returns:
         Seconds per training step and seconds per inference batch.
     """
     generator = torch.Generator().manual_seed(0)
-    model: nn.Module = timm.create_model(name, pretrained=False, num_classes=4)
+    model: nn.Module = timm.create_model(
+        name, pretrained=False, num_classes=4, **(model_kwargs or {})
+    )
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
@@ -178,11 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolved = {p: resolve_precision(p, cpu).precision for p in precisions}
     if preset is not None:
         probes = [
-            (s.timm_name, s.image_size, s.batch_size, preset.train_config(s).epochs)
+            (s.timm_name, s.image_size, s.batch_size, preset.train_config(s).epochs, s.model_kwargs)
             for s in preset.backbones
         ]
     else:
-        probes = [(m, size, args.batch_size, 1) for m in args.models for size in args.sizes]
+        probes = [(m, size, args.batch_size, 1, {}) for m in args.models for size in args.sizes]
     images = args.train_images * (2 if args.doubling else 1)
     for line in machine_lines():
         logger.info("%s", line)
@@ -205,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "x epochs",
     )
     totals = dict.fromkeys(precisions, 0.0)
-    for name, size, batch_size, epochs in probes:
+    for name, size, batch_size, epochs, model_kwargs in probes:
         if size < MIN_SIZE.get(name, 0):
             logger.info("%-16s %5d skipped: below the minimum of %d", name, size, MIN_SIZE[name])
             continue
@@ -220,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bf16=resolved[precision] == "bf16",
                 channels_last=channels_last,
                 fused=args.fused,
+                model_kwargs=model_kwargs,
             )
             epoch_s = train_steps * step_s + val_batches * infer_s
             totals[precision] += epochs * epoch_s

@@ -1,12 +1,18 @@
-"""Experiment presets: ``paper``, ``cpu`` and ``smoke``, with ``key=value`` overrides.
+"""Experiment presets: ``paper``, ``cpu``, ``cpu-bf16`` and ``smoke``, with overrides.
 
 * ``paper``: the paper's settings: the five backbones ImageNet-pretrained, InceptionV3 at
   299 px and the others at 224 px, 10 epochs, training set doubled by augmentation,
   Macenko stain normalization. Meant for a GPU.
-* ``cpu``: the same experiment from scratch, sized to finish (five backbones trained and
-  evaluated, plus the cascade) within 60 minutes on a 2-core CPU. Sizes, batch sizes and
-  epochs were sized with ``benchmarks/leukemia_epoch_time.py`` and checked against a
-  full run's logged epoch times (see :data:`CPU_BUDGET`).
+* ``cpu``: the same experiment from scratch, sized for a 2-core CPU of either kind: one
+  without native bfloat16 (float32 on AVX2, the slower case it was sized on) and one with
+  it (bfloat16 on AMX). Sizes, batch sizes and epochs were sized with
+  ``benchmarks/leukemia_epoch_time.py`` and checked against a full run's logged epoch times
+  (see :data:`CPU_BUDGET` and ``docs/examples/leukemia.md``). Three epochs per backbone
+  (two for VGG19, whose classifier MLP is narrowed to 512), so the backbones are weaker
+  than ``cpu-bf16``'s.
+* ``cpu-bf16``: the previous release's ``cpu`` preset, 4-10 epochs at up to 80 px, for a
+  CPU that trains in bfloat16 natively (about 50 min of training on a 2-core Xeon with
+  AMX; about 169 min in float32 on a 2-core AVX2 CPU, where the run warns at its start).
 * ``smoke``: tiny timm ``test_*`` models at 32 px, a few images per class, one epoch;
   for tests.
 
@@ -47,6 +53,9 @@ class BackboneSpec:
         drop_rate: Dropout before the classifier.
         weight_decay: AdamW weight decay.
         epochs: Epochs for this backbone; ``None`` uses the preset's.
+        mlp_ratio: Width of the classifier MLP relative to the architecture's own, passed
+            to ``timm.create_model`` (VGG's 4096-wide head: ``0.125`` makes its first layer
+            512 wide); ``None`` keeps the architecture's.
     """
 
     name: str
@@ -57,9 +66,18 @@ class BackboneSpec:
     drop_rate: float = 0.2
     weight_decay: float = 0.05
     epochs: int | None = None
+    mlp_ratio: float | None = None
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """Architecture arguments for ``timm.create_model`` beyond the class count."""
+        return {} if self.mlp_ratio is None else {"mlp_ratio": self.mlp_ratio}
 
     def __post_init__(self) -> None:
         """Validate the settings."""
+        if self.mlp_ratio is not None and not self.mlp_ratio > 0:
+            msg = f"{self.name}.mlp_ratio must be positive or None, got {self.mlp_ratio}"
+            raise ValueError(msg)
         for field_name in ("image_size", "batch_size"):
             value = getattr(self, field_name)
             if value < 1:
@@ -93,6 +111,9 @@ class Preset:
             AVX512-BF16 or AMX, CUDA devices that support it), float32 elsewhere. The
             override ``amp=true``/``amp=false`` of earlier versions means ``bf16``/``fp32``.
         channels_last: Channels-last memory format.
+        sized_for_bf16: The epochs and sizes were chosen for a CPU that trains in bfloat16
+            natively; a run that trains in float32 on a CPU warns that it will take
+            several times longer (see :func:`examples.leukemia.pipeline.run_experiment`).
         num_workers: Worker processes for the training augmentation (0: the main process).
         seed: Seed of the split, the stain reference and the training.
         near_threshold: dHash Hamming threshold for near duplicates (``None``: off).
@@ -115,6 +136,7 @@ class Preset:
     cache_size: int = 224
     precision: str = "fp32"
     channels_last: bool = False
+    sized_for_bf16: bool = False
     num_workers: int = 0
     seed: int = 0
     near_threshold: int | None = 6
@@ -268,22 +290,50 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 #: Seconds per doubled training epoch (2 x 2,284 images) plus one validation pass, at the
 #: ``cpu`` preset's sizes and batch sizes, times its epochs, on two kinds of 2-core CPU.
 #:
-#: ``"bf16 (AMX)"``: the per-epoch times logged by ``python -m examples.leukemia run
-#: --preset cpu`` on a Xeon with AMX (torch 2.14.1, bf16 autocast, channels-last), about
-#: 50 min of training (weight averaging included) plus about 3 min of splitting, stain
-#: normalization and evaluation: the preset fits the hour there.
-#:
-#: ``"fp32 (AVX2)"``: ``python -m benchmarks.leukemia_epoch_time --preset cpu --steps 3``
-#: on a 2-core AMD EPYC with AVX2 only (no AVX-512, no AMX), where ``precision="auto"``
-#: resolves to float32, measured 2026-12-01 on an otherwise quiet machine: about 169 min of
-#: training, so the preset does NOT fit the hour there. VGG19 (143 M parameters, most of them
-#: in its 4096-wide head) alone takes 72 min; it ran 5.2x slower than on the AMX machine,
-#: the other backbones 1.3-3.3x. Emulated bf16 would be far slower still (see
+#: ``"fp32 (AVX2)"``: ``python -m benchmarks.leukemia_epoch_time --preset cpu --steps 2`` on
+#: a 2-core AMD EPYC with AVX2 only (no AVX-512, no AMX), where ``precision="auto"``
+#: resolves to float32 (torch 2.14.1, channels-last), 2026-12-01. The step timing leaves
+#: out augmentation and weight averaging, which the full run's logged epochs include (see
 #: ``docs/examples/leukemia.md``).
 #:
+#: ``"bf16 (AMX)"``: the per-epoch times logged by ``python -m examples.leukemia run
+#: --preset cpu`` on a 2-core Xeon with AMX (bf16 autocast, channels-last) for the
+#: previous release's preset. InceptionV3 and EfficientNetB0 ran at the sizes used here;
+#: VGG19-BN (then 48 px with its 4096-wide head), ResNet50 and DenseNet201 (then 80 px)
+#: ran at larger inputs, so those three entries are upper bounds. No AMX machine was at
+#: hand to time this preset itself.
+#:
+#: The previous preset (8-10 epochs at up to 80 px) fitted about 50 min on the AMX machine
+#: but was measured at about 169 min on the AVX2 one; this one is sized for the slower.
 #: Size a new preset with ``python -m benchmarks.leukemia_epoch_time --preset NAME`` on the
-#: target machine first, then add about 10% for weight averaging.
+#: target machine first, then add the augmentation and weight-averaging overhead.
 CPU_BUDGET: Final[Mapping[str, Mapping[str, float]]] = types.MappingProxyType(
+    {
+        "bf16 (AMX)": types.MappingProxyType(
+            {
+                "inception_v3 @96 x3": 3 * 52.0,
+                "efficientnet_b0 @64 x3": 3 * 48.0,
+                "vgg19_bn @32 x2": 2 * 209.0,
+                "resnet50 @64 x3": 3 * 66.0,
+                "densenet201 @64 x3": 3 * 98.7,
+            }
+        ),
+        "fp32 (AVX2)": types.MappingProxyType(
+            {
+                "inception_v3 @96 x3": 3 * 208.0,
+                "efficientnet_b0 @64 x3": 3 * 90.0,
+                "vgg19_bn @32 x2": 2 * 325.0,
+                "resnet50 @64 x3": 3 * 224.0,
+                "densenet201 @64 x3": 3 * 243.0,
+            }
+        ),
+    }
+)
+
+
+#: :data:`CPU_BUDGET` for the ``cpu-bf16`` preset, measured the same ways (the AMX times
+#: logged by full runs, the AVX2 float32 times by the step benchmark on a quiet machine).
+CPU_BF16_BUDGET: Final[Mapping[str, Mapping[str, float]]] = types.MappingProxyType(
     {
         "bf16 (AMX)": types.MappingProxyType(
             {
@@ -328,6 +378,29 @@ CPU: Final = Preset(
     name="cpu",
     backbones=(
         BackboneSpec("InceptionV3", "inception_v3", 96, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("EfficientNetB0", "efficientnet_b0", 64, lr=3e-3, drop_rate=0.2),
+        BackboneSpec("VGG19", "vgg19_bn", 32, lr=5e-4, drop_rate=0.3, epochs=2, mlp_ratio=0.125),
+        BackboneSpec("ResNet50", "resnet50", 64, lr=2e-3, drop_rate=0.2),
+        BackboneSpec("DenseNet201", "densenet201", 64, lr=2e-3, drop_rate=0.2),
+    ),
+    pretrained=False,
+    epochs=3,
+    patience=5,
+    warmup_epochs=0.3,
+    ema_decay=0.998,
+    precision="auto",
+    channels_last=True,
+)
+
+
+#: The ``cpu`` preset of the previous release, for CPUs that train in bfloat16 natively
+#: (AVX512-BF16 or AMX): about 50 min of training on a 2-core Xeon with AMX, about 169 min
+#: in float32 on a 2-core AVX2 CPU (``CPU_BF16_BUDGET``). More epochs and larger inputs
+#: than ``cpu``, and better backbones (see ``docs/examples/leukemia.md``).
+CPU_BF16: Final = Preset(
+    name="cpu-bf16",
+    backbones=(
+        BackboneSpec("InceptionV3", "inception_v3", 96, lr=2e-3, drop_rate=0.2),
         BackboneSpec("EfficientNetB0", "efficientnet_b0", 64, lr=3e-3, drop_rate=0.2, epochs=6),
         BackboneSpec("VGG19", "vgg19_bn", 48, lr=5e-4, drop_rate=0.3, epochs=4),
         BackboneSpec("ResNet50", "resnet50", 80, lr=2e-3, drop_rate=0.2, epochs=10),
@@ -340,6 +413,7 @@ CPU: Final = Preset(
     ema_decay=0.998,
     precision="auto",
     channels_last=True,
+    sized_for_bf16=True,
 )
 
 
@@ -361,7 +435,7 @@ SMOKE: Final = Preset(
 
 #: The presets by name.
 PRESETS: Final[Mapping[str, Preset]] = types.MappingProxyType(
-    {preset.name: preset for preset in (PAPER, CPU, SMOKE)}
+    {preset.name: preset for preset in (PAPER, CPU, CPU_BF16, SMOKE)}
 )
 
 

@@ -25,6 +25,7 @@ applied after the split and to the training split only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -392,14 +393,52 @@ class NormalizedImages:
         return self.images[[index[row.path] for row in manifest.select(split)]]
 
 
+def _decode_all(
+    root: Path,
+    paths: Sequence[str],
+    size: int,
+    normalizer: StainNormalizer | None,
+    workers: int,
+) -> tuple[NDArray[np.uint8], dict[str, str]]:
+    """Decode, resize and normalize ``paths`` on ``workers`` threads (torch on one each)."""
+    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    reasons: list[str | None] = [None] * len(paths)
+
+    def one(index: int) -> None:
+        array = to_array(load_rgb(root / paths[index]), size)
+        if normalizer is not None:
+            array, reasons[index] = normalizer.transform(array)
+        images[index] = array
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            # list() re-raises the first error (a corrupt image, named by load_rgb).
+            list(pool.map(one, range(len(paths))))
+    finally:
+        torch.set_num_threads(threads)
+    fallbacks = {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+    for path, reason in fallbacks.items():
+        logger.debug("stain normalization skipped for %s: %s", path, reason)
+    return images, fallbacks
+
+
 def load_images(
     manifest: SplitManifest,
     *,
     size: int,
     normalizer: StainNormalizer | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
 ) -> NormalizedImages:
     """Decode every image of the manifest, resize it and stain-normalize it, with a cache.
+
+    Images are decoded and normalized by ``workers`` threads at once, each torch operation
+    on one thread: an image's tensors (50,000 pixels) are too small to gain from torch's
+    intra-op threads, and on a CPU shared with other work those threads wait for each
+    other at every operation (on a busy 2-core machine, 0.5 s per image instead of a few
+    hundredths). The result does not depend on ``workers``.
 
     With a cache folder, the result is stored as ``stain-<key>.npy`` plus a JSON sidecar,
     where the key hashes the manifest's digest, the normalizer's fingerprint and the size;
@@ -410,10 +449,19 @@ def load_images(
         size: Square side the images are resized to before normalization.
         normalizer: A fitted normalizer, or ``None`` to skip stain normalization.
         cache_dir: Folder of the cache; ``None`` disables it.
+        workers: Threads that decode and normalize images; ``None``: one per CPU (at most 8).
 
     Returns:
         The images and the fallbacks.
+
+    Raises:
+        ValueError: When ``workers`` is below 1.
     """
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers < 1:
+        msg = f"workers must be at least 1, got {workers}"
+        raise ValueError(msg)
     stain_key = normalizer.fingerprint() if normalizer is not None else "none"
     key = hashlib.sha256(
         f"{CACHE_VERSION}|{manifest.digest()}|{stain_key}|{size}".encode()
@@ -428,16 +476,7 @@ def load_images(
             if tuple(meta["paths"]) == paths:
                 logger.info("loading cached images %s", array_file)
                 return NormalizedImages(np.load(array_file), paths, meta["fallbacks"])
-    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    fallbacks: dict[str, str] = {}
-    for index, path in enumerate(paths):
-        array = to_array(load_rgb(manifest.root / path), size)
-        if normalizer is not None:
-            array, reason = normalizer.transform(array)
-            if reason is not None:
-                fallbacks[path] = reason
-                logger.debug("stain normalization skipped for %s: %s", path, reason)
-        images[index] = array
+    images, fallbacks = _decode_all(manifest.root, paths, size, normalizer, workers)
     if fallbacks:
         logger.warning(
             "stain normalization fell back to the original image for %d of %d images",

@@ -238,6 +238,41 @@ def test_stain_normalization_is_cached_and_falls_back(split, tmp_path, monkeypat
     assert restored.fingerprint() == normalizer.fingerprint()
 
 
+def test_load_images_gives_the_same_result_on_any_number_of_threads(split, monkeypatch):
+    """Threads decode and normalize images; the result and torch's thread count are kept."""
+    normalizer = transforms.fit_stain_normalizer(split, size=32)
+    original = normalizer.transform
+
+    def transform(image):  # some fallbacks too, decided by the image alone
+        if int(image.sum()) % 3 == 0:
+            return image, "forced fallback"
+        return original(image)
+
+    monkeypatch.setattr(normalizer, "transform", transform)
+    threads = torch.get_num_threads()
+    serial = transforms.load_images(split, size=32, normalizer=normalizer, workers=1)
+    parallel = transforms.load_images(split, size=32, normalizer=normalizer, workers=3)
+    np.testing.assert_array_equal(parallel.images, serial.images)
+    assert serial.fallbacks
+    assert parallel.fallbacks == serial.fallbacks
+    assert list(parallel.fallbacks) == sorted(parallel.fallbacks)  # in the split's order
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        transforms.load_images(split, size=32, workers=0)
+
+
+def test_load_images_names_a_corrupt_image_and_restores_threads(split, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(split.root, root)
+    bad = root / split.rows[3].path
+    bad.write_bytes(b"not a jpeg")
+    moved = dataclasses.replace(split, root=root)
+    threads = torch.get_num_threads()
+    with pytest.raises(data.BadImageError, match=bad.name):
+        transforms.load_images(moved, size=32, workers=2)
+    assert torch.get_num_threads() == threads
+
+
 def test_doubling_serves_plain_then_augmented(split, images):
     model = training.create_backbone("test_resnet", seed=0)
     train, _ = _datasets(split, images, model)
@@ -281,18 +316,86 @@ def test_presets_and_overrides():
         presets.CPU.with_overrides(epochs="many")
 
 
-def test_cpu_budget_describes_the_cpu_preset():
-    """CPU_BUDGET: one entry per backbone at the preset's size and epochs, per kind of CPU."""
+def test_mlp_ratio_reaches_the_model_the_stage_and_the_overrides():
+    """A backbone's mlp_ratio narrows timm's classifier MLP when training and when saved."""
+    from examples.leukemia import pipeline
+
+    vgg = presets.CPU.backbone("vgg19_bn")
+    assert vgg.mlp_ratio == 0.125
+    assert vgg.model_kwargs == {"mlp_ratio": 0.125}
+    assert presets.CPU.backbone("resnet50").model_kwargs == {}
+    wide = presets.get_preset("cpu", ["vgg19_bn.mlp_ratio=1"]).backbone("vgg19_bn")
+    assert wide.mlp_ratio == 1.0
+    assert presets.get_preset("cpu", ["vgg19.mlp_ratio=none"]).backbone("vgg19").mlp_ratio is None
+    with pytest.raises(ValueError, match=r"VGG19\.mlp_ratio must be positive"):
+        presets.get_preset("cpu", ["vgg19.mlp_ratio=0"])
+
+    spec = presets.BackboneSpec("TestViT", "test_vit", 32, mlp_ratio=1.0)
+    default = sum(p.numel() for p in timm.create_model("test_vit", num_classes=4).parameters())
+    narrow = training.create_backbone(
+        "test_vit", num_classes=4, pretrained=False, seed=0, **spec.model_kwargs
+    )
+    assert sum(p.numel() for p in narrow.parameters()) < default
+    stage = pipeline._stage(spec, narrow, presets.SMOKE, "cpu")  # loads narrow's weights strictly
+    assert sum(p.numel() for p in stage.module_.parameters()) < default
+
+    # Runs from before the field existed keep their fingerprint (and so resume).
+    plain = presets.SMOKE.backbones[0]
+    manifest = type("M", (), {"digest": lambda self: "d"})()
+    assert "mlp_ratio" not in pipeline._fingerprint(presets.SMOKE, plain, manifest, "x")["spec"]
+    assert pipeline._fingerprint(presets.SMOKE, spec, manifest, "x")["spec"]["mlp_ratio"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "case", [(presets.CPU, presets.CPU_BUDGET), (presets.CPU_BF16, presets.CPU_BF16_BUDGET)]
+)
+def test_cpu_budgets_describe_their_presets(case):
+    """Each budget: one entry per backbone at the preset's size and epochs, per kind of CPU."""
+    preset, budgets = case
     expected = set()
-    for spec in presets.CPU.backbones:
-        epochs = spec.epochs if spec.epochs is not None else presets.CPU.epochs
+    for spec in preset.backbones:
+        epochs = spec.epochs if spec.epochs is not None else preset.epochs
         expected.add(f"{spec.timm_name} @{spec.image_size} x{epochs}")
-    assert set(presets.CPU_BUDGET) == {"bf16 (AMX)", "fp32 (AVX2)"}
-    for budget in presets.CPU_BUDGET.values():
+    assert set(budgets) == {"bf16 (AMX)", "fp32 (AVX2)"}
+    for budget in budgets.values():
         assert set(budget) == expected
-    # With native bf16: training, plus about 1 min of splitting and stain normalization and
-    # 2-3 of evaluation, within the hour. (Without it the preset is measured at about 169 min.)
-    assert sum(presets.CPU_BUDGET["bf16 (AMX)"].values()) / 60 < 52
+
+
+def test_the_cpu_preset_is_sized_for_either_kind_of_cpu():
+    """cpu: within the hour in float32 on AVX2 (training by the step timing, plus margin for
+    augmentation, weight averaging, splitting, normalization and evaluation); cpu-bf16 only
+    with native bfloat16."""
+    minutes = {
+        name: {kind: sum(b.values()) / 60 for kind, b in budgets.items()}
+        for name, budgets in (("cpu", presets.CPU_BUDGET), ("cpu-bf16", presets.CPU_BF16_BUDGET))
+    }
+    assert minutes["cpu"]["fp32 (AVX2)"] < 50
+    assert minutes["cpu"]["bf16 (AMX)"] < 25
+    assert minutes["cpu-bf16"]["bf16 (AMX)"] < 52
+    assert minutes["cpu-bf16"]["fp32 (AVX2)"] > 120
+    assert not presets.CPU.sized_for_bf16
+    assert presets.get_preset("cpu-bf16").sized_for_bf16
+
+
+@pytest.mark.parametrize(
+    "case", [("cpu-bf16", False, True), ("cpu-bf16", True, False), ("cpu", False, False)]
+)
+def test_a_preset_sized_for_bf16_warns_when_it_would_train_in_fp32(case, monkeypatch, caplog):
+    from examples.leukemia import pipeline
+
+    from cascademl import _precision
+
+    name, native, warns = case
+    monkeypatch.setattr(_precision.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(_precision, "_cpu_flag", lambda flag: native and flag == "amx_tile")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="examples.leukemia.pipeline"):
+        assert pipeline.warn_if_slow_precision(presets.get_preset(name), "cpu") is warns
+    assert ("--preset cpu is sized for either kind" in caplog.text) is warns
+    # A preset asked to train in fp32 on purpose is the user's choice: it warns too, once.
+    forced = presets.get_preset("cpu-bf16", ["precision=fp32"])
+    assert pipeline.warn_if_slow_precision(forced, "cpu")
 
 
 def test_cpu_preset_asks_for_auto_precision_and_validates_it():
