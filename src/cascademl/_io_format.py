@@ -327,6 +327,6 @@ def _check_stages(entries: object, where: str, files: Mapping[str, str]) -> list
 
 
 def _import_timm() -> Any:
-    from cascademl.torch_stage import _import_timm as import_timm  # noqa: PLC0415
+    from cascademl._preprocessing import _import_timm as import_timm  # noqa: PLC0415
 
     return import_timm()
