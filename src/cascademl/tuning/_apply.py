@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from cascademl._probabilities import stage_probabilities
-from cascademl._validation import check_fitted
+from cascademl._validation import check_fitted, warn_data_ignored
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import PolicyError
 from cascademl.policies import ConfidencePolicy, RoutingRule
-from cascademl.stages import SklearnStage
 from cascademl.stages import stage_cost as _stage_cost
 from cascademl.tuning._orders import OrdersArg, _order_problem, search_orders_from_proba
 from cascademl.tuning._results import MinScore, OrderSearchResult, Scoring, TuningResult
@@ -23,17 +22,6 @@ def _cascade_costs(cascade: CascadeClassifier, stage_cost: Sequence[float] | Non
     if stage_cost is not None:
         return [float(c) for c in stage_cost]
     return [_stage_cost(s) for s in cascade.stages_]
-
-
-def _cascade_rule(cascade: CascadeClassifier) -> RoutingRule:
-    """The routing rule of a fitted cascade, from its current parameters."""
-    check_fitted(cascade, before="tuning")
-    return RoutingRule.from_params(
-        cascade.policy,
-        n_stages=len(cascade.stages_),
-        combine=cascade.combine,
-        escalation_weight=cascade.escalation_weight,
-    )
 
 
 def tune_cascade(
@@ -75,7 +63,8 @@ def tune_cascade(
         NotFittedError: if the cascade is not fitted.
         PolicyError: see `tune_cascade_from_proba`.
     """
-    rule = _cascade_rule(cascade)
+    check_fitted(cascade, before="tuning")
+    rule = cascade.routing_rule_
     proba = stage_probabilities(cascade, X_val)
     return tune_cascade_from_proba(
         proba,
@@ -113,7 +102,8 @@ def search_orders(
     ``orders``: ``orders="subsets"`` also tries every sub-sequence of the stages, so that
     [`apply_tuning`][cascademl.tuning.apply_tuning] can drop the stages that do not pay.
     """
-    rule = _cascade_rule(cascade)
+    check_fitted(cascade, before="tuning")
+    rule = cascade.routing_rule_
     proba = stage_probabilities(cascade, X_val)
     return search_orders_from_proba(
         proba,
@@ -132,14 +122,6 @@ def search_orders(
     )
 
 
-def _frozen_stage(stage: Any) -> Any:
-    """Return a stage that a new cascade's ``fit`` adopts as it is, without retraining."""
-    if isinstance(stage, SklearnStage):
-        fitted = stage.estimator_ if hasattr(stage, "estimator_") else stage.estimator
-        return SklearnStage(fitted, cost_per_sample=stage.cost_per_sample)
-    return stage
-
-
 def _rule_params(rule: RoutingRule, *, as_list: bool = False) -> dict[str, Any]:
     """The cascade parameters ``policy``, ``combine`` and ``escalation_weight`` of a rule.
 
@@ -156,8 +138,8 @@ def _rule_params(rule: RoutingRule, *, as_list: bool = False) -> dict[str, Any]:
 def apply_tuning(
     cascade: CascadeClassifier,
     result: TuningResult | OrderSearchResult,
-    X: Any,
-    y: Any,
+    X: Any = None,
+    y: Any = None,
 ) -> CascadeClassifier:
     """Return a new fitted cascade with the tuned stage order and routing rule.
 
@@ -165,14 +147,16 @@ def apply_tuning(
     names: a result for a sub-sequence of the stages (from ``orders="subsets"``) drops the
     others. Its policy, combiner and escalation weights are those of ``result.rule``
     (the cascade's own unless the escalation weight was tuned). The trained stages are
-    reused, never retrained: ``X`` and ``y`` (for example the validation split) only let
-    ``fit`` check the classes and the number of features.
+    reused, never retrained, and no data is needed: the new cascade is built with
+    [`CascadeClassifier.from_fitted`][cascademl.CascadeClassifier.from_fitted] and keeps
+    the classes, ``n_features_in_`` and ``feature_names_in_`` of ``cascade``.
 
     Args:
         cascade: the fitted cascade that was tuned.
         result: a tuning result (an order search contributes its best order).
-        X: inputs accepted by the stages.
-        y: their labels.
+        X: deprecated and ignored (it was once used to refit on the kept stages); passing
+            it emits a ``DeprecationWarning``.
+        y: deprecated and ignored, as ``X``.
 
     Returns:
         A fitted cascade; ``cascade`` is left unchanged.
@@ -182,6 +166,7 @@ def apply_tuning(
         PolicyError: if the result's order is empty or holds an index that is repeated or
             not one of the cascade's stages.
     """
+    warn_data_ignored("apply_tuning", X, y)
     tuned = result.best if isinstance(result, OrderSearchResult) else result
     check_fitted(cascade, before="apply_tuning")
     names = list(cascade.named_stages_.keys())
@@ -194,8 +179,15 @@ def apply_tuning(
             f"stages (indices in range({len(names)}), each at most once): {problem}"
         )
         raise PolicyError(msg)
-    stages = [(names[i], _frozen_stage(cascade.stages_[i])) for i in tuned.order]
+    stages = [(names[i], cascade.stages_[i]) for i in tuned.order]
     params = cascade.get_params(deep=False)
+    del params["stages"]
     as_list = isinstance(cascade.escalation_weight, Sequence)
-    params.update(stages=stages, **_rule_params(tuned.rule, as_list=as_list))
-    return type(cascade)(**params).fit(X, y)
+    params.update(_rule_params(tuned.rule, as_list=as_list))
+    adopted = type(cascade).from_fitted(stages, classes=cascade.classes_, **params)
+    for name in ("n_features_in_", "feature_names_in_"):
+        if hasattr(adopted, name):
+            delattr(adopted, name)
+        if hasattr(cascade, name):
+            setattr(adopted, name, getattr(cascade, name))
+    return adopted
