@@ -264,3 +264,24 @@ def test_n_jobs_runs_the_folds_in_parallel_with_the_same_result(n_jobs):
     in_workers = [t for t in ThreadRecordingTree.threads[:4] if t != "MainThread"]
     assert len(ThreadRecordingTree.threads) == 4 + 1 + 4 + 1
     assert (len(in_workers) > 0) == (n_jobs == 2)
+
+
+def test_cross_val_score_routes_sample_weight_to_fit_and_score():
+    import sklearn
+    from sklearn.model_selection import KFold, cross_val_score
+
+    X, y = _data(240)
+    w = _weights(len(y), seed=2)
+    outer = KFold(3, shuffle=True, random_state=0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        model = CascadeClassifierCV(
+            [("nb", GaussianNB().set_fit_request(sample_weight=True))], cv=3
+        ).set_score_request(sample_weight=True)
+        scores = cross_val_score(model, X, y, cv=outer, params={"sample_weight": w})
+        expected = [
+            clone(model)
+            .fit(X[train], y[train], sample_weight=w[train])
+            .score(X[test], y[test], sample_weight=w[test])
+            for train, test in outer.split(X)
+        ]
+    np.testing.assert_allclose(scores, expected)

@@ -9,6 +9,7 @@ into a model's input (the same object serves the leukemia example's training tra
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,11 +66,12 @@ class Preprocessing:
         if self.input_size is not None:
             size = tuple(self.input_size)
             if len(size) != 3 or not all(  # noqa: PLR2004 - (C, H, W)
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+                isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_) and v > 0
+                for v in size
             ):
                 msg = f"input_size must be (channels, height, width) > 0, got {self.input_size!r}"
                 raise PolicyError(msg)
-            object.__setattr__(self, "input_size", size)
+            object.__setattr__(self, "input_size", tuple(int(v) for v in size))
         if self.interpolation not in _INTERPOLATIONS:
             msg = f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
             raise PolicyError(msg)

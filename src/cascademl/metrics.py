@@ -22,6 +22,7 @@ the function and the [`McNemarTest`][cascademl.metrics.McNemarTest] metric class
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -316,9 +317,14 @@ def classification_metrics(
             f"{target.size} and {pred.size}"
         )
         raise PolicyError(msg)
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+    if (
+        isinstance(n_bootstrap, bool | np.bool_)
+        or not isinstance(n_bootstrap, numbers.Integral)
+        or n_bootstrap < 0
+    ):
         msg = f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}"
         raise PolicyError(msg)
+    n_bootstrap = int(n_bootstrap)
     if not 0.0 < confidence_level < 1.0:
         msg = f"confidence_level must be in (0, 1), got {confidence_level!r}"
         raise PolicyError(msg)

@@ -18,10 +18,22 @@ from cascademl.tuning._thresholds import tune_cascade_from_proba
 __all__ = ["apply_tuning", "search_orders", "tune_cascade"]
 
 
-def _cascade_costs(cascade: CascadeClassifier, stage_cost: Sequence[float] | None) -> list[float]:
-    if stage_cost is not None:
-        return [float(c) for c in stage_cost]
-    return [_stage_cost(s) for s in cascade.stages_]
+def _cascade_problem(
+    cascade: CascadeClassifier, X_val: Any, y_val: Any, stage_cost: Sequence[float] | None
+) -> dict[str, Any]:
+    """The array-level tuner's inputs for a fitted cascade (each stage runs once on X_val)."""
+    check_fitted(cascade, before="tuning")
+    rule = cascade.routing_rule_
+    return {
+        "stage_proba": stage_probabilities(cascade, X_val),
+        "y": y_val,
+        "classes": cascade.classes_,
+        "rule": rule,
+        "stage_cost": [float(c) for c in stage_cost]
+        if stage_cost is not None
+        else [_stage_cost(s) for s in cascade.stages_],
+        "stage_names": tuple(cascade.named_stages_.keys()),
+    }
 
 
 def tune_cascade(
@@ -63,22 +75,14 @@ def tune_cascade(
         NotFittedError: if the cascade is not fitted.
         PolicyError: see `tune_cascade_from_proba`.
     """
-    check_fitted(cascade, before="tuning")
-    rule = cascade.routing_rule_
-    proba = stage_probabilities(cascade, X_val)
     return tune_cascade_from_proba(
-        proba,
-        y_val,
-        classes=cascade.classes_,
-        rule=rule,
-        stage_cost=_cascade_costs(cascade, stage_cost),
+        **_cascade_problem(cascade, X_val, y_val, stage_cost),
         max_cost=max_cost,
         min_score=min_score,
         scoring=scoring,
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
-        stage_names=tuple(cascade.named_stages_.keys()),
     )
 
 
@@ -102,23 +106,15 @@ def search_orders(
     ``orders``: ``orders="subsets"`` also tries every sub-sequence of the stages, so that
     [`apply_tuning`][cascademl.tuning.apply_tuning] can drop the stages that do not pay.
     """
-    check_fitted(cascade, before="tuning")
-    rule = cascade.routing_rule_
-    proba = stage_probabilities(cascade, X_val)
     return search_orders_from_proba(
-        proba,
-        y_val,
-        classes=cascade.classes_,
+        **_cascade_problem(cascade, X_val, y_val, stage_cost),
         orders=orders,
-        rule=rule,
-        stage_cost=_cascade_costs(cascade, stage_cost),
         max_cost=max_cost,
         min_score=min_score,
         scoring=scoring,
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
-        stage_names=tuple(cascade.named_stages_.keys()),
     )
 
 
