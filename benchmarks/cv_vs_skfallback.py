@@ -168,7 +168,7 @@ def run_dataset(
                     max_cost=budget,
                     escalation_weight_grid=params.get("escalation_weight_grid"),
                 )
-                cascade = apply_tuning(model.cascade_, result, X_train, y_train)
+                cascade = apply_tuning(model.cascade_, result)
             routed = cascade.route(X_test)
             acc = float(np.mean(routed.labels == y_test))
             rows.append(Row(name, rule_name, budget, acc, routed.mean_cost))

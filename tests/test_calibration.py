@@ -118,17 +118,17 @@ def test_calibrate_cascade_wraps_without_retraining(digits):
 
 
 def test_with_temperatures_composes_and_validates(digits):
-    cascade, X, y = digits
-    once = with_temperatures(cascade, [2.0, 1.5], X[:50], y[:50])
-    twice = with_temperatures(once, [3.0, 2.0], X[:50], y[:50])
+    cascade, X, _ = digits
+    once = with_temperatures(cascade, [2.0, 1.5])
+    twice = with_temperatures(once, [3.0, 2.0])
     assert [s.temperature for s in twice.stages_] == [6.0, 3.0]
-    direct = with_temperatures(cascade, [6.0, 3.0], X[:50], y[:50])
+    direct = with_temperatures(cascade, [6.0, 3.0])
     np.testing.assert_allclose(twice.predict_proba(X[1200:]), direct.predict_proba(X[1200:]))
     assert twice.stages_[0].cost_per_sample is None
     with pytest.raises(PolicyError, match="2 stages"):
-        with_temperatures(cascade, [1.0], X[:50], y[:50])
+        with_temperatures(cascade, [1.0])
     with pytest.raises(NotFittedError):
-        with_temperatures(CascadeClassifier([("nb", GaussianNB())]), [1.0], X, y)
+        with_temperatures(CascadeClassifier([("nb", GaussianNB())]), [1.0])
     assert "temperature=2" in repr(once.stages_[0])
 
 

@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -169,3 +171,117 @@ def test_works_on_a_dataframe():
     model = CascadeClassifierCV(_stages(), cv=3).fit(frame, y)
     assert list(model.feature_names_in_) == list(frame.columns)
     assert model.predict(frame).shape == (300,)
+
+
+# --------------------------------------------------------------------------- fit metadata, n_jobs
+def _weights(n, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.2, 3.0, size=n)
+    w[rng.random(n) < 0.3] = 0.0  # rows left out by their weight: visible in every stage
+    return w
+
+
+def _oof(estimator, X, y, splits, **params):
+    return cross_val_predict(estimator, X, y, cv=splits, method="predict_proba", params=params)
+
+
+def test_sample_weight_reaches_every_stage_in_every_fold_and_the_refit():
+    X, y = _data(300)
+    w = _weights(len(y))
+    splits = list(StratifiedKFold(3).split(X, y))
+    model = CascadeClassifierCV(_stages(), cv=3).fit(X, y, sample_weight=w)
+    for s, (name, estimator) in enumerate(_stages()):
+        weighted = _oof(clone(estimator), X, y, splits, sample_weight=w)
+        np.testing.assert_allclose(model.oof_proba_[s], weighted, err_msg=name)
+        refit = clone(estimator).fit(X, y, sample_weight=w)
+        np.testing.assert_allclose(model.stages_[s].predict_proba(X), refit.predict_proba(X))
+    assert not np.allclose(model.oof_proba_[0], _oof(GaussianNB(), X, y, splits))
+
+
+def test_a_stage_that_takes_no_sample_weight_is_named():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    X, y = _data(120)
+    stages = [("nb", GaussianNB()), ("knn", KNeighborsClassifier())]
+    with pytest.raises(StageInterfaceError, match=r"stage 'knn' .*does not accept sample_weight"):
+        CascadeClassifierCV(stages, cv=3).fit(X, y, sample_weight=np.ones(len(y)))
+    with pytest.raises(TypeError, match="enable_metadata_routing"):
+        CascadeClassifierCV(_stages(), cv=3).fit(X, y, groups=np.arange(len(y)) % 4)
+
+
+def test_metadata_routing_sends_weights_to_the_stages_that_ask_and_groups_to_the_splitter():
+    import sklearn
+    from sklearn.model_selection import GroupKFold
+
+    X, y = _data(300)
+    w = _weights(len(y), seed=1)
+    groups = np.arange(len(y)) % 7
+    with sklearn.config_context(enable_metadata_routing=True):
+        nb = GaussianNB().set_fit_request(sample_weight=True)
+        tree = DecisionTreeClassifier(max_depth=4, random_state=0).set_fit_request(
+            sample_weight=False
+        )
+        model = CascadeClassifierCV([("nb", nb), ("tree", tree)], cv=GroupKFold(3)).fit(
+            X, y, sample_weight=w, groups=groups
+        )
+        splits = list(GroupKFold(3).split(X, y, groups))
+        np.testing.assert_allclose(
+            model.oof_proba_[0], _oof(clone(nb), X, y, splits, sample_weight=w)
+        )
+        np.testing.assert_allclose(model.oof_proba_[1], _oof(clone(tree), X, y, splits))
+        refit = GaussianNB().fit(X, y, sample_weight=w)
+        np.testing.assert_allclose(model.stages_[0].predict_proba(X), refit.predict_proba(X))
+        # A stage that did not say whether it wants the weights: scikit-learn's error.
+        with pytest.raises(ValueError, match="sample_weight"):
+            CascadeClassifierCV([("nb", GaussianNB())], cv=3).fit(X, y, sample_weight=w)
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+
+
+class ThreadRecordingTree(DecisionTreeClassifier):
+    """A decision tree that records the thread each fit runs in."""
+
+    threads: ClassVar[list[str]] = []
+
+    def fit(self, X, y, sample_weight=None, check_input=True):
+        import threading
+
+        type(self).threads.append(threading.current_thread().name)
+        return super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
+
+
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_n_jobs_runs_the_folds_in_parallel_with_the_same_result(n_jobs):
+    from joblib import parallel_config
+
+    X, y = _data(300)
+    stages = [("nb", GaussianNB()), ("tree", ThreadRecordingTree(max_depth=4, random_state=0))]
+    ThreadRecordingTree.threads = []
+    with parallel_config(backend="threading"):
+        model = CascadeClassifierCV(stages, cv=4, n_jobs=n_jobs).fit(X, y)
+    serial = CascadeClassifierCV(stages, cv=4).fit(X, y)
+    np.testing.assert_array_equal(model.oof_proba_, serial.oof_proba_)
+    in_workers = [t for t in ThreadRecordingTree.threads[:4] if t != "MainThread"]
+    assert len(ThreadRecordingTree.threads) == 4 + 1 + 4 + 1
+    assert (len(in_workers) > 0) == (n_jobs == 2)
+
+
+def test_cross_val_score_routes_sample_weight_to_fit_and_score():
+    import sklearn
+    from sklearn.model_selection import KFold, cross_val_score
+
+    X, y = _data(240)
+    w = _weights(len(y), seed=2)
+    outer = KFold(3, shuffle=True, random_state=0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        model = CascadeClassifierCV(
+            [("nb", GaussianNB().set_fit_request(sample_weight=True))], cv=3
+        ).set_score_request(sample_weight=True)
+        scores = cross_val_score(model, X, y, cv=outer, params={"sample_weight": w})
+        expected = [
+            clone(model)
+            .fit(X[train], y[train], sample_weight=w[train])
+            .score(X[test], y[test], sample_weight=w[test])
+            for train, test in outer.split(X)
+        ]
+    np.testing.assert_allclose(scores, expected)

@@ -122,7 +122,7 @@ def test_format_version_1_folders_still_load(tmp_path, iris):
 
 def test_temperature_stages_round_trip(tmp_path, iris):
     X, y = iris
-    calibrated = with_temperatures(_sklearn_cascade(X, y), [2.0, 0.5, 1.25], X, y)
+    calibrated = with_temperatures(_sklearn_cascade(X, y), [2.0, 0.5, 1.25])
     save_cascade(calibrated, tmp_path)
     loaded = load_cascade(tmp_path, trusted=[TREE])
     assert [s.temperature for s in loaded.stages_] == [2.0, 0.5, 1.25]
@@ -147,7 +147,7 @@ def test_torch_stages_round_trip_without_unpickling(tmp_path, monkeypatch):
     cascade = CascadeClassifier(stages, policy=ConfidencePolicy("max_proba", 0.5)).fit(
         images, np.array(["a", "b", "c"] * 6 + ["a", "b"])
     )
-    calibrated = with_temperatures(cascade, [1.5, 1.0], images, ["a"] * 20)
+    calibrated = with_temperatures(cascade, [1.5, 1.0])
     save_cascade(calibrated, tmp_path)
     assert (tmp_path / TENSORS_FILE).is_file()
     assert not list(tmp_path.glob("*.pkl"))

@@ -256,3 +256,16 @@ def test_evaluate_cascade_and_routing_summary():
     assert without.stages == {}
     assert without.mcnemar == {}
     assert routing_summary(result).calls_saved == pytest.approx(result.calls_saved)
+
+
+def test_n_bootstrap_takes_numpy_integers():
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1] * 10)
+    pred = np.roll(y, 1)
+    numpy_int = classification_metrics(
+        y, pred, classes=[0, 1], n_bootstrap=np.int64(40), random_state=0
+    )
+    plain = classification_metrics(y, pred, classes=[0, 1], n_bootstrap=40, random_state=0)
+    assert type(numpy_int.n_bootstrap) is int
+    assert numpy_int.intervals["accuracy"] == plain.intervals["accuracy"]
+    with pytest.raises(PolicyError, match="n_bootstrap"):
+        classification_metrics(y, pred, classes=[0, 1], n_bootstrap=np.True_)

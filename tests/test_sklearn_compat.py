@@ -241,6 +241,7 @@ def test_with_temperatures_needs_no_data(iris):
     assert isinstance(scaled.stages_[0], TemperatureScaledStage)
     assert scaled.classes_.dtype == np.int32
     assert scaled.policy == cascade.policy
-    np.testing.assert_allclose(
-        scaled.predict_proba(X), with_temperatures(cascade, [2.0, 1.0], X, labels).predict_proba(X)
-    )
+    with pytest.warns(DeprecationWarning, match=r"with_temperatures\(\.\.\., X, y\): X and y"):
+        old_call = with_temperatures(cascade, [2.0, 1.0], X, labels)
+    np.testing.assert_allclose(scaled.predict_proba(X), old_call.predict_proba(X))
+    assert FIT_CALLS == []

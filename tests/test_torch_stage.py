@@ -424,3 +424,10 @@ def test_gpu_stage_matches_cpu():
     gpu = tiny(device=TEST_DEVICE)
     assert gpu.device_.type == "cuda"
     np.testing.assert_allclose(gpu.predict_proba(images()), cpu.predict_proba(images()), atol=1e-4)
+
+
+def test_preprocessing_input_size_takes_numpy_integers():
+    prep = Preprocessing(input_size=np.array([3, 8, 8]))
+    assert prep.input_size == (3, 8, 8)
+    assert all(type(v) is int for v in prep.input_size)
+    json.dumps(prep.to_dict())  # numpy integers would not be JSON-able

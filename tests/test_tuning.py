@@ -420,7 +420,7 @@ def test_tune_and_apply_on_a_real_cascade(digits_cascade):
     cascade.stages_[1].cost_per_sample = 3.0
     try:
         result = tune_cascade(cascade, X_val, y_val, max_cost=3.5)
-        tuned = apply_tuning(cascade, result, X_val, y_val)
+        tuned = apply_tuning(cascade, result)
     finally:
         cascade.stages_[0].cost_per_sample = None
         cascade.stages_[1].cost_per_sample = None
@@ -433,7 +433,7 @@ def test_tune_and_apply_on_a_real_cascade(digits_cascade):
     assert tuned.stages_[0].estimator_ is cascade.stages_[0].estimator_
     assert tuned.policy_ == result.policy
     search = search_orders(cascade, X_val, y_val, stage_cost=[1.0, 3.0], orders="all")
-    reordered = apply_tuning(cascade, search.for_order((1, 0)), X_val, y_val)
+    reordered = apply_tuning(cascade, search.for_order((1, 0)))
     assert list(reordered.named_stages_) == ["tree", "nb"]
 
 
@@ -590,7 +590,7 @@ def test_apply_tuning_keeps_only_the_tuned_stages():
     assert len(search.results) == 15
     for order in [(1, 3), (2,), search.best.order]:
         result = search.for_order(order)
-        tuned = apply_tuning(cascade, result, X, y)
+        tuned = apply_tuning(cascade, result)
         assert list(tuned.named_stages_) == [f"s{i}" for i in order]
         assert tuned.stages_ == [cascade.stages_[i] for i in order]
         assert tuned.escalation_weight == [weights[i] for i in order]
@@ -598,10 +598,10 @@ def test_apply_tuning_keeps_only_the_tuned_stages():
         assert float(np.mean(routed.labels == y)) == pytest.approx(result.score, abs=1e-12)
         assert routed.mean_cost == pytest.approx(result.mean_cost, rel=1e-12)
     # An order search contributes its best order; the tuned cascade is left unchanged.
-    best = apply_tuning(cascade, search, X, y)
+    best = apply_tuning(cascade, search)
     assert list(best.named_stages_) == [f"s{i}" for i in search.best.order]
     assert list(cascade.named_stages_) == ["s0", "s1", "s2", "s3"]
-    single = apply_tuning(cascade, search.for_order((2,)), X, y)
+    single = apply_tuning(cascade, search.for_order((2,)))
     np.testing.assert_array_equal(single.predict(X), classes[np.argmax(tables[2], axis=1)])
 
 
@@ -609,7 +609,7 @@ def test_apply_tuning_drops_stages_of_a_real_cascade(digits_cascade):
     cascade, X_val, y_val = digits_cascade
     search = search_orders(cascade, X_val, y_val, orders=[(1,), (0, 1)])
     tree_alone = search.for_order([1])
-    tuned = apply_tuning(cascade, tree_alone, X_val, y_val)
+    tuned = apply_tuning(cascade, tree_alone)
     assert list(tuned.named_stages_) == ["tree"]
     assert tuned.stages_[0].estimator_ is cascade.stages_[1].estimator_
     np.testing.assert_array_equal(tuned.predict(X_val), cascade.stages_[1].predict(X_val))
@@ -659,7 +659,7 @@ def test_apply_tuning_refuses_orders_that_do_not_fit(order, match):
     result = tune_with(tables[:2], y, classes=classes)
     bad = dataclasses.replace(result, order=order)
     with pytest.raises(PolicyError, match=match):
-        apply_tuning(cascade, bad, sample_ids(50), y)
+        apply_tuning(cascade, bad)
 
 
 def test_apply_tuning_refuses_a_result_tuned_on_another_number_of_stages():
@@ -668,7 +668,7 @@ def test_apply_tuning_refuses_a_result_tuned_on_another_number_of_stages():
     result = tune_with(tables[:2], y, classes=classes)
     assert result.n_stages == 2
     with pytest.raises(PolicyError, match=r"\(0, 1\) does not fit .* tuned on 2 stages"):
-        apply_tuning(cascade, result, sample_ids(50), y)
+        apply_tuning(cascade, result)
 
 
 # --------------------------------------------------------------------------- the new API
@@ -731,7 +731,7 @@ def test_escalation_weight_grid_picks_the_best_weight_and_zero_is_last():
         stage.cost_per_sample = cost
     X = sample_ids(tables.shape[1])
     tuned = apply_tuning(
-        cascade, tune_cascade(cascade, X, y, max_cost=8.0, escalation_weight_grid=grid), X, y
+        cascade, tune_cascade(cascade, X, y, max_cost=8.0, escalation_weight_grid=grid)
     )
     assert tuned.escalation_weight == weight
     assert tuned.score(X, y) == pytest.approx(best.score, abs=1e-12)
@@ -797,3 +797,15 @@ def test_numpy_integers_are_accepted_for_integer_settings():
     a = tune_cascade_from_proba(tables, y, classes=classes, n_candidates=np.int64(8))
     b = tune_cascade_from_proba(tables, y, classes=classes, n_candidates=8)
     assert a.frontier == b.frontier
+
+
+def test_apply_tuning_needs_no_data_and_warns_when_given_some(digits_cascade):
+    cascade, X_val, y_val = digits_cascade
+    result = tune_cascade(cascade, X_val, y_val)
+    tuned = apply_tuning(cascade, result)
+    with pytest.warns(DeprecationWarning, match=r"apply_tuning\(\.\.\., X, y\)"):
+        old_call = apply_tuning(cascade, result, X_val, y_val)
+    assert tuned.n_features_in_ == cascade.n_features_in_ == X_val.shape[1]
+    np.testing.assert_array_equal(tuned.classes_, cascade.classes_)
+    np.testing.assert_array_equal(tuned.predict(X_val), old_call.predict(X_val))
+    assert tuned.policy_ == result.policy

@@ -869,7 +869,7 @@ def _order_and_tune(
         ordering,
         budget,
         tuning,
-        apply_tuning(based, tuning, x_val, y_val),
+        apply_tuning(based, tuning),
         [(point.mean_cost, point.score) for point in accuracy],
     )
 

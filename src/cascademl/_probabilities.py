@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from cascademl._fitting import _column_map
 from cascademl._routing import check_stage_proba
-from cascademl._typing import FloatArray, IntArray, LabelArray
+from cascademl._typing import FloatArray
 from cascademl._validation import check_batch_size, check_fitted, take_rows
 from cascademl.cascade import CascadeClassifier
 
@@ -58,7 +59,7 @@ def stage_probabilities(
     step = max(n_samples, 1) if size is None else size
     out = np.empty((len(cascade.stages_), n_samples, len(classes)), dtype=np.float64)
     for s, stage in enumerate(cascade.stages_):
-        columns = _columns(stage.classes_, classes)
+        columns = _column_map(stage.classes_, classes)
         for start in range(0, n_samples, step):
             rows = np.arange(start, min(start + step, n_samples), dtype=np.intp)
             proba = check_stage_proba(
@@ -69,9 +70,3 @@ def stage_probabilities(
             )
             out[s, rows] = proba[:, columns]
     return out
-
-
-def _columns(stage_classes: Any, classes: LabelArray) -> IntArray:
-    """Where each of ``classes`` sits among a stage's own ``classes_``."""
-    position = {label: i for i, label in enumerate(np.asarray(stage_classes).tolist())}
-    return np.array([position[label] for label in classes.tolist()], dtype=np.intp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,13 @@ from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
 
 from cascademl.exceptions import NotFittedError, PolicyError
 
-__all__ = ["check_batch_size", "check_fitted", "check_positive_int", "take_rows"]
+__all__ = [
+    "check_batch_size",
+    "check_fitted",
+    "check_positive_int",
+    "take_rows",
+    "warn_data_ignored",
+]
 
 
 def take_rows(X: Any, idx: Any) -> Any:
@@ -117,4 +124,20 @@ def not_fitted_message(estimator: object, before: str = "") -> str:
     return (
         f"this {type(estimator).__name__} is not fitted yet; call fit before {what} "
         "(stages that are already trained are not refit)"
+    )
+
+
+def warn_data_ignored(function: str, X: object, y: object) -> None:
+    """Warn (``DeprecationWarning``) when ``X`` or ``y`` is passed to ``function``.
+
+    For functions that once refit a cascade on data only to check its classes, and now
+    build it from the trained stages (``CascadeClassifier.from_fitted``).
+    """
+    if X is None and y is None:
+        return
+    warnings.warn(
+        f"{function}(..., X, y): X and y are ignored and deprecated; the cascade is built "
+        f"from the trained stages without data, so call {function} without them",
+        DeprecationWarning,
+        stacklevel=3,
     )

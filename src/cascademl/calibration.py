@@ -28,8 +28,9 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from cascademl._labels import label_indices
 from cascademl._probabilities import stage_probabilities
 from cascademl._typing import FloatArray, IntArray, LabelArray, ProbaArray
+from cascademl._validation import check_fitted, warn_data_ignored
 from cascademl.cascade import CascadeClassifier
-from cascademl.exceptions import NotFittedError, PolicyError
+from cascademl.exceptions import PolicyError
 from cascademl.stages import check_stage
 
 __all__ = [
@@ -351,8 +352,8 @@ class TemperatureScaledStage:
 def with_temperatures(
     cascade: CascadeClassifier,
     temperatures: Sequence[float],
-    X: Any = None,  # noqa: ARG001 - kept so that calls written for 0.1 keep working
-    y: Any = None,  # noqa: ARG001 - kept so that calls written for 0.1 keep working
+    X: Any = None,
+    y: Any = None,
 ) -> CascadeClassifier:
     """Return a new fitted cascade whose stages are wrapped in `TemperatureScaledStage`.
 
@@ -365,8 +366,9 @@ def with_temperatures(
     Args:
         cascade: a fitted cascade.
         temperatures: one temperature per stage.
-        X: ignored (optional; once used to check the classes).
-        y: ignored (optional).
+        X: deprecated and ignored (it was once used to check the classes); passing it
+            emits a ``DeprecationWarning``.
+        y: deprecated and ignored, as ``X``.
 
     Returns:
         The calibrated cascade, with the same policy and combiner.
@@ -375,9 +377,8 @@ def with_temperatures(
         NotFittedError: if ``cascade`` is not fitted.
         PolicyError: if the number of temperatures does not match the stages.
     """
-    if not hasattr(cascade, "stages_"):
-        msg = f"this {type(cascade).__name__} is not fitted yet; call fit before calibrating"
-        raise NotFittedError(msg)
+    warn_data_ignored("with_temperatures", X, y)
+    check_fitted(cascade, before="calibrating")
     names = list(cascade.named_stages_.keys())
     temps = [_check_temperature(t, "temperatures") for t in temperatures]
     if len(temps) != len(names):

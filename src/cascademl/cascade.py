@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Self
 
 import numpy as np
-import sklearn
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.utils import Bunch, assert_all_finite
-from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d, validate_data
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import Bunch
+from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping
+from sklearn.utils.validation import validate_data
 
 from cascademl import _engine
 from cascademl._engine import Keep
-from cascademl._typing import CombineMethod, IntArray, LabelArray, ProbaArray
-from cascademl._validation import check_batch_size, check_fitted, take_rows
+from cascademl._fitting import (
+    _adopt_stage,
+    _agreed_classes,
+    _all_sklearn,
+    _allow_nan,
+    _check_lengths,
+    _check_pairs,
+    _check_y,
+    _column_map,
+    _fit_stage,
+    _inner,
+    _is_pair_list,
+    _is_stream,
+    _n_rows,
+    _stage_features,
+    _stage_fit_params,
+)
+from cascademl._typing import CombineMethod, LabelArray, ProbaArray
+from cascademl._validation import check_batch_size, check_fitted
 from cascademl.abstention import (
     check_reject_threshold,
     predict_with_abstention,
@@ -33,7 +46,7 @@ from cascademl.exceptions import (
 )
 from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.results import CascadeResult
-from cascademl.stages import SklearnStage, check_stage, check_stage_classes, is_fitted
+from cascademl.stages import check_stage
 from cascademl.voting import COMBINE_METHODS
 
 __all__ = ["CascadeClassifier"]
@@ -168,8 +181,8 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         """
         cascade = cls(stages, **params)
         pairs = cascade._validate_params()
-        fitted = [cascade._adopt_stage(name, stage) for name, stage in pairs]
-        agreed = cascade._agreed_classes(pairs, fitted, None)
+        fitted = [_adopt_stage(cls.__name__, name, stage) for name, stage in pairs]
+        agreed = _agreed_classes(pairs, fitted, None)
         if classes is not None:
             given = np.asarray(classes)
             if given.ndim != 1 or given.size != np.unique(given).size:
@@ -183,11 +196,12 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
                 raise ClassMismatchError(msg)
             agreed = given
         cascade._set_fitted(pairs, fitted, agreed)
-        for name in ("n_features_in_", "feature_names_in_"):
-            if hasattr(cascade, name):
-                delattr(cascade, name)
         if _all_sklearn(pairs):
-            cascade._features_from_stages(fitted)
+            n_features, names = _stage_features(fitted)
+            if n_features is not None:
+                cascade.n_features_in_ = n_features
+            if names is not None:
+                cascade.feature_names_in_ = names
         return cascade
 
     # ----------------------------------------------------------------- parameters
@@ -333,22 +347,21 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
                 are invalid, or ``X`` and ``y`` have different lengths.
         """
         pairs = self._validate_params()
-        routed = self._stage_fit_params(pairs, fit_params)
-        for name in ("n_features_in_", "feature_names_in_"):
-            if hasattr(self, name):
-                delattr(self, name)
+        routed = _stage_fit_params(self, pairs, fit_params)
+        self._forget_features()
         if not hasattr(X, "__len__") and not hasattr(X, "shape") and hasattr(X, "__array__"):
             X = np.asarray(X)
         if _all_sklearn(pairs):
             validate_data(self, X, skip_check_array=True)
         if y is None:
-            fitted = [self._adopt_stage(name, stage, without_y=True) for name, stage in pairs]
-            classes = self._agreed_classes(pairs, fitted, None)
+            owner = type(self).__name__
+            fitted = [_adopt_stage(owner, name, stage, without_y=True) for name, stage in pairs]
+            classes = _agreed_classes(pairs, fitted, None)
         else:
             y = _check_y(y)
             _check_lengths(X, y)
-            fitted = [self._fit_stage(name, stage, X, y, routed[name]) for name, stage in pairs]
-            classes = self._agreed_classes(pairs, fitted, y)
+            fitted = [_fit_stage(name, stage, X, y, routed[name]) for name, stage in pairs]
+            classes = _agreed_classes(pairs, fitted, y)
         self._set_fitted(pairs, fitted, classes)
         return self
 
@@ -491,7 +504,7 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
             pairs = self._validate_stages()
         except StageInterfaceError:
             return tags
-        tags.input_tags.allow_nan = self._allow_nan(pairs)
+        tags.input_tags.allow_nan = _allow_nan(pairs)
         return tags
 
     def _check_fitted(self) -> None:
@@ -516,37 +529,13 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         if self.abstain_label is not None:
             resolve_abstain_label(self.abstain_label, classes)
 
-    def _features_from_stages(self, fitted: list[Any]) -> None:
-        inner = [_inner(st) for st in fitted]
-        counts = {getattr(est, "n_features_in_", None) for est in inner}
-        if len(counts) == 1 and None not in counts:
-            self.n_features_in_ = int(counts.pop())  # type: ignore[arg-type]
-        names = [getattr(est, "feature_names_in_", None) for est in inner]
-        if names[0] is not None and all(
-            n is not None and np.array_equal(n, names[0]) for n in names
-        ):
-            self.feature_names_in_ = np.asarray(names[0], dtype=object)
+    def _forget_features(self) -> None:
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(self, name):
+                delattr(self, name)
 
     def _validate_stages(self) -> list[tuple[str, Any]]:
-        if not _is_pair_list(self.stages) or len(self.stages) == 0:
-            msg = (
-                "stages must be a non-empty list of (name, stage) pairs, got "
-                f"{type(self.stages).__name__}"
-            )
-            raise StageInterfaceError(msg)
-        pairs = [(str(n), s) for n, s in self.stages]
-        names = [n for n, _ in pairs]
-        reserved = set(super().get_params(deep=False))
-        for name in names:
-            if names.count(name) > 1:
-                msg = f"stage names must be unique, {name!r} appears {names.count(name)} times"
-                raise StageInterfaceError(msg)
-            if "__" in name or not name:
-                msg = f"stage name {name!r} must be non-empty and must not contain '__'"
-                raise StageInterfaceError(msg)
-            if name in reserved:
-                msg = f"stage name {name!r} clashes with the parameter of the same name"
-                raise StageInterfaceError(msg)
+        pairs = _check_pairs(self.stages, reserved=set(super().get_params(deep=False)))
         for name, stage in pairs:
             check_stage(stage, name, fitted=False)
         return pairs
@@ -567,102 +556,6 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
             escalation_weight=self.escalation_weight,
         )
         return policy
-
-    @staticmethod
-    def _allow_nan(pairs: list[tuple[str, Any]]) -> bool:
-        from sklearn.utils import get_tags  # noqa: PLC0415 - local: only needed for tags
-
-        try:
-            return all(get_tags(_inner(stage)).input_tags.allow_nan for _, stage in pairs)
-        except (AttributeError, TypeError):
-            return False
-
-    def _stage_fit_params(
-        self, pairs: list[tuple[str, Any]], fit_params: dict[str, Any]
-    ) -> dict[str, dict[str, Any]]:
-        if sklearn.get_config().get("enable_metadata_routing", False):
-            routed = process_routing(self, "fit", **fit_params)
-            # A stage outside scikit-learn's routing (no get_metadata_routing) gets nothing.
-            return {name: dict(routed.get(name, {}).get("fit", {})) for name, _ in pairs}
-        unknown = sorted(set(fit_params) - {"sample_weight"})
-        if unknown:
-            msg = (
-                f"fit got unexpected parameters {unknown}; only sample_weight is passed to the "
-                "stages unless metadata routing is on "
-                "(sklearn.set_config(enable_metadata_routing=True))"
-            )
-            raise TypeError(msg)
-        weight = fit_params.get("sample_weight")
-        return {name: {} if weight is None else {"sample_weight": weight} for name, _ in pairs}
-
-    def _adopt_stage(self, name: str, stage: Any, *, without_y: bool = False) -> Any:
-        """A fitted stage as the cascade holds it; never trains."""
-        if not is_fitted(stage):
-            kind = type(_inner(stage)).__name__
-            if without_y:
-                msg = (
-                    f"{type(self).__name__} requires y to be passed, but the target y is None "
-                    f"and stage {name!r} ({kind}) is not fitted; fit(X, None) needs every "
-                    "stage fitted already"
-                )
-                raise ClassMismatchError(msg)
-            msg = f"stage {name!r} ({kind}) is not fitted; from_fitted needs fitted stages"
-            raise StageInterfaceError(msg)
-        adopted: Any = stage
-        if isinstance(stage, SklearnStage):
-            adopted = SklearnStage(stage.estimator, cost_per_sample=stage.cost_per_sample)
-            adopted.estimator_ = getattr(stage, "estimator_", stage.estimator)
-        elif isinstance(stage, BaseEstimator):
-            adopted = SklearnStage(stage)
-            adopted.estimator_ = stage
-        check_stage(adopted, name, fitted=True)
-        check_stage_classes(adopted, name)
-        return adopted
-
-    @staticmethod
-    def _fit_stage(name: str, stage: Any, X: Any, y: Any, params: dict[str, Any]) -> Any:
-        if isinstance(stage, (SklearnStage, BaseEstimator)):
-            inner = _inner(stage)
-            cost = stage.cost_per_sample if isinstance(stage, SklearnStage) else None
-            if is_fitted(inner):
-                params = {}  # a fitted estimator is adopted, never refit
-            _check_accepts(name, inner, params)
-            fitted = SklearnStage(inner, cost_per_sample=cost).fit(X, y, **params)
-        elif is_fitted(stage):
-            check_stage(stage, name, fitted=True)
-            fitted = stage
-        else:
-            logger.debug("fitting stage %r (%s)", name, type(stage).__name__)
-            _check_accepts(name, stage, params)
-            fitted = clone(stage).fit(X, y, **params)
-            check_stage(fitted, name, fitted=True)
-        check_stage_classes(fitted, name)
-        return fitted
-
-    @staticmethod
-    def _agreed_classes(
-        pairs: list[tuple[str, Any]], fitted: list[Any], y: LabelArray | None
-    ) -> LabelArray:
-        reference = np.asarray(fitted[0].classes_)
-        ref_set = set(reference.tolist())
-        for (name, _), stage in zip(pairs[1:], fitted[1:], strict=True):
-            classes = set(np.asarray(stage.classes_).tolist())
-            if classes != ref_set:
-                msg = (
-                    f"stage {name!r} has classes {sorted(classes, key=str)} but stage "
-                    f"{pairs[0][0]!r} has {sorted(ref_set, key=str)}; all stages must "
-                    "predict the same set of classes"
-                )
-                raise ClassMismatchError(msg)
-        if y is not None:
-            unknown = set(np.unique(y).tolist()) - ref_set
-            if unknown:
-                msg = (
-                    f"y holds classes {sorted(unknown, key=str)} that the stages do not "
-                    f"predict (they know {sorted(ref_set, key=str)})"
-                )
-                raise ClassMismatchError(msg)
-        return np.sort(reference)
 
     def _route(
         self,
@@ -692,86 +585,3 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         X = self._check_input(X)
         source = _engine.MemorySource(X, _n_rows(X))
         return _engine.run(self.stages_, source, **options)
-
-
-def _is_pair_list(stages: object) -> bool:
-    return isinstance(stages, (list, tuple)) and all(
-        isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)  # noqa: PLR2004
-        for item in stages
-    )
-
-
-def _inner(stage: Any) -> Any:
-    return stage.estimator if isinstance(stage, SklearnStage) else stage
-
-
-def _all_sklearn(pairs: list[tuple[str, Any]]) -> bool:
-    return all(isinstance(_inner(stage), BaseEstimator) for _, stage in pairs)
-
-
-def _column_map(stage_classes: Any, classes: LabelArray) -> IntArray:
-    position = {label: i for i, label in enumerate(np.asarray(stage_classes).tolist())}
-    return np.array([position[label] for label in classes.tolist()], dtype=np.intp)
-
-
-def _check_accepts(name: str, estimator: Any, params: dict[str, Any]) -> None:
-    if "sample_weight" not in params:
-        return
-    try:
-        signature = inspect.signature(estimator.fit)
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        return
-    accepts = "sample_weight" in signature.parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
-    )
-    if not accepts:
-        msg = (
-            f"stage {name!r} ({type(estimator).__name__}) does not accept sample_weight in "
-            "fit; give it a fitted estimator, or fit without sample_weight"
-        )
-        raise StageInterfaceError(msg)
-
-
-def _check_y(y: Any) -> LabelArray:
-    labels = np.asarray(y)
-    if labels.dtype.kind in "fc":
-        assert_all_finite(labels, input_name="y")
-    check_classification_targets(y)
-    return np.asarray(column_or_1d(y, warn=True))
-
-
-def _check_lengths(X: Any, y: LabelArray) -> None:
-    shape = getattr(X, "shape", None)
-    if shape is not None and len(shape) > 0:
-        n_samples: int | None = int(shape[0])
-    elif isinstance(X, (list, tuple)):
-        n_samples = len(X)
-    else:
-        n_samples = None  # a Dataset, a loader or a custom container: the stages decide
-    if n_samples is not None and n_samples != len(y):
-        msg = f"X has {n_samples} samples but y has {len(y)} labels; give one label per sample"
-        raise PolicyError(msg)
-
-
-def _take(X: Any, idx: IntArray) -> Any:
-    return take_rows(X, idx)
-
-
-def _n_rows(X: Any) -> int:
-    shape = getattr(X, "shape", None)
-    if shape is not None and len(shape) > 0:
-        return int(shape[0])
-    return len(X)
-
-
-def _is_stream(X: object) -> bool:
-    """Whether ``X`` is streamed: an iterator, or a torch ``Dataset``/``DataLoader``."""
-    if isinstance(X, (np.ndarray, list, tuple)) or hasattr(X, "iloc"):
-        return False
-    if isinstance(X, Iterator):
-        return True
-    if "torch" not in sys.modules:  # no torch object can exist: nothing to import
-        return False
-    from cascademl import inference  # noqa: PLC0415 - torch is loaded already
-
-    return inference.is_stream(X)

@@ -13,11 +13,20 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 import numpy as np
+import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import check_cv, cross_val_predict
+from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
+from cascademl._fitting import (
+    _check_accepts,
+    _check_pairs,
+    _inner,
+    _is_pair_list,
+    _stage_fit_params,
+)
 from cascademl._typing import CombineMethod, ConfidenceMeasure, LabelArray, ProbaArray
 from cascademl._validation import check_fitted
 from cascademl.cascade import CascadeClassifier
@@ -136,19 +145,28 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.batch_size = batch_size
 
-    def fit(self, X: Any, y: Any) -> Self:
+    def fit(self, X: Any, y: Any, **fit_params: Any) -> Self:
         """Collect out-of-fold probabilities, tune the rule on them, refit on all data.
 
         Args:
             X: array-like of shape (n_samples, n_features), or a DataFrame.
             y: array-like of shape (n_samples,), labels.
+            **fit_params: ``sample_weight``, passed to every stage's ``fit`` in every fold
+                (the training folds' rows) and in the final refit; with
+                ``sklearn.set_config(enable_metadata_routing=True)``, any metadata the
+                stages request (``stage.set_fit_request(sample_weight=True)``), and
+                ``groups`` for a ``cv`` splitter that takes them. The thresholds are tuned
+                on the unweighted out-of-fold scores.
 
         Returns:
             The fitted estimator.
 
         Raises:
             StageInterfaceError: if ``stages`` is not a list of uniquely named
-                ``(name, classifier)`` pairs with ``fit`` and ``predict_proba``.
+                ``(name, classifier)`` pairs with ``fit`` and ``predict_proba``, or a stage
+                does not accept ``sample_weight``.
+            TypeError: for fit parameters other than ``sample_weight`` without metadata
+                routing.
             PolicyError: for invalid tuning parameters, or when no thresholds meet
                 ``max_cost`` or ``min_score`` on the out-of-fold probabilities.
         """
@@ -156,7 +174,8 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         y = column_or_1d(y, warn=True)
         classes = np.unique(y)
-        splits = list(check_cv(self.cv, y, classifier=True).split(X, y))
+        stage_params, split_params = self._route_fit_params(pairs, fit_params)
+        splits = list(check_cv(self.cv, y, classifier=True).split(X, y, **split_params))
         oof = np.stack(
             [
                 cross_val_predict(
@@ -166,8 +185,9 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
                     cv=splits,
                     method="predict_proba",
                     n_jobs=self.n_jobs,
+                    params=stage_params[name],
                 )
-                for _, estimator, _ in pairs
+                for name, estimator, _ in pairs
             ]
         )
         costs = (
@@ -203,7 +223,7 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
             ],
             batch_size=self.batch_size,
             **_rule_params(result.rule, as_list=as_list),
-        ).fit(X, y)
+        ).fit(X, y, **{k: v for k, v in fit_params.items() if k != "groups"})
         self.cascade_ = cascade
         self.classes_ = cascade.classes_
         self.stages_ = cascade.stages_
@@ -219,6 +239,43 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
             if hasattr(cascade, name):
                 setattr(self, name, getattr(cascade, name))
         return self
+
+    def get_metadata_routing(self) -> MetadataRouter:
+        """How fit metadata reaches the stages and the splitter (metadata routing).
+
+        Each stage receives, in each fold's ``fit`` and in the final refit, the metadata it
+        requested; a ``cv`` splitter receives ``groups`` in ``split``.
+
+        Returns:
+            A ``MetadataRouter`` with a ``fit -> fit`` mapping per stage and
+            ``fit -> split`` for the splitter.
+        """
+        router = MetadataRouter(owner=type(self).__name__).add_self_request(self)
+        stages = self.stages if _is_pair_list(self.stages) else []
+        for name, stage in stages:
+            inner = _inner(stage)
+            if hasattr(inner, "get_metadata_routing"):
+                router.add(
+                    **{name: inner}, method_mapping=MethodMapping().add(callee="fit", caller="fit")
+                )
+        router.add(
+            splitter=check_cv(self.cv, classifier=True),
+            method_mapping=MethodMapping().add(callee="split", caller="fit"),
+        )
+        return router
+
+    def _route_fit_params(
+        self, pairs: list[tuple[str, Any, float | None]], fit_params: dict[str, Any]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """Each stage's fit metadata by name, and the splitter's ``split`` metadata."""
+        if sklearn.get_config().get("enable_metadata_routing", False):
+            routed = process_routing(self, "fit", **fit_params)
+            by_stage = {name: dict(routed.get(name, {}).get("fit", {})) for name, _, _ in pairs}
+            return by_stage, dict(routed.splitter.split)
+        by_stage = _stage_fit_params(self, [(n, e) for n, e, _ in pairs], fit_params)
+        for name, estimator, _ in pairs:
+            _check_accepts(name, estimator, by_stage[name])
+        return by_stage, {}
 
     def route(self, X: Any, **kwargs: Any) -> CascadeResult:
         """Route samples through the refit stages; see `CascadeClassifier.route`."""
@@ -238,23 +295,8 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
 
     def _validate_stages(self) -> list[tuple[str, Any, float | None]]:
         """``(name, estimator, cost_per_sample)`` for each stage."""
-        stages = self.stages
-        if (
-            not isinstance(stages, (list, tuple))
-            or not stages
-            or not all(
-                isinstance(s, tuple) and len(s) == 2 and isinstance(s[0], str)  # noqa: PLR2004
-                for s in stages
-            )
-        ):
-            msg = f"stages must be a non-empty list of (name, classifier) pairs, got {stages!r}"
-            raise StageInterfaceError(msg)
-        names = [name for name, _ in stages]
         out = []
-        for name, stage in stages:
-            if names.count(name) > 1:
-                msg = f"stage names must be unique, {name!r} appears {names.count(name)} times"
-                raise StageInterfaceError(msg)
+        for name, stage in _check_pairs(self.stages, reserved=set(self.get_params(deep=False))):
             estimator, cost = (
                 (stage.estimator, stage.cost_per_sample)
                 if isinstance(stage, SklearnStage)

@@ -68,39 +68,55 @@ never loads a skops type you did not trust, never downloads, and writes nothing.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import glob
 import hashlib
-import importlib.util
 import json
-import math
 import os
-import pickle
-import re
 import shutil
-import stat
-import warnings
-import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from cascademl import _files
-from cascademl.abstention import ABSTAIN
-from cascademl.calibration import TemperatureScaledStage
-from cascademl.cascade import CascadeClassifier
-from cascademl.exceptions import (
-    CascadeMLError,
-    CascadeMLWarning,
-    NotFittedError,
-    SerializationError,
+from cascademl._io_folder import (
+    _carry_over,
+    _FolderReader,
+    _FolderReplacedError,
+    _saved_folder,
+    _verified,
 )
-from cascademl.policies import ConfidencePolicy
-from cascademl.stages import SklearnStage
+from cascademl._io_format import (
+    _CONFIG_LIMIT,
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    TENSORS_FILE,
+    SklearnFormat,
+    _check_features,
+    _check_files,
+    _check_stage_features,
+    _check_stages,
+    _decode_abstain_label,
+    _decode_classes,
+    _decode_policy,
+    _encode_abstain_label,
+    _encode_classes,
+    _encode_float,
+    _json_weights,
+    _parse_config,
+)
+from cascademl._io_stages import (
+    _load_tensors,
+    _LoadOptions,
+    _require_safetensors,
+    _stage_spec,
+    _StageBuilder,
+)
+from cascademl.cascade import CascadeClassifier
+from cascademl.exceptions import CascadeMLError, NotFittedError, SerializationError
 
 __all__ = [
     "CONFIG_FILE",
@@ -111,164 +127,7 @@ __all__ = [
     "save_cascade",
 ]
 
-#: The ``"format"`` key of ``cascade.json``.
-FORMAT = "cascademl.CascadeClassifier"
-#: The ``"format_version"`` this version of cascademl writes (it reads 1 and 2).
-FORMAT_VERSION = 2
-#: The configuration file in a saved cascade's folder.
-CONFIG_FILE = "cascade.json"
-#: The weights file of torch stages.
-TENSORS_FILE = "tensors.safetensors"
-
-#: How scikit-learn stages are stored: skops (no code runs on loading) or pickle.
-SklearnFormat = Literal["skops", "pickle"]
-
-_READ_VERSIONS = (1, 2)
 _LOAD_ATTEMPTS = 3
-_CONFIG_LIMIT = 64 << 20  # bytes; a cascade.json is a few kilobytes
-_MAX_WRAPPERS = 8  # temperature stages around one stage
-_MAX_FEATURES = 2**31 - 1
-_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
-_OWN_STAGE_FILE = re.compile(r"stage_[0-9]+\.(pkl|skops)")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_TIMM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-#: timm keywords that point at weights to read or download.
-_FORBIDDEN_KEY = re.compile(r"pretrain|checkpoint|file|path|url|hub|cache|download", re.IGNORECASE)
-_FORBIDDEN_VALUE = re.compile(r"://|^hf[-_]hub:|^timm:|^local-dir:", re.IGNORECASE)
-_LABEL_KINDS = "biufUO"  # bool, int, uint, float, str, object (of JSON-able values)
-#: Errors unpickling a corrupt or incompatible file can raise (no bare ``except``).
-_UNPICKLE_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    ImportError,
-    KeyError,
-    IndexError,
-)
-#: Errors serializing an estimator that cannot be stored.
-_DUMP_ERRORS = (
-    pickle.PicklingError,
-    TypeError,
-    AttributeError,
-    ValueError,
-    NotImplementedError,
-    RecursionError,
-)
-#: Errors reading a corrupt or incompatible skops file.
-_SKOPS_ERRORS = (
-    ValueError,
-    TypeError,
-    KeyError,
-    AttributeError,
-    ImportError,
-    OSError,
-    zipfile.BadZipFile,
-)
-
-
-# --------------------------------------------------------------------------- encoding
-def _encode_float(value: float) -> float | str:
-    number = float(value)
-    return number if math.isfinite(number) else str(number)  # "inf", "-inf", "nan"
-
-
-def _decode_float(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        msg = f"{where} must be a number, got {value!r}"
-        raise SerializationError(msg)
-    try:
-        return float(value)
-    except ValueError as exc:
-        msg = f"{where} must be a number, got {value!r}"
-        raise SerializationError(msg) from exc
-
-
-def _encode_classes(classes: np.ndarray[Any, Any]) -> dict[str, Any]:
-    if classes.dtype.kind not in _LABEL_KINDS:
-        msg = f"class labels of dtype {classes.dtype} cannot be saved as JSON"
-        raise SerializationError(msg)
-    values = classes.tolist()
-    try:
-        json.dumps(values, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        msg = f"class labels {values[:5]!r}... are not JSON-able: {exc}"
-        raise SerializationError(msg) from exc
-    return {"dtype": classes.dtype.str, "values": values}
-
-
-def _encode_abstain_label(label: object) -> dict[str, Any] | None:
-    """``None``, the ``ABSTAIN`` sentinel, or a label saved like the classes (dtype kept)."""
-    if label is None:
-        return None
-    if label is ABSTAIN:
-        return {"sentinel": "ABSTAIN"}
-    return _encode_classes(np.asarray([label]))
-
-
-def _decode_abstain_label(spec: object, where: str) -> Any:
-    if spec is None:
-        return None
-    if spec == {"sentinel": "ABSTAIN"}:
-        return ABSTAIN
-    if not isinstance(spec, Mapping):
-        msg = f"{where}: params.abstain_label must be null or an object, got {spec!r}"
-        raise SerializationError(msg)
-    values = _decode_classes(spec, f"{where}: params.abstain_label")
-    if values.shape != (1,):
-        msg = f"{where}: params.abstain_label must hold one label, got {spec!r}"
-        raise SerializationError(msg)
-    return values[0]
-
-
-def _decode_classes(spec: Mapping[str, Any], where: str) -> np.ndarray[Any, Any]:
-    try:
-        dtype = np.dtype(spec["dtype"])
-        if dtype.kind not in _LABEL_KINDS:
-            msg = f"{where}: class dtype {dtype} is not supported"
-            raise SerializationError(msg)
-        if dtype.kind == "O":
-            out = np.empty(len(spec["values"]), dtype=object)
-            out[:] = list(spec["values"])
-            return out
-        return np.asarray(spec["values"], dtype=dtype)
-    except (TypeError, ValueError, KeyError) as exc:
-        msg = f"{where}: invalid classes entry {spec!r} ({exc})"
-        raise SerializationError(msg) from exc
-
-
-def _torch_stage_class() -> type[Any]:
-    from cascademl.torch_stage import TorchStage  # noqa: PLC0415 - imported on use
-
-    return TorchStage
-
-
-def _require_safetensors() -> Any:
-    if importlib.util.find_spec("safetensors") is None:  # pragma: no cover - in dev env
-        msg = "saving or loading torch stages needs safetensors: pip install 'cascademl[io]'"
-        raise ImportError(msg)
-    import safetensors.torch  # noqa: PLC0415 - optional dependency
-
-    return safetensors.torch
-
-
-def _require_skops() -> Any:
-    if importlib.util.find_spec("skops") is None:  # pragma: no cover - in dev env
-        msg = (
-            "scikit-learn stages are stored with skops: pip install 'cascademl[io]' (or "
-            "save with sklearn_format='pickle', which loading refuses without allow_pickle)"
-        )
-        raise ImportError(msg)
-    import skops.io  # noqa: PLC0415 - optional dependency
-
-    return skops.io
-
-
-def _import_timm() -> Any:
-    from cascademl.torch_stage import _import_timm as import_timm  # noqa: PLC0415
-
-    return import_timm()
 
 
 # --------------------------------------------------------------------------- saving
@@ -396,99 +255,6 @@ def _serialize(cascade: CascadeClassifier, sklearn_format: SklearnFormat) -> dic
     return blobs
 
 
-def _carry_over(old: Path, new: Path, *, skip: set[str]) -> None:
-    """Link (or copy) into ``new`` what ``old`` holds besides its saved cascade's files."""
-    own = {CONFIG_FILE, TENSORS_FILE, *skip}
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        own.update(json.loads((old / CONFIG_FILE).read_text(encoding="utf-8"))["files"])
-    for entry in os.scandir(old):
-        if entry.name in own or _OWN_STAGE_FILE.fullmatch(entry.name):
-            continue
-        target = new / entry.name
-        if entry.is_symlink():
-            target.symlink_to(Path(entry.path).readlink())
-        elif entry.is_dir():
-            shutil.copytree(entry.path, target, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(entry.path, target)
-
-
-def _link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def _json_weights(value: float | Sequence[float]) -> float | list[float]:
-    if isinstance(value, Sequence):
-        return [float(v) for v in value]
-    return float(value)
-
-
-def _stage_spec(
-    stage: Any,
-    *,
-    index: int,
-    name: str,
-    tensors: dict[str, torch.Tensor],
-    blobs: dict[str, bytes],
-    sklearn_format: SklearnFormat,
-) -> dict[str, Any]:
-    if isinstance(stage, TemperatureScaledStage):
-        inner = _stage_spec(
-            stage.stage,
-            index=index,
-            name=name,
-            tensors=tensors,
-            blobs=blobs,
-            sklearn_format=sklearn_format,
-        )
-        return {"kind": "temperature", "temperature": stage.temperature, "stage": inner}
-    if isinstance(stage, SklearnStage):
-        estimator = stage.estimator_ if hasattr(stage, "estimator_") else stage.estimator
-        filename = f"stage_{index}.{sklearn_format if sklearn_format == 'skops' else 'pkl'}"
-        blobs[filename] = _dump_estimator(estimator, name, sklearn_format)
-        return {
-            "kind": "sklearn",
-            "file": filename,
-            "serializer": sklearn_format,
-            "estimator": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
-            "cost_per_sample": stage.cost_per_sample,
-        }
-    torch_stage = _torch_stage_class()
-    if isinstance(stage, torch_stage):
-        prefix = f"stage_{index}."
-        for key, value in stage.state_dict().items():
-            tensors[prefix + key] = value.detach().to("cpu").contiguous().clone()
-        return {"kind": "torch", "config": stage.to_config(), "tensor_prefix": prefix}
-    msg = (
-        f"stage {name!r} ({type(stage).__name__}) cannot be saved: supported stages are "
-        "scikit-learn estimators (SklearnStage), TorchStage, and TemperatureScaledStage "
-        "around either"
-    )
-    raise SerializationError(msg)
-
-
-def _dump_estimator(estimator: Any, name: str, sklearn_format: SklearnFormat) -> bytes:
-    what = f"stage {name!r} ({type(estimator).__name__})"
-    if sklearn_format == "skops":
-        sio = _require_skops()
-        try:
-            return bytes(sio.dumps(estimator))
-        except _DUMP_ERRORS as exc:
-            msg = (
-                f"{what} cannot be stored with skops ({type(exc).__name__}: {exc}); "
-                "save_cascade(..., sklearn_format='pickle') stores it with pickle"
-            )
-            raise SerializationError(msg) from exc
-    try:
-        return pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)
-    except _DUMP_ERRORS as exc:
-        msg = f"{what} cannot be pickled ({type(exc).__name__}: {exc})"
-        raise SerializationError(msg) from exc
-
-
 # --------------------------------------------------------------------------- loading
 def load_cascade(
     path: str | os.PathLike[str],
@@ -538,18 +304,6 @@ def load_cascade(
     raise SerializationError(msg)
 
 
-class _FolderReplacedError(Exception):
-    """A file vanished because a save replaced the folder while it was read: try again."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _LoadOptions:
-    allow_pickle: bool
-    trusted: tuple[str, ...]
-    modules: Mapping[str, nn.Module]
-    device: str | torch.device | None
-
-
 def _load(folder: Path, options: _LoadOptions) -> CascadeClassifier:
     with _FolderReader.open(_saved_folder(folder)) as reader:
         where = str(reader.folder / CONFIG_FILE)
@@ -587,437 +341,6 @@ def _load(folder: Path, options: _LoadOptions) -> CascadeClassifier:
             msg = f"{where}: invalid configuration: {exc}"
             raise SerializationError(msg) from exc
     return _adopt(cascade, classes, n_features, feature_names, where)
-
-
-def _check_stages(entries: object, where: str, files: Mapping[str, str]) -> list[Any]:
-    if not isinstance(entries, list) or not entries:
-        msg = f"{where}: 'stages' must be a non-empty list, got {entries!r:.80}"
-        raise SerializationError(msg)
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            msg = f"{where}: stages[{i}] must be an object, got {entry!r:.80}"
-            raise SerializationError(msg)
-        _check_spec(entry["spec"], f"stages[{i}].spec", where, files, depth=0)
-    return entries
-
-
-def _verified(reader: _FolderReader, filename: str, digest: str) -> bytes:
-    data = reader.read(filename)
-    if hashlib.sha256(data).hexdigest() != digest:
-        msg = (
-            f"{reader.folder / filename}: checksum mismatch, the file is corrupt or was "
-            "changed after saving"
-        )
-        raise SerializationError(msg)
-    return data
-
-
-def _saved_folder(folder: Path) -> Path:
-    """``folder``, or the previous cascade an interrupted save left aside (with a warning)."""
-    if (folder / CONFIG_FILE).is_file() or folder.is_dir():
-        return folder
-    pattern = f".{glob.escape(folder.name)}.old-*"
-    aside = sorted(
-        (p for p in folder.parent.glob(pattern) if (p / CONFIG_FILE).is_file()),
-        key=_mtime,
-    )
-    if not aside:
-        return folder
-    warnings.warn(
-        f"{folder} does not exist, but {aside[-1]} holds the cascade that an interrupted "
-        f"save_cascade was replacing; loading that one (rename it to {folder.name} to keep it)",
-        CascadeMLWarning,
-        stacklevel=4,
-    )
-    return aside[-1]
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:  # removed meanwhile
-        return -math.inf
-
-
-class _FolderReader:
-    """Reads regular files of one folder through one open handle on it.
-
-    Names are opened relative to the folder's handle (``dir_fd``) without following
-    symbolic links, so every file comes from the folder that was opened first, even when a
-    save renames another folder into its place meanwhile.
-    """
-
-    def __init__(self, folder: Path, fd: int | None) -> None:
-        self.folder = folder
-        self._fd = fd
-
-    @classmethod
-    @contextlib.contextmanager
-    def open(cls, folder: Path) -> Iterator[_FolderReader]:
-        if not (folder / CONFIG_FILE).is_file():
-            msg = f"{folder / CONFIG_FILE}: not found; is {folder} a folder saved by save_cascade?"
-            raise SerializationError(msg)
-        fd: int | None = None
-        if os.open in os.supports_dir_fd:
-            try:
-                fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            except OSError as exc:
-                msg = f"{folder}: cannot open the folder ({exc})"
-                raise SerializationError(msg) from exc
-        try:
-            yield cls(folder, fd)
-        finally:
-            if fd is not None:
-                os.close(fd)
-
-    def read(self, name: str, *, limit: int | None = None) -> bytes:
-        path = self.folder / name
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        flags |= getattr(os, "O_BINARY", 0)
-        try:
-            if self._fd is None:  # pragma: no cover - platforms without dir_fd (Windows)
-                if path.is_symlink():
-                    msg = f"{path}: is a symbolic link; a saved cascade holds regular files only"
-                    raise SerializationError(msg)
-                fd = os.open(path, flags)
-            else:
-                fd = os.open(name, flags, dir_fd=self._fd)
-        except FileNotFoundError as exc:
-            if self._replaced():
-                raise _FolderReplacedError from exc
-            msg = f"{path}: missing (listed in {CONFIG_FILE})"
-            raise SerializationError(msg) from exc
-        except OSError as exc:
-            kind = "is a symbolic link" if os.path.islink(path) else "cannot be opened"  # noqa: PTH114
-            msg = f"{path}: {kind} ({exc}); a saved cascade holds regular files only"
-            raise SerializationError(msg) from exc
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                msg = f"{path}: not a regular file; a saved cascade holds regular files only"
-                raise SerializationError(msg)
-            if limit is not None and info.st_size > limit:
-                msg = f"{path}: {info.st_size} bytes, more than the {limit} a config may have"
-                raise SerializationError(msg)
-            chunks = []
-            while chunk := os.read(fd, 1 << 24):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-
-    def _replaced(self) -> bool:
-        if self._fd is None:  # pragma: no cover - platforms without dir_fd (Windows)
-            return False
-        try:
-            now = self.folder.stat()
-        except OSError:
-            return True
-        then = os.fstat(self._fd)
-        return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
-
-
-def _parse_config(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        config = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = f"{where}: not valid JSON ({exc})"
-        raise SerializationError(msg) from exc
-    except RecursionError as exc:
-        msg = f"{where}: nested too deeply to be a saved cascade's configuration"
-        raise SerializationError(msg) from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        msg = f"{where}: not a saved cascade (format {found!r}, expected {FORMAT!r})"
-        raise SerializationError(msg)
-    version = config.get("format_version")
-    if isinstance(version, bool) or version not in _READ_VERSIONS:
-        msg = (
-            f"{where}: format_version {version!r} is not supported; this version of "
-            f"cascademl reads format_version {', '.join(map(str, _READ_VERSIONS))}"
-        )
-        raise SerializationError(msg)
-    return config
-
-
-def _check_name(value: object, key: str, where: str) -> str:
-    if not isinstance(value, str) or not _FILE_NAME.fullmatch(value) or value == CONFIG_FILE:
-        msg = (
-            f"{where}: {key} {value!r} is not the name of a file inside the folder (a saved "
-            "cascade's files are plain names: no folders, absolute paths, '..' or hidden "
-            "names); refusing to read it"
-        )
-        raise SerializationError(msg)
-    return value
-
-
-def _check_files(files: object, where: str) -> dict[str, str]:
-    if not isinstance(files, dict):
-        msg = f"{where}: 'files' must map file names to SHA-256 digests, got {files!r:.80}"
-        raise SerializationError(msg)
-    for name, digest in files.items():
-        _check_name(name, "a 'files' key", where)
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            msg = f"{where}: files[{name!r}] must be a SHA-256 hex digest, got {digest!r:.80}"
-            raise SerializationError(msg)
-    return dict(files)
-
-
-def _check_spec(spec: object, key: str, where: str, files: Mapping[str, str], depth: int) -> None:
-    """Check a stage spec (before any file is read): its files and its torch architecture."""
-    if not isinstance(spec, dict):
-        msg = f"{where}: {key} must be an object, got {spec!r:.80}"
-        raise SerializationError(msg)
-    kind = spec.get("kind")
-    if kind == "temperature":
-        if depth >= _MAX_WRAPPERS:
-            msg = f"{where}: {key} nests more than {_MAX_WRAPPERS} temperature stages"
-            raise SerializationError(msg)
-        _check_spec(spec.get("stage"), f"{key}.stage", where, files, depth + 1)
-    elif kind == "sklearn":
-        filename = _check_name(spec.get("file"), f"{key}.file", where)
-        if filename not in files:
-            msg = (
-                f"{where}: {key}.file {filename!r} is not listed (with its checksum) under "
-                "'files'; refusing to read it"
-            )
-            raise SerializationError(msg)
-        serializer = spec.get("serializer", "pickle")
-        if serializer not in ("skops", "pickle"):
-            msg = f"{where}: {key}.serializer must be 'skops' or 'pickle', got {serializer!r}"
-            raise SerializationError(msg)
-    elif kind == "torch":
-        _check_torch_config(spec.get("config"), f"{key}.config", where)
-    else:
-        msg = f"{where}: {key}.kind must be 'sklearn', 'torch' or 'temperature', got {kind!r}"
-        raise SerializationError(msg)
-
-
-def _check_torch_config(config: object, key: str, where: str) -> None:
-    """Refuse a torch stage config that would make loading read other files or download."""
-    if not isinstance(config, dict) or not isinstance(config.get("architecture"), dict):
-        msg = f"{where}: {key} must be an object with an 'architecture' object"
-        raise SerializationError(msg)
-    arch = config["architecture"]
-    source = arch.get("source")
-    if source == "module":
-        return
-    if source != "timm":
-        msg = f"{where}: {key}.architecture.source must be 'timm' or 'module', got {source!r}"
-        raise SerializationError(msg)
-    name = arch.get("name")
-    if not isinstance(name, str) or not _TIMM_NAME.fullmatch(name):
-        msg = (
-            f"{where}: {key}.architecture.name {name!r} is not a timm model name; loading "
-            "builds timm models by name only (no 'hf-hub:' prefix, URL or path) and reads "
-            "weights only from the folder"
-        )
-        raise SerializationError(msg)
-    timm = _import_timm()
-    if not timm.is_model(name):
-        msg = (
-            f"{where}: {key}.architecture.name {name!r} is not a model of the installed timm "
-            f"{timm.__version__}"
-        )
-        raise SerializationError(msg)
-    num_classes = arch.get("num_classes")
-    classes = config.get("classes")
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or not isinstance(classes, list)
-        or num_classes != len(classes)
-        or num_classes < 1
-    ):
-        msg = (
-            f"{where}: {key}.architecture.num_classes must be the number of classes "
-            f"({len(classes) if isinstance(classes, list) else '?'}), got {num_classes!r}"
-        )
-        raise SerializationError(msg)
-    kwargs = arch.get("kwargs", {})
-    if not isinstance(kwargs, dict):
-        msg = f"{where}: {key}.architecture.kwargs must be an object, got {kwargs!r:.80}"
-        raise SerializationError(msg)
-    for path, value in _walk(kwargs, f"{key}.architecture.kwargs"):
-        if _FORBIDDEN_KEY.search(path.rsplit(".", 1)[-1]) or (
-            isinstance(value, str) and _FORBIDDEN_VALUE.search(value)
-        ):
-            msg = (
-                f"{where}: {path} = {value!r:.80} would make loading read weights from "
-                "elsewhere or download them; a saved stage's weights come only from "
-                f"{TENSORS_FILE}"
-            )
-            raise SerializationError(msg)
-
-
-def _walk(value: object, path: str) -> Iterator[tuple[str, object]]:
-    yield path, value
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _walk(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _walk(item, f"{path}[{i}]")
-
-
-def _check_features(config: Mapping[str, Any], where: str) -> tuple[int | None, list[str] | None]:
-    n_features = config.get("n_features_in")
-    names = config.get("feature_names_in")
-    if n_features is not None and (
-        isinstance(n_features, bool)
-        or not isinstance(n_features, int)
-        or not 1 <= n_features <= _MAX_FEATURES
-    ):
-        msg = (
-            f"{where}: n_features_in must be null or an integer in [1, {_MAX_FEATURES}], "
-            f"got {n_features!r}"
-        )
-        raise SerializationError(msg)
-    if names is not None and (
-        not isinstance(names, list)
-        or not all(isinstance(n, str) for n in names)
-        or len(names) != n_features
-    ):
-        msg = (
-            f"{where}: feature_names_in must be null or a list of n_features_in "
-            f"({n_features}) strings, got {names!r:.80}"
-        )
-        raise SerializationError(msg)
-    return n_features, names
-
-
-def _check_stage_features(
-    stages: list[tuple[str, Any]], n_features: int | None, where: str
-) -> None:
-    for name, stage in stages:
-        inner = stage.stage if isinstance(stage, TemperatureScaledStage) else stage
-        expected = getattr(getattr(inner, "estimator", None), "n_features_in_", None)
-        if expected is not None and n_features is not None and int(expected) != n_features:
-            msg = (
-                f"{where}: n_features_in is {n_features} but stage {name!r} was fitted on "
-                f"{int(expected)} features"
-            )
-            raise SerializationError(msg)
-
-
-def _decode_policy(spec: Mapping[str, Any], where: str) -> ConfidencePolicy:
-    raw = spec["thresholds"]
-    thresholds: float | tuple[float, ...] = (
-        tuple(_decode_float(t, f"{where}: thresholds") for t in raw)
-        if isinstance(raw, list)
-        else _decode_float(raw, f"{where}: thresholds")
-    )
-    return ConfidencePolicy(spec["measure"], thresholds)
-
-
-def _load_tensors(folder: Path, blobs: Mapping[str, bytes]) -> dict[str, torch.Tensor]:
-    if TENSORS_FILE not in blobs:
-        return {}
-    st = _require_safetensors()
-    import safetensors  # noqa: PLC0415 - optional dependency, checked above
-
-    try:
-        return dict(st.load(blobs[TENSORS_FILE]))
-    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        msg = f"{folder / TENSORS_FILE}: unreadable safetensors file ({exc})"
-        raise SerializationError(msg) from exc
-
-
-class _StageBuilder:
-    """Rebuilds stages from checked specs and the files already read and verified."""
-
-    def __init__(
-        self,
-        folder: Path,
-        blobs: Mapping[str, bytes],
-        tensors: Mapping[str, torch.Tensor],
-        options: _LoadOptions,
-    ) -> None:
-        self.folder = folder
-        self.blobs = blobs
-        self.tensors = tensors
-        self.options = options
-
-    def build(self, spec: Mapping[str, Any], name: str) -> Any:
-        kind = spec["kind"]
-        if kind == "temperature":
-            inner = self.build(spec["stage"], name)
-            return TemperatureScaledStage(inner, _decode_float(spec["temperature"], "temperature"))
-        if kind == "sklearn":
-            return SklearnStage(
-                self._estimator(spec, name), cost_per_sample=spec["cost_per_sample"]
-            )
-        return self._torch(spec, name)
-
-    def _estimator(self, spec: Mapping[str, Any], name: str) -> Any:
-        filename = str(spec["file"])
-        path = self.folder / filename
-        data = self.blobs[filename]
-        if spec.get("serializer", "pickle") == "skops":
-            return _load_skops(path, data, name, self.options.trusted)
-        if not self.options.allow_pickle:
-            msg = (
-                f"{path}: stage {name!r} is a pickled scikit-learn estimator "
-                f"({spec.get('estimator')}); unpickling can run arbitrary code, so it is "
-                "refused by default. Pass allow_pickle=True to load_cascade only if you trust "
-                "this file."
-            )
-            raise SerializationError(msg)
-        try:
-            return pickle.loads(data)  # noqa: S301 - opted in with allow_pickle=True
-        except _UNPICKLE_ERRORS as exc:
-            msg = f"{path}: cannot unpickle stage {name!r} ({type(exc).__name__}: {exc})"
-            raise SerializationError(msg) from exc
-
-    def _torch(self, spec: Mapping[str, Any], name: str) -> Any:
-        prefix = str(spec["tensor_prefix"])
-        state = {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-        where = self.folder / TENSORS_FILE
-        try:
-            stage = _torch_stage_class().from_config(
-                spec["config"],
-                state,
-                module=self.options.modules.get(name),
-                device=self.options.device,
-            )
-        except SerializationError as exc:
-            msg = f"{where}: stage {name!r}: {exc}"
-            raise SerializationError(msg) from exc
-        expected = stage.module_.state_dict()
-        for key, saved in state.items():
-            want = expected[key].dtype
-            if (saved.dtype.is_floating_point, saved.dtype.is_complex) != (
-                want.is_floating_point,
-                want.is_complex,
-            ) or (not want.is_floating_point and saved.dtype != want):
-                msg = (
-                    f"{where}: tensor {prefix + key!r} is {saved.dtype} but stage {name!r}'s "
-                    f"module holds {want} there; refusing to cast it (the file was not "
-                    "written by save_cascade, or was changed)"
-                )
-                raise SerializationError(msg)
-        return stage
-
-
-def _load_skops(path: Path, data: bytes, name: str, trusted: Sequence[str]) -> Any:
-    sio = _require_skops()
-    try:
-        untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in trusted]
-    except _SKOPS_ERRORS as exc:
-        msg = f"{path}: stage {name!r}: not a readable skops file ({type(exc).__name__}: {exc})"
-        raise SerializationError(msg) from exc
-    if untrusted:
-        msg = (
-            f"{path}: stage {name!r} holds types that skops does not trust by default: "
-            f"{untrusted}. If you trust this file, pass them to load_cascade: "
-            f"trusted={untrusted!r}"
-        )
-        raise SerializationError(msg)
-    try:
-        return sio.loads(data, trusted=list(trusted) or None)
-    except _SKOPS_ERRORS as exc:
-        msg = f"{path}: cannot load stage {name!r} ({type(exc).__name__}: {exc})"
-        raise SerializationError(msg) from exc
 
 
 def _adopt(

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from cascademl._probabilities import stage_probabilities
-from cascademl._validation import check_fitted
+from cascademl._validation import check_fitted, warn_data_ignored
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import PolicyError
 from cascademl.policies import ConfidencePolicy, RoutingRule
-from cascademl.stages import SklearnStage
 from cascademl.stages import stage_cost as _stage_cost
 from cascademl.tuning._orders import OrdersArg, _order_problem, search_orders_from_proba
 from cascademl.tuning._results import MinScore, OrderSearchResult, Scoring, TuningResult
@@ -19,21 +18,22 @@ from cascademl.tuning._thresholds import tune_cascade_from_proba
 __all__ = ["apply_tuning", "search_orders", "tune_cascade"]
 
 
-def _cascade_costs(cascade: CascadeClassifier, stage_cost: Sequence[float] | None) -> list[float]:
-    if stage_cost is not None:
-        return [float(c) for c in stage_cost]
-    return [_stage_cost(s) for s in cascade.stages_]
-
-
-def _cascade_rule(cascade: CascadeClassifier) -> RoutingRule:
-    """The routing rule of a fitted cascade, from its current parameters."""
+def _cascade_problem(
+    cascade: CascadeClassifier, X_val: Any, y_val: Any, stage_cost: Sequence[float] | None
+) -> dict[str, Any]:
+    """The array-level tuner's inputs for a fitted cascade (each stage runs once on X_val)."""
     check_fitted(cascade, before="tuning")
-    return RoutingRule.from_params(
-        cascade.policy,
-        n_stages=len(cascade.stages_),
-        combine=cascade.combine,
-        escalation_weight=cascade.escalation_weight,
-    )
+    rule = cascade.routing_rule_
+    return {
+        "stage_proba": stage_probabilities(cascade, X_val),
+        "y": y_val,
+        "classes": cascade.classes_,
+        "rule": rule,
+        "stage_cost": [float(c) for c in stage_cost]
+        if stage_cost is not None
+        else [_stage_cost(s) for s in cascade.stages_],
+        "stage_names": tuple(cascade.named_stages_.keys()),
+    }
 
 
 def tune_cascade(
@@ -75,21 +75,14 @@ def tune_cascade(
         NotFittedError: if the cascade is not fitted.
         PolicyError: see `tune_cascade_from_proba`.
     """
-    rule = _cascade_rule(cascade)
-    proba = stage_probabilities(cascade, X_val)
     return tune_cascade_from_proba(
-        proba,
-        y_val,
-        classes=cascade.classes_,
-        rule=rule,
-        stage_cost=_cascade_costs(cascade, stage_cost),
+        **_cascade_problem(cascade, X_val, y_val, stage_cost),
         max_cost=max_cost,
         min_score=min_score,
         scoring=scoring,
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
-        stage_names=tuple(cascade.named_stages_.keys()),
     )
 
 
@@ -113,31 +106,16 @@ def search_orders(
     ``orders``: ``orders="subsets"`` also tries every sub-sequence of the stages, so that
     [`apply_tuning`][cascademl.tuning.apply_tuning] can drop the stages that do not pay.
     """
-    rule = _cascade_rule(cascade)
-    proba = stage_probabilities(cascade, X_val)
     return search_orders_from_proba(
-        proba,
-        y_val,
-        classes=cascade.classes_,
+        **_cascade_problem(cascade, X_val, y_val, stage_cost),
         orders=orders,
-        rule=rule,
-        stage_cost=_cascade_costs(cascade, stage_cost),
         max_cost=max_cost,
         min_score=min_score,
         scoring=scoring,
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
-        stage_names=tuple(cascade.named_stages_.keys()),
     )
-
-
-def _frozen_stage(stage: Any) -> Any:
-    """Return a stage that a new cascade's ``fit`` adopts as it is, without retraining."""
-    if isinstance(stage, SklearnStage):
-        fitted = stage.estimator_ if hasattr(stage, "estimator_") else stage.estimator
-        return SklearnStage(fitted, cost_per_sample=stage.cost_per_sample)
-    return stage
 
 
 def _rule_params(rule: RoutingRule, *, as_list: bool = False) -> dict[str, Any]:
@@ -156,8 +134,8 @@ def _rule_params(rule: RoutingRule, *, as_list: bool = False) -> dict[str, Any]:
 def apply_tuning(
     cascade: CascadeClassifier,
     result: TuningResult | OrderSearchResult,
-    X: Any,
-    y: Any,
+    X: Any = None,
+    y: Any = None,
 ) -> CascadeClassifier:
     """Return a new fitted cascade with the tuned stage order and routing rule.
 
@@ -165,14 +143,16 @@ def apply_tuning(
     names: a result for a sub-sequence of the stages (from ``orders="subsets"``) drops the
     others. Its policy, combiner and escalation weights are those of ``result.rule``
     (the cascade's own unless the escalation weight was tuned). The trained stages are
-    reused, never retrained: ``X`` and ``y`` (for example the validation split) only let
-    ``fit`` check the classes and the number of features.
+    reused, never retrained, and no data is needed: the new cascade is built with
+    [`CascadeClassifier.from_fitted`][cascademl.CascadeClassifier.from_fitted] and keeps
+    the classes, ``n_features_in_`` and ``feature_names_in_`` of ``cascade``.
 
     Args:
         cascade: the fitted cascade that was tuned.
         result: a tuning result (an order search contributes its best order).
-        X: inputs accepted by the stages.
-        y: their labels.
+        X: deprecated and ignored (it was once used to refit on the kept stages); passing
+            it emits a ``DeprecationWarning``.
+        y: deprecated and ignored, as ``X``.
 
     Returns:
         A fitted cascade; ``cascade`` is left unchanged.
@@ -182,6 +162,7 @@ def apply_tuning(
         PolicyError: if the result's order is empty or holds an index that is repeated or
             not one of the cascade's stages.
     """
+    warn_data_ignored("apply_tuning", X, y)
     tuned = result.best if isinstance(result, OrderSearchResult) else result
     check_fitted(cascade, before="apply_tuning")
     names = list(cascade.named_stages_.keys())
@@ -194,8 +175,15 @@ def apply_tuning(
             f"stages (indices in range({len(names)}), each at most once): {problem}"
         )
         raise PolicyError(msg)
-    stages = [(names[i], _frozen_stage(cascade.stages_[i])) for i in tuned.order]
+    stages = [(names[i], cascade.stages_[i]) for i in tuned.order]
     params = cascade.get_params(deep=False)
+    del params["stages"]
     as_list = isinstance(cascade.escalation_weight, Sequence)
-    params.update(stages=stages, **_rule_params(tuned.rule, as_list=as_list))
-    return type(cascade)(**params).fit(X, y)
+    params.update(_rule_params(tuned.rule, as_list=as_list))
+    adopted = type(cascade).from_fitted(stages, classes=cascade.classes_, **params)
+    for name in ("n_features_in_", "feature_names_in_"):
+        if hasattr(adopted, name):
+            delattr(adopted, name)
+        if hasattr(cascade, name):
+            setattr(adopted, name, getattr(cascade, name))
+    return adopted
