@@ -168,7 +168,9 @@ def process_group(device: str) -> Iterator[str]:
         yield device
         return
     own, backend = _device_for(device, ranks)
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    # NCCL is bound to this process's GPU at once (barriers then know which one to use).
+    bound = torch.device(own) if backend == "nccl" else None
+    dist.init_process_group(backend, timeout=TIMEOUT, device_id=bound)
     logger.info(
         "rank %d of %d (local rank %d) on %s, %s backend",
         ranks.rank,
