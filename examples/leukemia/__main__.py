@@ -1,6 +1,7 @@
 """Command line of the leukemia example: ``run``, ``predict`` and ``evaluate``.
 
 python -m examples.leukemia run --data-root DIR --preset cpu --out DIR
+torchrun --nproc-per-node N -m examples.leukemia run ...   (N training processes)
 python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV]
 python -m examples.leukemia evaluate --model OUT/cascade --data-root DIR
 python -m examples.leukemia audit --data-root DIR --preset cpu --out DIR
@@ -24,6 +25,7 @@ from PIL import Image
 from cascademl import _files
 from cascademl.exceptions import CascadeMLError
 
+from . import distributed
 from .audit import run_audit
 from .data import LeukemiaDataError, load_rgb
 from .pipeline import ORDER_RULES, evaluate_folder, load_predictor, read_images, run_experiment
@@ -215,19 +217,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append("pretrained=false")
     preset = get_preset(args.preset, overrides)
     checkpoints = dict(args.checkpoint)
-    summary = run_experiment(
-        args.data_root,
-        preset,
-        args.out,
-        device=args.device,
-        skip_bad=args.skip_bad,
-        checkpoints=checkpoints,
-        allow_download=args.download_weights,
-        max_cost_ratio=args.max_cost_ratio,
-        order=args.order,
-        scoring=args.scoring,
-        progress=not args.no_progress,
-    )
+    # Under torchrun with several processes: join the group, train on this rank's device.
+    with distributed.process_group(args.device) as device:
+        summary = run_experiment(
+            args.data_root,
+            preset,
+            args.out,
+            device=device,
+            skip_bad=args.skip_bad,
+            checkpoints=checkpoints,
+            allow_download=args.download_weights,
+            max_cost_ratio=args.max_cost_ratio,
+            order=args.order,
+            scoring=args.scoring,
+            progress=not args.no_progress,
+        )
+    if not distributed.from_environment().main:
+        return 0  # rank 0 prints the summary
     print(f"order:            {' -> '.join(summary.order)}")
     print(f"thresholds:       {', '.join(f'{t:.4g}' for t in summary.thresholds)}")
     print(f"cascade accuracy: {summary.test_accuracy:.2%} (test), MCC {summary.test_mcc:.4f}")
@@ -379,11 +385,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_processes(command: str) -> None:
+    """Refuse to run a command other than ``run`` on several torchrun processes."""
+    if command != "run" and distributed.from_environment().distributed:
+        msg = (
+            f"{command!r} runs in one process; of the commands, only 'run' trains "
+            "on several processes under torchrun (start it with --nproc-per-node 1)"
+        )
+        raise ValueError(msg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    try:
+        if not distributed.from_environment().main:
+            level = max(level, logging.WARNING)  # rank 0 logs the run; the others warn
+    except ValueError:
+        pass  # a broken torchrun environment is reported by the command itself
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     commands = {
@@ -394,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
     }
     try:
+        _check_processes(args.command)
         return commands[args.command](args)
     except (
         LeukemiaDataError,

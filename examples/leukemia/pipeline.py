@@ -47,7 +47,7 @@ from cascademl.tuning import (
     stage_probabilities,
 )
 
-from . import audit, report
+from . import audit, distributed, report
 from .data import (
     CLASS_NAMES,
     SCALE_BAR_FRACTION,
@@ -65,6 +65,7 @@ from .runlock import lock_output, releases_output_locks
 from .training import (
     PretrainedWeightsUnavailableError,
     TrainResult,
+    check_batch_size,
     class_weights,
     create_backbone,
     pretrained_available,
@@ -402,35 +403,21 @@ def run_experiment(
         The headline numbers.
     """
     started = time.perf_counter()
+    ranks = distributed.current()
     # Before any work: an absent GPU or missing weights must not cost an hour first.
     device = str(resolve_device(device))  # also resolves "auto"
     weights = check_pretrained_weights(preset, checkpoints or {}, allow_download=allow_download)
-    warn_if_slow_precision(preset, device)
-    out = _claim_output(data_root, out)
+    if ranks.main:
+        warn_if_slow_precision(preset, device)
+    for spec in preset.backbones:
+        check_batch_size(spec.batch_size, ranks.world_size, name=f"{spec.timm_name}.batch_size")
+    out = _claim_output(data_root, out, lock=ranks.main)
     figures = out / "figures"
     torch.manual_seed(preset.seed)
 
     # ---------------------------------------------------------------- data
-    manifest, scan = prepare_split(
-        data_root,
-        out / "split.csv",
-        skip_bad=skip_bad,
-        seed=preset.seed,
-        near_threshold=preset.near_threshold,
-        block_size=preset.group_block,
-        max_per_class=preset.max_images_per_class,
-    )
-    normalizer = (
-        fit_stain_normalizer(manifest, size=preset.cache_size, seed=preset.seed)
-        if (preset.stain_normalize)
-        else None
-    )
-    stain = normalizer.fingerprint() if normalizer is not None else "none"
-    images = masked_images(
-        load_images(
-            manifest, size=preset.cache_size, normalizer=normalizer, cache_dir=out / "cache"
-        ),
-        preset.mask_bottom,
+    manifest, scan, normalizer, stain, images = _prepare_data(
+        data_root, preset, out, skip_bad=skip_bad
     )
     classes = np.array(manifest.classes)
     y = {split: classes[manifest.targets(split)] for split in ("val", "test")}
@@ -449,6 +436,8 @@ def run_experiment(
         allow_download=allow_download,
         progress=progress,
     )
+    if not ranks.main:  # rank 0 alone tunes, tests and writes; this rank takes its summary
+        return distributed.share(None, ExperimentSummary)
 
     # ---------------------------------------------------------------- every backbone
     names = [name for name, _ in stages]
@@ -557,6 +546,8 @@ def run_experiment(
     payload: dict[str, Any] = {
         "preset": asdict(preset),
         "device": device,
+        # Only with several processes, so that a single-process run's file is as before.
+        **({"processes": ranks.world_size} if ranks.distributed else {}),
         "split_counts": manifest.counts(),
         "skipped": [asdict(s) for s in scan.skipped] if scan is not None else [],
         "exact_duplicate_groups": [list(g) for g in scan.duplicates] if scan is not None else [],
@@ -612,20 +603,75 @@ def run_experiment(
         sections=sections,
         figures=figure_files,
     )
-    return ExperimentSummary(
-        out=out,
-        order=tuple(payload["order"]),
-        thresholds=tuple(tuning.thresholds),
-        test_accuracy=metrics["Cascade"].accuracy,
-        test_mcc=metrics["Cascade"].mcc,
-        best_single=(best_name, metrics[best_name].accuracy),
-        cost_ratio_all=payload["cost"]["cascade_flops_ratio_all"],
-        seconds=seconds,
+    return distributed.share(
+        ExperimentSummary(
+            out=out,
+            order=tuple(payload["order"]),
+            thresholds=tuple(tuning.thresholds),
+            test_accuracy=metrics["Cascade"].accuracy,
+            test_mcc=metrics["Cascade"].mcc,
+            best_single=(best_name, metrics[best_name].accuracy),
+            cost_ratio_all=payload["cost"]["cascade_flops_ratio_all"],
+            seconds=seconds,
+        ),
+        ExperimentSummary,
     )
 
 
-def _claim_output(data_root: str | Path, out: str | Path) -> Path:
+class _Data(NamedTuple):
+    """The split, its scan (``None`` when reused), the stain normalizer and the images."""
+
+    manifest: SplitManifest
+    scan: DatasetScan | None
+    normalizer: StainNormalizer | None
+    stain: str
+    images: NormalizedImages
+
+
+def _prepare_data(data_root: str | Path, preset: Preset, out: Path, *, skip_bad: bool) -> _Data:
+    """Split (or reuse ``split.csv``), fit the stain reference, load the images (cached).
+
+    With several processes rank 0 writes the split and the cache and fits the stain
+    reference, which it sends to the others; they then read the split and the cache.
+    """
+    ranks = distributed.current()
+    with distributed.main_first():
+        if not ranks.main:
+            distributed.readable(out / "split.csv")
+        manifest, scan = prepare_split(
+            data_root,
+            out / "split.csv",
+            skip_bad=skip_bad,
+            seed=preset.seed,
+            near_threshold=preset.near_threshold,
+            block_size=preset.group_block,
+            max_per_class=preset.max_images_per_class,
+        )
+    normalizer = distributed.broadcast(
+        fit_stain_normalizer(manifest, size=preset.cache_size, seed=preset.seed)
+        if preset.stain_normalize and ranks.main
+        else None
+    )
+    stain = normalizer.fingerprint() if normalizer is not None else "none"
+    with distributed.main_first():
+        images = masked_images(
+            load_images(
+                manifest,
+                size=preset.cache_size,
+                normalizer=normalizer,
+                cache_dir=out / "cache",
+                write_cache=ranks.main,
+            ),
+            preset.mask_bottom,
+        )
+    return _Data(manifest, scan, normalizer, stain, images)
+
+
+def _claim_output(data_root: str | Path, out: str | Path, *, lock: bool = True) -> Path:
     """Check the dataset root exists, then lock ``out`` (created) for this run.
+
+    With ``lock=False`` (the ranks other than 0 of a multi-process run, which only read
+    what rank 0 writes) the folder is neither created nor locked.
 
     Raises:
         LeukemiaDataError: When ``data_root`` is not a folder (nothing is written then).
@@ -634,7 +680,8 @@ def _claim_output(data_root: str | Path, out: str | Path) -> Path:
     if not Path(data_root).is_dir():
         msg = f"dataset root {data_root} is not a folder"
         raise LeukemiaDataError(msg)
-    lock_output(out)  # held until run_experiment returns
+    if lock:
+        lock_output(out)  # held until run_experiment returns
     return Path(out)
 
 

@@ -20,6 +20,19 @@ augmentation, from ``(seed, epoch)``. A resumed run therefore draws the same num
 an uninterrupted one without storing RNG states, and the caller's global RNG state is
 left untouched.
 
+Several processes (``torchrun``, see :mod:`.distributed`): the model is wrapped in
+``DistributedDataParallel`` and each epoch's training items are dealt out by a
+``DistributedSampler`` (reshuffled every epoch from the seed and the epoch).
+``TrainConfig.batch_size`` stays the *global* batch: each of ``N`` processes takes
+``batch_size / N`` items per step, so a step, the number of steps per epoch, the
+learning-rate schedule and the meaning of ``lr`` are those of a single-process run. Rank
+0 keeps the single-process seeds; the other ranks draw their augmentation and dropout
+from seeds derived from ``(seed, epoch, rank)``, so a rerun draws the same numbers. Rank
+0 alone validates (on the whole validation split), decides about the best epoch and early
+stopping, and writes the checkpoint, ``best.pt`` and the history; it sends its decision
+to the others. Every rank loads the checkpoint to resume, and ``best.pt`` at the end.
+Batch-norm statistics are those of each process's own share of the batch.
+
 Exceptions::
 
     TrainingError (RuntimeError)
@@ -36,7 +49,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,12 +63,15 @@ from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from cascademl import _files
 from cascademl.inference import ResolvedPrecision
 from cascademl.inference import resolve_precision as _resolve_precision
+
+from . import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +101,10 @@ class TrainConfig:
 
     Attributes:
         epochs: Maximum number of epochs.
-        batch_size: Training batch size.
+        batch_size: Training batch size: images per optimizer step, over all processes
+            when ``torchrun`` starts several (each takes ``batch_size / N``; it must
+            divide evenly). ``lr`` is the learning rate for this batch, however many
+            processes share it.
         lr: Peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         patience: Epochs without a better validation accuracy before stopping.
@@ -472,8 +491,27 @@ def _atomic_save(obj: object, path: Path) -> None:
         raise TrainingError(msg) from exc
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % (2**63)
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of one epoch's random numbers on one rank (rank 0: the single-process seed)."""
+    base = (seed * 1_000_003 + epoch) % (2**63)
+    return base if rank == 0 else (base + rank * 0x9E3779B97F4A7C15) % (2**63)
+
+
+def check_batch_size(batch_size: int, world_size: int, *, name: str = "batch_size") -> int:
+    """Return the per-process batch: ``batch_size`` shared by ``world_size`` processes.
+
+    Raises:
+        ValueError: ``batch_size`` is not a multiple of ``world_size``; the message names
+            both.
+    """
+    if batch_size % world_size:
+        msg = (
+            f"{name}={batch_size} is not a multiple of the {world_size} training processes: "
+            f"the batch is shared evenly; choose a multiple of {world_size} (e.g. "
+            f"--set {name}={world_size * max(1, round(batch_size / world_size))})"
+        )
+        raise ValueError(msg)
+    return batch_size // world_size
 
 
 def train_model(
@@ -496,7 +534,8 @@ def train_model(
     measured (of the weight average when ``config.ema_decay`` is set, which is then also
     what is kept and returned); the best weights are kept, and training stops after
     ``config.patience`` epochs without improvement (ties on accuracy are broken by the
-    lower validation loss).
+    lower validation loss). Inside a process group (``torchrun``) the model trains with
+    DistributedDataParallel and rank 0 alone validates and writes (see the module notes).
 
     Args:
         model: A freshly built backbone (its weights are replaced on resume).
@@ -518,11 +557,13 @@ def train_model(
     Raises:
         CheckpointMismatchError: ``out_dir`` holds a checkpoint made with other settings.
     """
+    ranks = distributed.current()
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        folder.mkdir(parents=True, exist_ok=True)
     checkpoint_path = folder / CHECKPOINT_NAME
     best_path = folder / BEST_NAME
-    parts = _Parts.build(model, config, len(train_set), weights, torch.device(device))  # type: ignore[arg-type]
+    parts = _Parts.build(model, config, len(train_set), weights, torch.device(device), ranks=ranks)  # type: ignore[arg-type]
     identity = json.loads(json.dumps({"config": asdict(config), **(fingerprint or {})}))
     state: dict[str, Any] = {
         "format": _FORMAT,
@@ -542,27 +583,39 @@ def train_model(
         config.precision,
         chosen.reason,
     )
-    if checkpoint_path.is_file():
-        state = parts.restore(checkpoint_path, state)
+    # Rank 0 decides whether to resume; every rank then loads the same checkpoint.
+    if distributed.broadcast(checkpoint_path.is_file()):
+        state = parts.restore(distributed.readable(checkpoint_path), state)
         logger.info("resuming %s after epoch %d", checkpoint_path, state["epoch"])
     resumed_from = int(state["epoch"])
+    parts.wrap()
 
     while not state["finished"]:
         start = time.perf_counter()
-        train_loss, train_acc = parts.train_epoch(train_set, state["epoch"], progress=progress)
-        val_loss, val_acc = _evaluate(
-            parts.evaluated, val_set, parts.criterion, config, parts.device
+        train_loss, train_acc = parts.train_epoch(
+            train_set, state["epoch"], progress=progress and ranks.main
         )
-        stats = EpochStats(
-            epoch=state["epoch"] + 1,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            seconds=time.perf_counter() - start,
-            lr=float(parts.scheduler.get_last_lr()[0]),
-        )
-        if _record(state, stats, config.epochs, config.patience):
+        found: EpochStats | None = None
+        if ranks.main:  # the others wait for its numbers
+            val_loss, val_acc = _evaluate(
+                parts.evaluated, val_set, parts.criterion, config, parts.device
+            )
+            found = EpochStats(
+                epoch=state["epoch"] + 1,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                seconds=time.perf_counter() - start,
+                lr=float(parts.scheduler.get_last_lr()[0]),
+            )
+        stats = distributed.share(found, EpochStats)
+        improved = _record(state, stats, config.epochs, config.patience)
+        if not ranks.main:
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+            continue
+        if improved:
             _atomic_save(parts.evaluated.state_dict(), best_path)
         logger.info(
             "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
@@ -579,8 +632,10 @@ def train_model(
         if on_epoch_end is not None:
             on_epoch_end(stats)
 
+    distributed.barrier()  # best.pt is written
     best = state["best"]
-    model.load_state_dict(torch.load(best_path, map_location=parts.device, weights_only=True))
+    best_file = distributed.readable(best_path)
+    model.load_state_dict(torch.load(best_file, map_location=parts.device, weights_only=True))
     model.eval()
     return TrainResult(
         model=model,
@@ -625,6 +680,9 @@ class _Parts:
     drop_last: bool
     ema: ModelEmaV3 | None = None
     step: int = 0
+    ranks: distributed.Ranks = field(default_factory=distributed.Ranks)
+    #: What the training steps run: the model, or its DistributedDataParallel wrapper.
+    trained: nn.Module | None = None
 
     @property
     def evaluated(self) -> nn.Module:
@@ -639,7 +697,17 @@ class _Parts:
         train_size: int,
         weights: torch.Tensor | None,
         device: torch.device,
+        *,
+        ranks: distributed.Ranks | None = None,
     ) -> _Parts:
+        ranks = ranks or distributed.Ranks()
+        check_batch_size(config.batch_size, ranks.world_size)
+        if train_size < ranks.world_size:
+            msg = (
+                f"{train_size} training items cannot be shared by {ranks.world_size} "
+                "processes; start fewer"
+            )
+            raise ValueError(msg)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(device)
         model.to(memory_format=memory_format)
@@ -666,7 +734,21 @@ class _Parts:
             if config.ema_decay is None
             else ModelEmaV3(model, decay=config.ema_decay, use_warmup=True, warmup_power=0.75)
         )
-        return cls(model, criterion, optimizer, scheduler, config, device, drop_last, ema)
+        return cls(
+            model, criterion, optimizer, scheduler, config, device, drop_last, ema, ranks=ranks
+        )
+
+    def wrap(self) -> None:
+        """Wrap the model for the training steps (DistributedDataParallel with a group).
+
+        Called after a checkpoint is restored; the wrapper starts by copying rank 0's
+        weights and buffers to every rank.
+        """
+        if not self.ranks.distributed:
+            self.trained = self.model
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.trained = DistributedDataParallel(self.model, device_ids=ids)
 
     def state_dicts(self) -> dict[str, Any]:
         saved = {
@@ -701,29 +783,22 @@ class _Parts:
     ) -> tuple[float, float]:
         """Run one epoch (0-based ``epoch``) with RNG seeded from ``(seed, epoch)``."""
         config = self.config
-        seed = _epoch_seed(config.seed, epoch)
+        seed = _epoch_seed(config.seed, epoch, self.ranks.rank)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        trained = self.model if self.trained is None else self.trained
         total_loss, correct, seen = 0.0, 0, 0
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            loader = DataLoader(
-                dataset,
-                batch_size=config.batch_size,
-                shuffle=True,
-                drop_last=self.drop_last,
-                generator=torch.Generator().manual_seed(seed),
-                num_workers=config.num_workers,
-                pin_memory=self.device.type == "cuda",
-            )
-            self.model.train()
+            loader = self._loader(dataset, epoch, seed)
+            trained.train()
             description = f"epoch {epoch + 1}/{config.epochs}"
             for batch, labels in tqdm(loader, desc=description, disable=not progress, leave=False):
                 inputs = batch.to(self.device, memory_format=memory_format)
                 targets = labels.to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
                 with _autocast(self.device, config.precision):
-                    logits = self.model(inputs)
+                    logits = trained(inputs)
                 loss = self.criterion(logits.float(), targets)
                 loss.backward()
                 self.optimizer.step()
@@ -734,4 +809,45 @@ class _Parts:
                 total_loss += float(loss.detach()) * len(targets)
                 correct += int((logits.argmax(dim=1) == targets).sum())
                 seen += len(targets)
+        if self.ranks.distributed:  # the epoch's numbers over every process's items
+            sums = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
+            sums = sums.to(self.device)
+            torch.distributed.all_reduce(sums)
+            total_loss, correct, seen = float(sums[0]), int(sums[1]), int(sums[2])
         return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    def _loader(
+        self, dataset: Dataset[tuple[torch.Tensor, int]], epoch: int, seed: int
+    ) -> DataLoader[tuple[torch.Tensor, int]]:
+        """The epoch's training batches; with several processes, this rank's share."""
+        config = self.config
+        if not self.ranks.distributed:
+            return DataLoader(
+                dataset,
+                batch_size=config.batch_size,
+                shuffle=True,
+                drop_last=self.drop_last,
+                generator=torch.Generator().manual_seed(seed),
+                num_workers=config.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        # drop_last on both: each rank gets floor(n / N) items in batches of batch_size / N,
+        # so the steps per epoch are floor(n / batch_size), as with one process.
+        sampler: DistributedSampler[tuple[torch.Tensor, int]] = DistributedSampler(
+            dataset,
+            num_replicas=self.ranks.world_size,
+            rank=self.ranks.rank,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        return DataLoader(
+            dataset,
+            batch_size=check_batch_size(config.batch_size, self.ranks.world_size),
+            sampler=sampler,
+            drop_last=self.drop_last,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )

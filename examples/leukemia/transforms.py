@@ -431,6 +431,7 @@ def load_images(
     normalizer: StainNormalizer | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
+    write_cache: bool = True,
 ) -> NormalizedImages:
     """Decode every image of the manifest, resize it and stain-normalize it, with a cache.
 
@@ -450,6 +451,9 @@ def load_images(
         normalizer: A fitted normalizer, or ``None`` to skip stain normalization.
         cache_dir: Folder of the cache; ``None`` disables it.
         workers: Threads that decode and normalize images; ``None``: one per CPU (at most 8).
+        write_cache: Store the result in ``cache_dir`` when it is not there yet; ``False``
+            only reads the cache (the processes other than rank 0 of a ``torchrun`` run,
+            which read what rank 0 wrote).
 
     Returns:
         The images and the fallbacks.
@@ -483,7 +487,7 @@ def load_images(
             len(fallbacks),
             len(paths),
         )
-    if array_file is not None and sidecar is not None:
+    if write_cache and array_file is not None and sidecar is not None:
         array_file.parent.mkdir(parents=True, exist_ok=True)
         with _files.atomic_path(array_file) as tmp:
             np.save(tmp, images)

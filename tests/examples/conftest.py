@@ -90,3 +90,9 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 
     monkeypatch.setattr(timm, "create_model", create)
     return downloads
+
+
+@pytest.fixture(scope="session")
+def leukemia_root_40(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 images per class (16 for validation): enough to compare two training runs."""
+    return make_leukemia_folder(tmp_path_factory.mktemp("leukemia-40") / "data", per_class=40)
