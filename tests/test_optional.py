@@ -32,3 +32,11 @@ def test_missing_timm_names_the_timm_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm.data", None)
     with pytest.raises(ImportError, match=r"pip install 'cascademl\[timm\]'"):
         torch_stage.TorchStage.from_timm("resnet18", num_classes=2)
+
+
+def test_missing_ray_names_the_ray_extra(monkeypatch):
+    from cascademl import ray_data
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'cascademl\[ray\]'"):
+        ray_data.route_dataset(None, "model")

@@ -2,7 +2,7 @@
 
 python -m examples.leukemia run --data-root DIR --preset cpu --out DIR
 torchrun --nproc-per-node N -m examples.leukemia run ...   (N training processes)
-python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV]
+python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV] [--ray local]
 python -m examples.leukemia evaluate --model OUT/cascade --data-root DIR
 python -m examples.leukemia audit --data-root DIR --preset cpu --out DIR
 python -m examples.leukemia seeds --data-root DIR --preset cpu --seeds 0,1,2 --out DIR
@@ -19,16 +19,27 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from cascademl import _files
+from cascademl._optional import require
 from cascademl.exceptions import CascadeMLError
 
 from . import distributed
 from .audit import run_audit
 from .data import LeukemiaDataError, load_rgb
-from .pipeline import ORDER_RULES, evaluate_folder, load_predictor, read_images, run_experiment
+from .pipeline import (
+    ORDER_RULES,
+    Predictor,
+    evaluate_folder,
+    load_predictor,
+    prepare_image,
+    read_images,
+    run_experiment,
+)
 from .presets import PRESETS, get_preset
 from .runlock import OutputFolderBusyError
 from .seeds import SUMMARY_MARKDOWN, SeedRunError, run_seeds, seeds_markdown
@@ -156,8 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--output", type=Path, help="CSV file (default: stdout)")
-    predict.add_argument("--device", default=None, help="torch device (default: as saved)")
-    predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    _add_predict_options(predict)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a saved cascade on a labelled folder")
     evaluate.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
@@ -175,6 +185,21 @@ def _parser() -> argparse.ArgumentParser:
         "class it maps to, e.g. --map Benign=Healthy --map Early,Pre,Pro=ALL (repeatable)",
     )
     return parser
+
+
+def _add_predict_options(predict: argparse.ArgumentParser) -> None:
+    predict.add_argument("--device", default=None, help="torch device (default: as saved)")
+    predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    predict.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on a Ray cluster (its address, e.g. ray://head:10001, or auto) or on a "
+        "local one (local); needs cascademl[ray], and every node must read --model and the "
+        "images",
+    )
+    predict.add_argument(
+        "--ray-actors", type=int, default=1, metavar="N", help="actors with --ray (1)"
+    )
 
 
 def _name_and_path(value: str) -> tuple[str, str]:
@@ -323,7 +348,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not good:
         msg = f"all {len(files)} image files were unreadable (skipped with --skip-bad)"
         raise LeukemiaDataError(msg)
-    x, fallbacks = read_images(good, predictor)
+    if args.ray is not None:
+        rows, fallbacks = _predict_on_ray(args, good, predictor)
+    else:
+        x, fallbacks = read_images(good, predictor)
+        routed = predictor.cascade.route(x)
+        rows = [
+            (
+                routed.labels[i],
+                float(routed.proba[i].max()),
+                routed.stage_names[int(routed.exit_stage[i])],
+            )
+            for i in range(len(good))
+        ]
     if fallbacks:
         logger.warning(
             "stain normalization fell back to the original image for %d of %d images: %s",
@@ -331,7 +368,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             len(good),
             ", ".join(fallbacks[:_LISTED]) + (" ..." if len(fallbacks) > _LISTED else ""),
         )
-    routed = predictor.cascade.route(x)
     with (
         _files.atomic_open(args.output, "w", newline="")
         if args.output
@@ -339,16 +375,68 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     ) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "confidence", "exit_stage"])
-        for i, path in enumerate(good):
-            writer.writerow(
-                [
-                    str(path),
-                    routed.labels[i],
-                    f"{float(routed.proba[i].max()):.6f}",
-                    routed.stage_names[int(routed.exit_stage[i])],
-                ]
-            )
+        for path, (label, confidence, stage) in zip(good, rows, strict=True):
+            writer.writerow([str(path), label, f"{confidence:.6f}", stage])
     return 0
+
+
+class _PrepareImages:
+    """Ray Data batch function: the example's preprocessing of ``predict`` (picklable)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.size = predictor.cache_size
+        self.normalizer = predictor.normalizer
+        self.mask = predictor.mask_bottom
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prepared = [
+            prepare_image(Path(p), self.size, self.normalizer, self.mask) for p in batch["path"]
+        ]
+        return {
+            "index": batch["index"],
+            "path": batch["path"],
+            "image": np.stack([array for array, _ in prepared]),
+            "stain_fallback": np.array([fell_back for _, fell_back in prepared]),
+        }
+
+
+def _predict_on_ray(
+    args: argparse.Namespace, paths: list[Path], predictor: Predictor
+) -> tuple[list[tuple[Any, float, str]], list[str]]:
+    """Route ``paths`` with cascademl.ray_data: the rows of the CSV, in input order."""
+    from cascademl.ray_data import route_dataset  # noqa: PLC0415 - optional extra
+
+    ray = require("ray", "ray", purpose="predict --ray")
+    started = not ray.is_initialized()
+    if started and args.ray == "local":
+        # The local workers import this example from the repository root, as we do. A
+        # cluster's nodes need the example importable (installed, or on their PYTHONPATH).
+        root = str(Path(__file__).resolve().parents[2])
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env})
+    elif started:
+        ray.init(args.ray)
+    try:
+        items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
+        images = ray.data.from_items(items).map_batches(_PrepareImages(predictor), batch_size=16)
+        out = route_dataset(
+            images,
+            args.model.resolve(),
+            passthrough=["index", "path", "stain_fallback"],
+            concurrency=args.ray_actors,
+            proba=True,
+            device=args.device,
+        )
+        found = sorted(out.take_all(), key=lambda r: int(r["index"]))
+    finally:
+        if started:
+            ray.shutdown()
+    if [int(r["index"]) for r in found] != list(range(len(paths))):
+        msg = f"the Ray run returned {len(found)} rows for {len(paths)} images"
+        raise RuntimeError(msg)
+    fallbacks = [str(r["path"]) for r in found if r["stain_fallback"]]
+    rows = [(r["label"], float(np.max(r["proba"])), str(r["stage_name"])) for r in found]
+    return rows, fallbacks
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

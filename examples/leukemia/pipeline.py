@@ -88,6 +88,7 @@ __all__ = [
     "check_pretrained_weights",
     "images_to_tensor",
     "load_predictor",
+    "prepare_image",
     "read_images",
     "run_experiment",
 ]
@@ -1235,6 +1236,23 @@ def _read_settings(path: Path) -> dict[str, Any]:
     return settings
 
 
+def prepare_image(
+    path: Path, cache_size: int, normalizer: StainNormalizer | None, mask_bottom: float
+) -> tuple[np.ndarray[Any, Any], bool]:
+    """Decode, resize, stain-normalize and mask one image file as the training images were.
+
+    Returns:
+        The (h, w, 3) uint8 array, and whether stain normalization fell back to the
+        original image.
+    """
+    array = to_array(load_rgb(path), cache_size)
+    fell_back = False
+    if normalizer is not None:
+        array, reason = normalizer.transform(array)
+        fell_back = reason is not None
+    return mask_bottom_strip(array, mask_bottom), fell_back
+
+
 def read_images(paths: Sequence[Path], predictor: Predictor) -> tuple[torch.Tensor, list[str]]:
     """Decode, resize, stain-normalize and mask image files as the training images were.
 
@@ -1244,12 +1262,12 @@ def read_images(paths: Sequence[Path], predictor: Predictor) -> tuple[torch.Tens
     arrays = []
     fallbacks = []
     for path in paths:
-        array = to_array(load_rgb(path), predictor.cache_size)
-        if predictor.normalizer is not None:
-            array, reason = predictor.normalizer.transform(array)
-            if reason is not None:
-                fallbacks.append(str(path))
-        arrays.append(mask_bottom_strip(array, predictor.mask_bottom))
+        array, fell_back = prepare_image(
+            path, predictor.cache_size, predictor.normalizer, predictor.mask_bottom
+        )
+        if fell_back:
+            fallbacks.append(str(path))
+        arrays.append(array)
     if not arrays:
         return torch.empty(
             (0, 3, predictor.cache_size, predictor.cache_size), dtype=torch.uint8

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 import numpy as np
 
 from cascademl import _routing
-from cascademl._typing import FloatArray, IntArray, LabelArray, ProbaArray
+from cascademl._typing import BoolArray, FloatArray, IntArray, LabelArray, ProbaArray
 from cascademl._validation import check_positive_int, take_rows
 from cascademl.cost import CostReport
 from cascademl.exceptions import PolicyError
@@ -48,7 +48,10 @@ __all__ = [
     "MemorySource",
     "Outcome",
     "Source",
+    "Step",
     "Want",
+    "decide",
+    "fold_stage",
     "run",
 ]
 
@@ -245,12 +248,75 @@ class _Collector:
             self.stage_proba.put((s,), indices, proba)
 
     def decided(self, s: int, indices: IntArray, scores: FloatArray) -> None:
-        scores /= scores.sum(axis=1, keepdims=True)  # in place: a fresh array
-        self.label_index.put((), indices, np.argmax(scores, axis=1))
+        label_index, scores = decide(scores)
+        self.label_index.put((), indices, label_index)
         if self.proba is not None:
             self.proba.put((), indices, scores)
         if self.exit_stage is not None:
             self.exit_stage.put((), indices, np.full(indices.size, s, dtype=np.intp))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one stage decided for one batch (see [`fold_stage`][cascademl._engine.fold_stage]).
+
+    Attributes:
+        confidence: shape (n,), each row's confidence at this stage.
+        done: bool, shape (n,), the rows that exit here.
+        decided: shape (n_done, n_classes), the exiting rows' running score plus this
+            stage's vote, not yet normalised (see [`decide`][cascademl._engine.decide]).
+        carried: shape (n - n_done, n_classes), the escalating rows' running score with
+            this stage's escalation vote folded in; ``None`` while no stage has voted.
+    """
+
+    confidence: FloatArray
+    done: BoolArray
+    decided: FloatArray
+    carried: FloatArray | None
+
+
+def fold_stage(
+    rule: RoutingRule,
+    stage_index: int,
+    proba: ProbaArray,
+    scores: FloatArray | None,
+    escalating_weight: float,
+) -> Step:
+    """Apply ``rule`` to one stage's checked probabilities and fold its votes in.
+
+    The one place where a stage's output becomes exits and running scores: the engine
+    calls it for every batch, and a scale-out runner that moves rows between stages (and
+    carries ``scores`` with them) calls it too, so both give the same answers.
+
+    Args:
+        rule: the routing rule.
+        stage_index: the stage that produced ``proba``.
+        proba: shape (n, n_classes), in the cascade's class order.
+        scores: shape (n, n_classes), the rows' running scores from earlier stages, or
+            ``None`` when no earlier stage voted.
+        escalating_weight: the weight of this stage's vote for rows it escalates (from
+            [`escalating_vote_weights`][cascademl.voting.escalating_vote_weights]).
+
+    Returns:
+        The step.
+    """
+    conf = rule.confidence(proba)
+    done = rule.exits(conf, stage_index)
+    decided = proba[done] if scores is None else scores[done] + proba[done]
+    carried = None
+    if not done.all():
+        stay = np.flatnonzero(~done)
+        carried = None if scores is None else scores[stay]
+        if escalating_weight:
+            vote = proba[stay] if escalating_weight == 1 else escalating_weight * proba[stay]
+            carried = vote if carried is None else carried + vote
+    return Step(conf, done, decided, carried)
+
+
+def decide(scores: FloatArray) -> tuple[IntArray, ProbaArray]:
+    """Final class indices and probabilities from running scores (normalised in place)."""
+    scores /= scores.sum(axis=1, keepdims=True)
+    return np.argmax(scores, axis=1), scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,22 +412,15 @@ class Engine:
             columns=self.columns[s],
         )
         del raw, inputs  # the stage's own arrays: free them before the votes are folded
-        conf = self.rule.confidence(proba)
-        done = self.rule.exits(conf, s)
-        self.collector.stage_output(s, indices, proba, conf)
-        n_done = int(done.sum())
+        step = fold_stage(self.rule, s, proba, chunk.scores, float(self.escalating[s]))
+        self.collector.stage_output(s, indices, proba, step.confidence)
+        n_done = int(step.done.sum())
         if n_done:
-            final = proba[done] if chunk.scores is None else chunk.scores[done] + proba[done]
-            self.collector.decided(s, indices[done], final)
+            self.collector.decided(s, indices[step.done], step.decided)
         if n_done < indices.size:
-            stay = np.flatnonzero(~done)
-            weight = float(self.escalating[s])
-            scores = None if chunk.scores is None else chunk.scores[stay]
-            if weight:
-                vote = proba[stay] if weight == 1 else weight * proba[stay]
-                scores = vote if scores is None else scores + vote
+            stay = np.flatnonzero(~step.done)
             payload = self.source.select(chunk.payload, stay)
-            self.buffers[s + 1].push(_Chunk(indices[stay], payload, scores))
+            self.buffers[s + 1].push(_Chunk(indices[stay], payload, step.carried))
         self.on_decided(n_done)
 
     def _count_flops(self, example: Any) -> None:

@@ -252,3 +252,22 @@ def test_absent_device_stops_the_run_at_once(leukemia_root, tmp_path, caplog):
     assert main([*argv, "--device", "cuda:99", "--no-progress"]) == 2
     assert "'cuda:99' was requested" in caplog.text
     assert not out.exists(), "nothing may be written before the device is checked"
+
+
+def test_predict_on_ray_writes_the_same_csv(smoke_run, leukemia_root, tmp_path):
+    pytest.importorskip("ray.data")
+    out, _ = smoke_run
+    args = ["predict", "--model", str(out / "cascade"), str(leukemia_root / "Pre")]
+    plain, on_ray = tmp_path / "plain.csv", tmp_path / "ray.csv"
+    assert main([*args, "--output", str(plain)]) == 0
+    assert main([*args, "--output", str(on_ray), "--ray", "local"]) == 0
+    expected = list(csv.DictReader(plain.read_text().splitlines()))
+    got = list(csv.DictReader(on_ray.read_text().splitlines()))
+    assert len(got) == len(expected) == 12
+    for row, want in zip(got, expected, strict=True):
+        assert (row["path"], row["label"], row["exit_stage"]) == (
+            want["path"],
+            want["label"],
+            want["exit_stage"],
+        )
+        assert float(row["confidence"]) == pytest.approx(float(want["confidence"]), abs=2e-6)

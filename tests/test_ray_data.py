@@ -1,0 +1,308 @@
+"""cascademl.ray_data: a saved cascade over a Ray Data Dataset, in both modes.
+
+One local Ray (2 CPUs, no dashboard) serves the whole module. Actors reserve a quarter of
+a CPU each, so the three stage pools of ``mode="stages"`` fit on CI's 2 cores.
+"""
+
+import os
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import GaussianNB
+
+from cascademl import CascadeClassifier, ConfidencePolicy
+from cascademl.exceptions import PolicyError, SerializationError
+from cascademl.io import load_cascade, save_cascade
+from cascademl.ray_data import read_images, route_dataset
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+pytest.importorskip("skops")
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+SMALL = {"num_cpus": 0.25}  # per actor: every pool fits on 2 CPUs
+FEATURES = ["f0", "f1", "f2", "f3"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # The workers inherit this process's environment: they import this checkout's package
+    # (and a busy machine gets more time to start them than Ray's default 60 s).
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": path, "RAY_worker_register_timeout_seconds": "600"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    return X, names[y]
+
+
+def _sklearn_cascade(X, y, **params):
+    stages = [
+        ("nb", GaussianNB()),
+        ("lr", LogisticRegression(C=0.05, max_iter=500)),
+        ("lr2", LogisticRegression(C=100, max_iter=2000)),
+    ]
+    params.setdefault("policy", ConfidencePolicy("max_proba", thresholds=(0.99, 0.5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return CascadeClassifier(stages, **params).fit(X, y)
+
+
+def _tabular(local_ray, X):
+    rows = [{"id": i, **dict(zip(FEATURES, map(float, x), strict=True))} for i, x in enumerate(X)]
+    return local_ray.data.from_items(rows, override_num_blocks=3)
+
+
+def _by_id(rows):
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _check_same(rows, result, cascade, *, atol=1e-6):
+    labels = np.array([r["label"] for r in rows])
+    exits = np.array([r["exit_stage"] for r in rows])
+    np.testing.assert_array_equal(labels, result.labels)
+    np.testing.assert_array_equal(exits, result.exit_stage)
+    assert [r["stage_name"] for r in rows] == [result.stage_names[e] for e in exits]
+    proba = np.stack([r["proba"] for r in rows])
+    np.testing.assert_allclose(proba, result.proba, atol=atol, rtol=0)
+    conf = result.stage_confidence[result.exit_stage, np.arange(result.n_samples)]
+    np.testing.assert_allclose([r["confidence"] for r in rows], conf, atol=atol, rtol=0)
+    cost = np.cumsum(result.stage_cost)[result.exit_stage]
+    np.testing.assert_allclose([r["cost"] for r in rows], cost)
+    # The thresholds spread the rows over every stage: a real test of the carried votes.
+    assert len(set(exits.tolist())) == cascade.routing_rule_.n_stages
+
+
+@pytest.mark.parametrize("mode", ["cascade", "stages"])
+def test_tabular_rows_match_in_process_route(local_ray, iris, tmp_path, mode):
+    X, y = iris
+    cascade = _sklearn_cascade(X, y)
+    folder = save_cascade(cascade, tmp_path / "model")
+    out = route_dataset(
+        _tabular(local_ray, X),
+        folder,
+        input_columns=FEATURES,
+        passthrough=["id"],
+        mode=mode,
+        batch_size=32,
+        proba=True,
+        **SMALL,
+    )
+    rows = _by_id(out.take_all())
+    assert [r["id"] for r in rows] == list(range(len(X)))
+    assert set(rows[0]) == {
+        "id",
+        "label",
+        "confidence",
+        "exit_stage",
+        "stage_name",
+        "cost",
+        "proba",
+    }
+    _check_same(rows, load_cascade(folder).route(X), cascade)
+
+
+@pytest.mark.parametrize(
+    ("combine", "weight"), [("vote", (0.9, 0.2, 1.0)), ("last", 0.5), ("mean", 0.5)]
+)
+def test_stage_parallel_carries_the_running_vote(local_ray, iris, tmp_path, combine, weight):
+    X, y = iris
+    cascade = _sklearn_cascade(X, y, combine=combine, escalation_weight=weight)
+    folder = save_cascade(cascade, tmp_path / "model")
+    out = route_dataset(
+        _tabular(local_ray, X),
+        f"file://{folder}",  # a URI: each actor copies the folder
+        input_columns=FEATURES,
+        mode="stages",
+        batch_size=[50, 20, 7],
+        proba=True,
+        **SMALL,
+    )
+    rows = _by_id(out.take_all())
+    assert "f0" not in rows[0]  # input columns are not passed through by default
+    _check_same(rows, cascade.route(X), cascade)
+
+
+# --------------------------------------------------------------------------- images
+@pytest.fixture(scope="module")
+def image_cascade(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    pytest.importorskip("safetensors")
+    from cascademl import TorchStage
+
+    torch.manual_seed(0)
+    stages = [
+        (name, TorchStage.from_timm(name, num_classes=3, input_size=size, device="cpu"))
+        for name, size in (("test_resnet", (3, 32, 32)), ("test_efficientnet", (3, 40, 40)))
+    ]
+    images = np.random.default_rng(0).integers(0, 256, size=(24, 48, 48, 3), dtype=np.uint8)
+    cascade = CascadeClassifier(stages, policy=ConfidencePolicy(thresholds=0.0)).fit(images)
+    conf = cascade.route(images).stage_confidence[0]
+    # Half the images exit at the first stage, half escalate.
+    cascade.set_params(policy=ConfidencePolicy(thresholds=float(np.median(conf))))
+    folder = save_cascade(cascade, tmp_path_factory.mktemp("timm") / "model")
+    return folder, images
+
+
+def _write_images(folder, images, bad=()):
+    from PIL import Image
+
+    folder.mkdir()
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"img{i:03d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    for name in bad:
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return paths
+
+
+@pytest.mark.parametrize("mode", ["cascade", "stages"])
+def test_image_folder_matches_in_process_route(local_ray, image_cascade, tmp_path, mode):
+    folder, images = image_cascade
+    paths = _write_images(tmp_path / "images", images)
+    out = route_dataset(
+        read_images(str(tmp_path / "images")), folder, mode=mode, batch_size=5, proba=True, **SMALL
+    )
+    rows = sorted(out.take_all(), key=lambda r: r["path"])
+    assert [Path(r["path"]).name for r in rows] == [p.name for p in paths]
+    cascade = load_cascade(folder)
+    result = cascade.route(images)
+    exits = np.array([r["exit_stage"] for r in rows])
+    np.testing.assert_array_equal(exits, result.exit_stage)
+    np.testing.assert_array_equal([r["label"] for r in rows], result.labels)
+    np.testing.assert_allclose(np.stack([r["proba"] for r in rows]), result.proba, atol=1e-6)
+    assert 0 < int((exits == 1).sum()) < len(images)
+
+
+def test_rays_own_image_reader_with_paths(local_ray, image_cascade, tmp_path):
+    folder, images = image_cascade
+    _write_images(tmp_path / "images", images[:6])
+    dataset = local_ray.data.read_images(str(tmp_path / "images"), include_paths=True)
+    rows = sorted(route_dataset(dataset, folder, **SMALL).take_all(), key=lambda r: r["path"])
+    np.testing.assert_array_equal(
+        [r["label"] for r in rows], load_cascade(folder).predict(images[:6])
+    )
+    assert "image" not in rows[0]
+
+
+def test_corrupt_image_is_an_error_naming_it(local_ray, image_cascade, tmp_path):
+    folder, images = image_cascade
+    _write_images(tmp_path / "images", images[:4], bad=["broken.png"])
+    out = route_dataset(read_images(str(tmp_path / "images")), folder, **SMALL)
+    with pytest.raises(Exception, match=r"broken\.png: cannot be decoded"):
+        out.take_all()
+
+
+def test_skip_bad_lists_the_skipped_rows(local_ray, image_cascade, tmp_path):
+    folder, images = image_cascade
+    _write_images(tmp_path / "images", images[:6], bad=["broken.png", "empty.jpg"])
+    (tmp_path / "images" / "empty.jpg").write_bytes(b"")
+    out = route_dataset(
+        read_images(str(tmp_path / "images"), skip_bad=True), folder, mode="stages", **SMALL
+    )
+    rows = sorted(out.take_all(), key=lambda r: r["path"])
+    bad = {Path(r["path"]).name: r for r in rows if r["error"]}
+    assert sorted(bad) == ["broken.png", "empty.jpg"]
+    assert all(r["label"] is None and r["exit_stage"] == -1 for r in bad.values())
+    good = [r for r in rows if not r["error"]]
+    np.testing.assert_array_equal(
+        [r["label"] for r in good], load_cascade(folder).predict(images[:6])
+    )
+
+
+# --------------------------------------------------------------------------- faults
+def _worker_pids(title):
+    """Processes whose command line (Ray's process title) holds ``title``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if title.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the actor's process in /proc")
+def test_killed_actor_is_restarted_and_every_row_comes_out_once(local_ray, iris, tmp_path):
+    X = np.repeat(iris[0], 2, axis=0)
+    cascade = _sklearn_cascade(*iris)
+    folder = save_cascade(cascade, tmp_path / "model")
+
+    def slow(batch):  # nested: shipped to the workers by value
+        time.sleep(0.1)
+        return batch
+
+    out = route_dataset(
+        _tabular(local_ray, X).map_batches(slow, batch_size=10),
+        folder,
+        input_columns=FEATURES,
+        passthrough=["id"],
+        batch_size=10,
+        **SMALL,
+    )
+    killed = []
+
+    def kill_one():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            pids = _worker_pids("MapBatches(_CascadeRouter)")
+            if pids:
+                time.sleep(0.5)  # mid-run: after it took a batch or two
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    rows = out.take_all()
+    killer.join()
+    assert killed, "no actor process was found to kill"
+    assert killed[0] not in _worker_pids("MapBatches(_CascadeRouter)")
+    assert sorted(r["id"] for r in rows) == list(range(len(X)))  # every row exactly once
+    np.testing.assert_array_equal([r["label"] for r in _by_id(rows)], cascade.predict(X))
+
+
+# --------------------------------------------------------------------------- arguments
+def test_invalid_arguments_name_the_parameter(local_ray, iris, tmp_path):
+    X, y = iris
+    folder = save_cascade(_sklearn_cascade(X, y), tmp_path / "model")
+    dataset = _tabular(local_ray, X)
+    with pytest.raises(PolicyError, match="mode must be one of"):
+        route_dataset(dataset, folder, mode="pipeline")
+    with pytest.raises(PolicyError, match="concurrency"):
+        route_dataset(dataset, folder, concurrency=0)
+    with pytest.raises(PolicyError, match=r"batch_size has 2 values but the cascade has 3"):
+        route_dataset(dataset, folder, mode="stages", batch_size=[4, 4])
+    with pytest.raises(PolicyError, match="num_gpus"):
+        route_dataset(dataset, folder, num_gpus=-1)
+    with pytest.raises(SerializationError, match="no saved cascade"):
+        route_dataset(dataset, tmp_path / "nothing", mode="stages")
