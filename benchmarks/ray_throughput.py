@@ -50,7 +50,8 @@ def _cascade(images: np.ndarray) -> CascadeClassifier:
         (name, TorchStage.from_timm(name, num_classes=4, input_size=(3, px, px), device="cpu"))
         for name, px in STAGES
     ]
-    cascade = CascadeClassifier(stages, policy=ConfidencePolicy(thresholds=0.0)).fit(images[:1])
+    # Thresholds above 1 never stop a sample: every stage's confidence on every image.
+    cascade = CascadeClassifier(stages, policy=ConfidencePolicy(thresholds=2.0)).fit(images[:1])
     conf = cascade.route(images[:256]).stage_confidence
     thresholds = tuple(float(np.nanmedian(conf[s])) for s in range(len(stages) - 1))
     return cascade.set_params(policy=ConfidencePolicy(thresholds=thresholds))

@@ -290,11 +290,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 #: Seconds per doubled training epoch (2 x 2,284 images) plus one validation pass, at the
 #: ``cpu`` preset's sizes and batch sizes, times its epochs, on two kinds of 2-core CPU.
 #:
-#: ``"fp32 (AVX2)"``: ``python -m benchmarks.leukemia_epoch_time --preset cpu --steps 2`` on
+#: ``"fp32 (AVX2)"``: ``python -m benchmarks.leukemia_epoch_time --preset cpu --steps 3`` on
 #: a 2-core AMD EPYC with AVX2 only (no AVX-512, no AMX), where ``precision="auto"``
-#: resolves to float32 (torch 2.14.1, channels-last), 2026-12-01. The step timing leaves
-#: out augmentation and weight averaging, which the full run's logged epochs include (see
-#: ``docs/examples/leukemia.md``).
+#: resolves to float32 (torch 2.14.1, channels-last), on a quiet machine, 2026-12-02: about
+#: 45 min. The step timing leaves out augmentation and weight averaging, which made the
+#: full run's logged epochs about 20% longer (see ``docs/examples/leukemia.md``): about
+#: 54 min of training, with about 5 min of normalization and evaluation on top.
 #:
 #: ``"bf16 (AMX)"``: the per-epoch times logged by ``python -m examples.leukemia run
 #: --preset cpu`` on a 2-core Xeon with AMX (bf16 autocast, channels-last) for the
@@ -320,11 +321,11 @@ CPU_BUDGET: Final[Mapping[str, Mapping[str, float]]] = types.MappingProxyType(
         ),
         "fp32 (AVX2)": types.MappingProxyType(
             {
-                "inception_v3 @96 x3": 3 * 208.0,
-                "efficientnet_b0 @64 x3": 3 * 90.0,
-                "vgg19_bn @32 x2": 2 * 325.0,
-                "resnet50 @64 x3": 3 * 224.0,
-                "densenet201 @64 x3": 3 * 243.0,
+                "inception_v3 @96 x3": 3 * 204.0,
+                "efficientnet_b0 @64 x3": 3 * 75.0,
+                "vgg19_bn @32 x2": 2 * 274.0,
+                "resnet50 @64 x3": 3 * 190.0,
+                "densenet201 @64 x3": 3 * 252.0,
             }
         ),
     }
