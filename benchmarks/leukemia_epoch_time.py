@@ -26,11 +26,8 @@ import argparse
 import contextlib
 import logging
 import math
-import os
-import platform
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -39,7 +36,8 @@ from examples.leukemia.presets import get_preset
 from examples.leukemia.training import PRECISIONS
 from torch import nn
 
-from cascademl.inference import cpu_bf16_support, resolve_precision
+from _machine import machine_lines
+from cascademl.inference import resolve_precision
 
 logger = logging.getLogger("leukemia_epoch_time")
 
@@ -112,25 +110,6 @@ def time_steps(
         model(inputs)
         infer_time = time.perf_counter() - start
     return sum(train_times) / len(train_times), infer_time
-
-
-def machine_lines() -> list[str]:
-    """Describe the CPU, its vector capability and its native bfloat16 support."""
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), Path("/proc/cpuinfo").open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    native = cpu_bf16_support()
-    return [
-        f"cpu: {model} ({os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()})",
-        (
-            f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-            f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}"
-        ),
-        f"precision='auto' here: {native.precision} ({native.reason})",
-    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,23 +24,12 @@ import numpy as np
 import ray
 import torch
 
+from _machine import machine_lines
 from cascademl import CascadeClassifier, ConfidencePolicy, TorchStage
 from cascademl.io import save_cascade
 from cascademl.ray_data import route_dataset
 
 STAGES = (("test_efficientnet", 64), ("test_resnet", 64), ("resnet10t", 64))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
-    else:
-        name = platform.processor()
-    flags = Path("/proc/cpuinfo").read_text()
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name}, {os.cpu_count()} cores, {simd}"
 
 
 def _cascade(images: np.ndarray) -> CascadeClassifier:
@@ -84,7 +72,9 @@ def main() -> None:
     cascade = _cascade(images)
     result = cascade.route(images)
     visits = result.stage_calls / args.n
-    print(f"CPU: {_cpu()}; torch {torch.__version__}, ray {ray.__version__}, float32")
+    for line in machine_lines():
+        print(line)
+    print(f"ray {ray.__version__}, float32")
     print(f"stages: {', '.join(n for n, _ in STAGES)}; share of images per stage: {visits}")
     best = min(_timed(lambda: cascade.route(images)) for _ in range(args.repeats))
     rows = [("in-process `cascade.route` (torch's 2 threads)", "-", args.n / best, float("nan"))]

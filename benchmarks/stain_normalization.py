@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from examples.leukemia.data import load_rgb, scan_dataset, split_dataset
 from examples.leukemia.transforms import fit_stain_normalizer, load_images, to_array
+
+from _machine import machine_lines
 
 
 def _spin(stop: multiprocessing.synchronize.Event) -> None:  # pragma: no cover - a load
@@ -58,14 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     normalizer = fit_stain_normalizer(manifest, size=args.size)
     rows = manifest.select("train")[: args.images]
     subset = type(manifest)(manifest.root, tuple(rows), manifest.classes)
-    cpu = platform.processor() or platform.machine()
-    with Path("/proc/cpuinfo").open(encoding="utf-8") as handle:
-        cpu = next((line.split(":", 1)[1].strip() for line in handle if "model name" in line), cpu)
-    print(
-        f"cpu: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-        f"(intra-op threads {torch.get_num_threads()}), {len(rows)} images at {args.size} px, "
-        f"{args.busy} busy processes alongside"
-    )
+    for line in machine_lines():
+        print(line)
+    print(f"{len(rows)} images at {args.size} px, {args.busy} busy processes alongside")
 
     def serial() -> np.ndarray:
         """The previous release's loop: one image at a time, torch's default threads."""

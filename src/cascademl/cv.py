@@ -155,8 +155,9 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
                 (the training folds' rows) and in the final refit; with
                 ``sklearn.set_config(enable_metadata_routing=True)``, any metadata the
                 stages request (``stage.set_fit_request(sample_weight=True)``), and
-                ``groups`` for a ``cv`` splitter that takes them. The thresholds are tuned
-                on the unweighted out-of-fold scores.
+                ``groups`` for a ``cv`` splitter that takes them. With ``sample_weight``,
+                the thresholds are tuned on the weighted out-of-fold score and mean cost
+                (see [`tune_cascade_from_proba`][cascademl.tuning.tune_cascade_from_proba]).
 
         Returns:
             The fitted estimator.
@@ -214,6 +215,7 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
             n_candidates=self.n_candidates,
             n_lambdas=self.n_lambdas,
             stage_names=[name for name, _, _ in pairs],
+            sample_weight=fit_params.get("sample_weight"),
         )
         as_list = isinstance(self.escalation_weight, Sequence)
         cascade = CascadeClassifier(

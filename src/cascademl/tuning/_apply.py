@@ -48,6 +48,7 @@ def tune_cascade(
     escalation_weight_grid: Sequence[float] | None = None,
     n_candidates: int = 64,
     n_lambdas: int = 12,
+    sample_weight: Any = None,
 ) -> TuningResult:
     """Tune a fitted cascade's thresholds on a validation split (one model call per stage).
 
@@ -67,6 +68,7 @@ def tune_cascade(
         escalation_weight_grid: see `tune_cascade_from_proba`.
         n_candidates: see `tune_cascade_from_proba`.
         n_lambdas: see `tune_cascade_from_proba`.
+        sample_weight: weights of the validation samples; see `tune_cascade_from_proba`.
 
     Returns:
         The tuning result.
@@ -83,6 +85,7 @@ def tune_cascade(
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
+        sample_weight=sample_weight,
     )
 
 
@@ -99,6 +102,7 @@ def search_orders(
     escalation_weight_grid: Sequence[float] | None = None,
     n_candidates: int = 64,
     n_lambdas: int = 12,
+    sample_weight: Any = None,
 ) -> OrderSearchResult:
     """Like [`tune_cascade`][cascademl.tuning.tune_cascade], over several stage orders.
 
@@ -115,6 +119,7 @@ def search_orders(
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
+        sample_weight=sample_weight,
     )
 
 

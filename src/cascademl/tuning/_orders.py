@@ -28,10 +28,12 @@ from cascademl.tuning._thresholds import (
 __all__ = ["OrdersArg", "order_by_accuracy", "order_by_cost", "search_orders_from_proba"]
 
 
-def order_by_accuracy(stage_proba: FloatArray, y: Any, *, classes: Any) -> tuple[int, ...]:
+def order_by_accuracy(
+    stage_proba: FloatArray, y: Any, *, classes: Any, sample_weight: Any = None
+) -> tuple[int, ...]:
     """Order stages by validation accuracy, least accurate first (the paper's order).
 
-    Ties keep the original order.
+    Ties keep the original order. With ``sample_weight``, by weighted accuracy.
 
     Examples:
         >>> import numpy as np
@@ -39,7 +41,7 @@ def order_by_accuracy(stage_proba: FloatArray, y: Any, *, classes: Any) -> tuple
         >>> order_by_accuracy(proba, ["a"], classes=["a", "b"])
         (0, 1)
     """
-    scores = single_stage_scores(stage_proba, y, classes=classes)
+    scores = single_stage_scores(stage_proba, y, classes=classes, sample_weight=sample_weight)
     return tuple(int(i) for i in np.argsort(scores, kind="stable"))
 
 
@@ -105,8 +107,13 @@ def _subsets(n: int) -> list[tuple[int, ...]]:
     return [c for k in range(1, n + 1) for c in itertools.combinations(range(n), k)]
 
 
-def _candidate_orders(
-    orders: OrdersArg, p: FloatArray, y: Any, labels: LabelArray, costs: FloatArray
+def _candidate_orders(  # noqa: PLR0917 - private; every caller passes all of them
+    orders: OrdersArg,
+    p: FloatArray,
+    y: Any,
+    labels: LabelArray,
+    costs: FloatArray,
+    weights: FloatArray | None,
 ) -> list[tuple[int, ...]]:
     n = p.shape[0]
     if isinstance(orders, str):
@@ -115,7 +122,7 @@ def _candidate_orders(
         if orders == "auto":
             found = [
                 tuple(range(n)),
-                order_by_accuracy(p, y, classes=labels),
+                order_by_accuracy(p, y, classes=labels, sample_weight=weights),
                 order_by_cost(costs.tolist()),
             ]
             return list(dict.fromkeys(found))
@@ -151,6 +158,7 @@ def search_orders_from_proba(
     n_candidates: int = 64,
     n_lambdas: int = 12,
     stage_names: Sequence[str] | None = None,
+    sample_weight: Any = None,
 ) -> OrderSearchResult:
     """Tune thresholds for several stage orders and report each order's frontier.
 
@@ -186,6 +194,8 @@ def search_orders_from_proba(
         n_candidates: see `tune_cascade_from_proba`.
         n_lambdas: see `tune_cascade_from_proba`.
         stage_names: names in the original order.
+        sample_weight: weights of the validation samples; see `tune_cascade_from_proba`
+            (``orders="auto"`` then orders by weighted accuracy).
 
     Returns:
         One result per order, and the best: the highest score (under ``max_cost`` or
@@ -213,14 +223,16 @@ def search_orders_from_proba(
         ((1,), 1.0, 4.0)
     """
     _check_constraints(max_cost, min_score)
-    p, y_idx, labels, costs, names = _validate_inputs(
-        stage_proba, y, classes, stage_cost, n_candidates, stage_names
+    p, y_idx, labels, costs, names, weights = _validate_inputs(
+        stage_proba, y, classes, stage_cost, n_candidates, stage_names, sample_weight
     )
     base = _check_rule(rule, p.shape[0])
     score = _resolve_scoring(scoring)
-    target = _target(min_score, p, y_idx, labels, score)
+    if weights is not None:
+        score.check_weighted()
+    target = _target(min_score, p, y_idx, labels, score, weights)
     results = []
-    for order in _candidate_orders(orders, p, labels[y_idx], labels, costs):
+    for order in _candidate_orders(orders, p, labels[y_idx], labels, costs, weights):
         sub = RoutingRule(
             base.measure,
             tuple(base.thresholds[i] for i in order),
@@ -242,6 +254,7 @@ def search_orders_from_proba(
                 min_score=target,
                 n_candidates=int(n_candidates),
                 n_lambdas=n_lambdas,
+                weights=weights,
             )
         )
     best = _pick(results, by_cost=target is not None and max_cost is None)

@@ -99,20 +99,45 @@ class _Score:
         """Whether the score is a mean of per-sample values (swept with cumulative sums)."""
         return self.kind in ("accuracy", "neg_log_loss")
 
-    def __call__(self, classes: LabelArray, y_idx: IntArray, pred: IntArray, proba: Any) -> float:
-        """Score predicted column indices ``pred`` (and ``proba``) against ``y_idx``."""
+    def __call__(
+        self,
+        classes: LabelArray,
+        y_idx: IntArray,
+        pred: IntArray,
+        proba: Any,
+        sample_weight: FloatArray | None = None,
+    ) -> float:
+        """Score predicted column indices ``pred`` (and ``proba``) against ``y_idx``.
+
+        With ``sample_weight``, the metric or scorer gets it as ``sample_weight=``.
+        """
         if self.kind == "accuracy":
-            return float(np.mean(pred == y_idx)) if y_idx.size else 0.0
+            if not y_idx.size:
+                return 0.0
+            return float(np.average(pred == y_idx, weights=sample_weight))
         func = self.func
         if func is None:  # pragma: no cover - only accuracy has no function
             msg = "a score other than accuracy needs a function"
             raise PolicyError(msg)
+        weight = {} if sample_weight is None else {"sample_weight": sample_weight}
         if self.is_metric:
-            return float(func(classes[y_idx], classes[pred]))
+            return float(func(classes[y_idx], classes[pred], **weight))
         view = _PredictionView(classes, classes[pred], proba)
-        return float(func(view, np.arange(y_idx.size), classes[y_idx]))
+        return float(func(view, np.arange(y_idx.size), classes[y_idx], **weight))
 
-    def weighted(self, classes: LabelArray, codes: IntArray, weights: IntArray) -> float:
+    def check_weighted(self) -> None:
+        """Raise when sample weights are given to a callable that cannot take them."""
+        if self.kind in ("accuracy", "neg_log_loss", "pairs") or self.func is None:
+            return
+        if not _takes_sample_weight(self.func, or_kwargs=True):
+            msg = (
+                f"scoring {self.name!r} does not take sample_weight, so it cannot score "
+                "weighted samples: give it a sample_weight parameter, or tune without "
+                "sample_weight"
+            )
+            raise PolicyError(msg)
+
+    def weighted(self, classes: LabelArray, codes: IntArray, weights: FloatArray) -> float:
         """Score weighted (true, predicted) pairs, ``code = true * n_classes + predicted``."""
         n_classes = classes.size
         y_true, y_pred = classes[codes // n_classes], classes[codes % n_classes]
@@ -140,11 +165,15 @@ def _n_required_positional(func: Callable[..., Any]) -> int | None:
     return sum(1 for p in parameters if p.kind in positional and p.default is p.empty)
 
 
-def _takes_sample_weight(func: Callable[..., Any]) -> bool:
+def _takes_sample_weight(func: Callable[..., Any], *, or_kwargs: bool = False) -> bool:
+    """Whether ``func`` has a ``sample_weight`` parameter (or, ``or_kwargs``, ``**kwargs``)."""
     try:
-        return "sample_weight" in inspect.signature(func).parameters
+        parameters = inspect.signature(func).parameters
     except (TypeError, ValueError):
         return False
+    return "sample_weight" in parameters or (
+        or_kwargs and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    )
 
 
 def _resolve_scoring(scoring: Scoring) -> _Score:
@@ -199,7 +228,12 @@ def _per_sample_scores(
 
 
 def single_stage_scores(
-    stage_proba: FloatArray, y: Any, *, classes: Any, scoring: Scoring = None
+    stage_proba: FloatArray,
+    y: Any,
+    *,
+    classes: Any,
+    scoring: Scoring = None,
+    sample_weight: Any = None,
 ) -> FloatArray:
     """Score each stage used alone on cached probabilities.
 
@@ -208,6 +242,8 @@ def single_stage_scores(
         y: array-like of shape (n_samples,), true labels.
         classes: array-like of shape (n_classes,), the labels of the columns.
         scoring: see [`Scoring`][cascademl.tuning.Scoring].
+        sample_weight: array-like of shape (n_samples,), weights of the samples in the
+            score (``None``: equal weights).
 
     Returns:
         ndarray of shape (n_stages,).
@@ -222,7 +258,40 @@ def single_stage_scores(
     labels = np.asarray(classes)
     y_idx = label_indices(y, labels)
     score = _resolve_scoring(scoring)
+    weights = _check_sample_weight(sample_weight, y_idx.size)
+    if weights is not None:
+        score.check_weighted()
     out = np.empty(p.shape[0], dtype=np.float64)
     for s in range(p.shape[0]):
-        out[s] = score(labels, y_idx, np.argmax(p[s], axis=1), p[s])
+        out[s] = score(labels, y_idx, np.argmax(p[s], axis=1), p[s], weights)
     return out
+
+
+def _check_sample_weight(sample_weight: Any, n_samples: int) -> FloatArray | None:
+    """Validated float64 weights; ``None`` stays ``None``.
+
+    Raises:
+        PolicyError: unless ``sample_weight`` holds ``n_samples`` finite numbers >= 0 with
+            a positive sum.
+    """
+    if sample_weight is None:
+        return None
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        msg = f"sample_weight must be numbers, got {sample_weight!r}"
+        raise PolicyError(msg) from exc
+    if weights.shape != (n_samples,):
+        msg = (
+            f"sample_weight must have shape ({n_samples},) (one weight per sample), got "
+            f"{weights.shape}"
+        )
+        raise PolicyError(msg)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not weights.sum() > 0:
+        bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+        where = (
+            f" (sample {int(bad[0])}: {float(weights[bad[0]])})" if bad.size else " (they sum to 0)"
+        )
+        msg = f"sample_weight must be finite numbers >= 0 with a positive sum{where}"
+        raise PolicyError(msg)
+    return np.asarray(weights, dtype=np.float64)

@@ -35,6 +35,7 @@ class _Problem:
         rule: RoutingRule,
         score: _Score,
         n_candidates: int,
+        weights: FloatArray | None = None,
     ) -> None:
         n_stages, n_samples, _ = stage_proba.shape
         self.n_stages = n_stages
@@ -43,6 +44,11 @@ class _Problem:
         self.y_idx = y_idx
         self.score = score
         self.pairs_only = score.kind == "pairs"
+        # Sample weights, or None; every mean is a sum of weighted values over their total,
+        # so integer weights give exactly the means of repeated samples.
+        self.weights = weights
+        self.w = np.ones(n_samples) if weights is None else weights
+        self.total = float(self.w.sum())
         self.conf = np.stack([rule.confidence(p) for p in stage_proba])
         self.cum_cost = np.cumsum(costs)
         # Final probabilities if a sample exits at stage e (visiting stages 0..e).
@@ -53,7 +59,13 @@ class _Problem:
         self.exit_pred = np.argmax(self.exit_proba, axis=2)
         # Accuracy or log-loss: a mean of per-sample values, swept with cumulative sums.
         self.exit_value = _per_sample_scores(self.exit_proba, self.exit_pred, y_idx, score)
-        self.candidates = [_candidates(self.conf[s], n_candidates) for s in range(n_stages - 1)]
+        if self.exit_value is not None and weights is not None:
+            self.exit_value *= weights[None, :]
+        # A sample of weight zero counts nowhere, so it does not place candidates either.
+        counted = slice(None) if weights is None else weights > 0
+        self.candidates = [
+            _candidates(self.conf[s, counted], n_candidates) for s in range(n_stages - 1)
+        ]
         self.n_evaluations = 0
         self._sweeps: dict[tuple[int, ...], tuple[FloatArray, FloatArray]] = {}
         self._pair_cache: dict[bytes, float] = {}
@@ -76,11 +88,12 @@ class _Problem:
         if self.n_samples == 0:
             return 0.0, 0.0
         cols = np.arange(self.n_samples)
-        cost = float(self.cum_cost[exit_stage].mean())
+        cost = float((self.cum_cost[exit_stage] * self.w).sum() / self.total)
         if self.exit_value is not None:
-            return float(self.exit_value[exit_stage, cols].mean()), cost
+            return float(self.exit_value[exit_stage, cols].sum() / self.total), cost
         pred = self.exit_pred[exit_stage, cols]
-        return self.score(self.classes, self.y_idx, pred, self.exit_proba[exit_stage, cols]), cost
+        proba = self.exit_proba[exit_stage, cols]
+        return self.score(self.classes, self.y_idx, pred, proba, self.weights), cost
 
     def sweep(self, s: int, idx: IntArray | Sequence[int]) -> tuple[FloatArray, FloatArray]:
         """Scores and costs of every candidate threshold of stage ``s``, the others fixed."""
@@ -111,19 +124,23 @@ class _Problem:
         rest = np.flatnonzero(~before)
         order = rest[np.argsort(self.conf[s, rest], kind="stable")]
         # Candidates ascend, so k ascends: the k least confident samples escalate (their
-        # confidence is below the threshold), the other m - k exit at stage s.
+        # confidence is below the threshold), the others exit at stage s.
         k = np.searchsorted(self.conf[s, order], cands, side="left")
-        m = order.size
-        esc_cost = np.concatenate([[0.0], np.cumsum(self.cum_cost[base[order]])])
-        cost = self.cum_cost[base[before]].sum() + esc_cost[k] + (m - k) * self.cum_cost[s]
+        w = self.w
+        esc_cost = np.concatenate([[0.0], np.cumsum(self.cum_cost[base[order]] * w[order])])
+        # Weight of the samples that exit at stage s: all of ``order`` past the first k.
+        w_here = np.concatenate([[0.0], np.cumsum(w[order])])
+        exiting = w_here[-1] - w_here[k]
+        fixed_cost = (self.cum_cost[base[before]] * w[before]).sum()
+        cost = fixed_cost + esc_cost[k] + exiting * self.cum_cost[s]
         if self.exit_value is not None:
             value = self.exit_value
             fixed = value[base[before], cols[before]].sum()
             escalated = np.concatenate([[0.0], np.cumsum(value[base[order], order])])
             here = np.concatenate([[0.0], np.cumsum(value[s, order])])
-            total = fixed + escalated[k] + (here[m] - here[k])
-            return total / self.n_samples, cost / self.n_samples
-        return self._pair_scores(s, base, before, order, k), cost / self.n_samples
+            total = fixed + escalated[k] + (here[-1] - here[k])
+            return total / self.total, cost / self.total
+        return self._pair_scores(s, base, before, order, k), cost / self.total
 
     def _pair_scores(
         self, s: int, base: IntArray, before: BoolArray, order: IntArray, k: IntArray
@@ -137,18 +154,23 @@ class _Problem:
         n_pairs = n_classes * n_classes
         y = self.y_idx
         fixed_codes = y[before] * n_classes + self.exit_pred[base[before], np.flatnonzero(before)]
-        fixed = np.bincount(fixed_codes, minlength=n_pairs)
+        w = self.w
+        fixed = np.bincount(fixed_codes, weights=w[before], minlength=n_pairs)
         # Position i of ``order`` is below k[j] exactly for j >= segment[i].
         segment = np.searchsorted(k, np.arange(order.size), side="right")
         n_seg = k.size + 1
 
-        def prefix(codes: IntArray) -> IntArray:
-            counts = np.bincount(segment * n_pairs + codes, minlength=n_seg * n_pairs)
+        def prefix(codes: IntArray) -> FloatArray:
+            counts = np.asarray(
+                np.bincount(segment * n_pairs + codes, weights=w[order], minlength=n_seg * n_pairs),
+                dtype=np.float64,
+            )
             return np.cumsum(counts.reshape(n_seg, n_pairs), axis=0)[: k.size]
 
         esc = prefix(y[order] * n_classes + self.exit_pred[base[order], order])
         here = prefix(y[order] * n_classes + self.exit_pred[s, order])
-        here_total = np.bincount(y[order] * n_classes + self.exit_pred[s, order], minlength=n_pairs)
+        here_codes = y[order] * n_classes + self.exit_pred[s, order]
+        here_total = np.bincount(here_codes, weights=w[order], minlength=n_pairs)
         counts = fixed[None, :] + esc + (here_total[None, :] - here)
         scores = np.empty(k.size)
         for j in range(k.size):
@@ -333,12 +355,17 @@ def _tune_one(
     min_score: float | None,
     n_candidates: int,
     n_lambdas: int,
+    weights: FloatArray | None = None,
 ) -> TuningResult:
     """Tune the thresholds of ``rule`` (which must have ``p.shape[0]`` stages)."""
-    stage_scores = single_stage_scores(p, labels[y_idx], classes=labels, scoring=score)
+    stage_scores = single_stage_scores(
+        p, labels[y_idx], classes=labels, scoring=score, sample_weight=weights
+    )
     target = min_score
     key, objective = _objective(max_cost, target)
-    problem = _Problem(p, y_idx, labels, costs, rule=rule, score=score, n_candidates=n_candidates)
+    problem = _Problem(
+        p, y_idx, labels, costs, rule=rule, score=score, n_candidates=n_candidates, weights=weights
+    )
     if p.shape[0] == 1:
         # One stage: nothing to tune; every sample ends at that stage.
         value, cost = problem.evaluate(np.zeros(problem.n_samples, dtype=np.intp))

@@ -23,7 +23,12 @@ from cascademl._typing import (
 from cascademl.exceptions import PolicyError
 from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.tuning._results import FrontierPoint, MinScore, Scoring, TuningResult
-from cascademl.tuning._scoring import _resolve_scoring, _Score, single_stage_scores
+from cascademl.tuning._scoring import (
+    _check_sample_weight,
+    _resolve_scoring,
+    _Score,
+    single_stage_scores,
+)
 from cascademl.tuning._search import _Problem, _tune_one
 
 __all__ = ["score_thresholds", "tune_cascade_from_proba"]
@@ -36,7 +41,8 @@ def _validate_inputs(  # noqa: PLR0917 - private; every caller passes all of the
     stage_cost: Sequence[float] | None,
     n_candidates: int,
     stage_names: Sequence[str] | None = None,
-) -> tuple[FloatArray, IntArray, LabelArray, FloatArray, tuple[str, ...]]:
+    sample_weight: Any = None,
+) -> tuple[FloatArray, IntArray, LabelArray, FloatArray, tuple[str, ...], FloatArray | None]:
     p = np.asarray(stage_proba, dtype=np.float64)
     if p.ndim != 3:  # noqa: PLR2004 - (n_stages, n_samples, n_classes)
         msg = f"stage_proba must have shape (n_stages, n_samples, n_classes), got {p.shape}"
@@ -68,7 +74,7 @@ def _validate_inputs(  # noqa: PLR0917 - private; every caller passes all of the
     ):
         msg = f"n_candidates must be an integer >= 2, got {n_candidates!r}"
         raise PolicyError(msg)
-    return p, y_idx, labels, costs, names
+    return p, y_idx, labels, costs, names, _check_sample_weight(sample_weight, p.shape[1])
 
 
 def _check_rows(p: FloatArray, names: tuple[str, ...]) -> None:
@@ -120,12 +126,20 @@ def _check_constraints(max_cost: float | None, min_score: MinScore | None) -> No
         raise PolicyError(msg)
 
 
-def _target(
-    min_score: MinScore | None, p: FloatArray, y_idx: IntArray, labels: LabelArray, score: _Score
+def _target(  # noqa: PLR0917 - private; every caller passes all of them
+    min_score: MinScore | None,
+    p: FloatArray,
+    y_idx: IntArray,
+    labels: LabelArray,
+    score: _Score,
+    weights: FloatArray | None,
 ) -> float | None:
     """The score target; ``"best_stage"`` is the best single stage's score on ``p``."""
     if min_score == "best_stage":
-        return float(single_stage_scores(p, labels[y_idx], classes=labels, scoring=score).max())
+        scores = single_stage_scores(
+            p, labels[y_idx], classes=labels, scoring=score, sample_weight=weights
+        )
+        return float(scores.max())
     return None if min_score is None else float(min_score)
 
 
@@ -227,6 +241,7 @@ def tune_cascade_from_proba(
     n_candidates: int = 64,
     n_lambdas: int = 12,
     stage_names: Sequence[str] | None = None,
+    sample_weight: Any = None,
 ) -> TuningResult:
     """Choose per-stage thresholds from cached validation probabilities.
 
@@ -259,6 +274,11 @@ def tune_cascade_from_proba(
         n_candidates: candidate thresholds per stage (at quantiles of its confidence).
         n_lambdas: cost penalties used to trace the frontier.
         stage_names: names for the report; ``stage0``, ``stage1``... by default.
+        sample_weight: array-like of shape (n_samples,), non-negative weights of the
+            validation samples (``None``: equal weights). Both the score and the mean cost
+            are weighted means, as if each sample were repeated in proportion to its weight
+            (scikit-learn's meaning of ``sample_weight``); a custom metric or scorer then
+            receives ``sample_weight=``.
 
     Returns:
         The chosen rule and policy with the frontier; the same for the same input.
@@ -291,12 +311,14 @@ def tune_cascade_from_proba(
         True
     """
     _check_constraints(max_cost, min_score)
-    p, y_idx, labels, costs, names = _validate_inputs(
-        stage_proba, y, classes, stage_cost, n_candidates, stage_names
+    p, y_idx, labels, costs, names, weights = _validate_inputs(
+        stage_proba, y, classes, stage_cost, n_candidates, stage_names, sample_weight
     )
     base = _check_rule(rule, p.shape[0])
     score = _resolve_scoring(scoring)
-    target = _target(min_score, p, y_idx, labels, score)
+    if weights is not None:
+        score.check_weighted()
+    target = _target(min_score, p, y_idx, labels, score, weights)
     result = _tune_rules(
         p,
         y_idx,
@@ -311,6 +333,7 @@ def tune_cascade_from_proba(
         min_score=target,
         n_candidates=int(n_candidates),
         n_lambdas=n_lambdas,
+        weights=weights,
     )
     if not result.feasible:
         _infeasible_error([result], max_cost, min_score)
@@ -329,6 +352,7 @@ def score_thresholds(
     measure: ConfidenceMeasure | None = None,
     combine: CombineMethod | None = None,
     escalation_weight: float | Sequence[float] | None = None,
+    sample_weight: Any = None,
 ) -> FrontierPoint:
     """Score given thresholds on cached probabilities, without calling the models.
 
@@ -354,6 +378,9 @@ def score_thresholds(
         measure: deprecated, use ``rule``.
         combine: deprecated, use ``rule``.
         escalation_weight: deprecated, use ``rule``.
+        sample_weight: array-like of shape (n_samples,), weights of the samples in the
+            score and the mean cost; see
+            [`tune_cascade_from_proba`][cascademl.tuning.tune_cascade_from_proba].
 
     Returns:
         The thresholds (one per non-final stage) with their score and mean cost per sample.
@@ -374,7 +401,9 @@ def score_thresholds(
         >>> round(point.score, 3), round(point.mean_cost, 3)  # one sample pays 1 + 4
         (1.0, 2.333)
     """
-    p, y_idx, labels, costs, _ = _validate_inputs(stage_proba, y, classes, stage_cost, 2)
+    p, y_idx, labels, costs, _, weights = _validate_inputs(
+        stage_proba, y, classes, stage_cost, 2, None, sample_weight
+    )
     if (measure, combine, escalation_weight) != (None, None, None):
         if rule is not None:
             msg = "give rule= or the deprecated measure/combine/escalation_weight, not both"
@@ -398,8 +427,11 @@ def score_thresholds(
                 f"got {list(thresholds)!r}"
             )
             raise PolicyError(msg)
+    resolved = _resolve_scoring(scoring)
+    if weights is not None:
+        resolved.check_weighted()
     problem = _Problem(
-        p, y_idx, labels, costs, rule=routing, score=_resolve_scoring(scoring), n_candidates=2
+        p, y_idx, labels, costs, rule=routing, score=resolved, n_candidates=2, weights=weights
     )
     score, cost = problem.evaluate(problem.exit_stages(values))
     return FrontierPoint(values, score, cost)
