@@ -297,7 +297,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 #: full run's logged epochs about 20% longer (see ``docs/examples/leukemia.md``): about
 #: 54 min of training, with about 5 min of normalization and evaluation on top. A full run
 #: (``seeds``, seed 1, lightly loaded, 2026-12-02) measured 53.1 min: 48.5 min of training,
-#: 0.7 min of stain normalization, 4 min of evaluation and audit.
+#: 0.7 min of stain normalization, 4 min of evaluation and audit; seed 2, quiet, 48.7 min
+#: (44.3 min of training).
 #:
 #: ``"bf16 (AMX)"``: the per-epoch times logged by ``python -m examples.leukemia run
 #: --preset cpu`` on a 2-core Xeon with AMX (bf16 autocast, channels-last) for the
