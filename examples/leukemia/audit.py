@@ -500,7 +500,7 @@ def load_original_and_normalized(
 
     Both go through the run's cache (``OUT/cache``), so a run and an audit of the same
     folder decode and normalize once. The stain reference is fitted on training images as
-    in :func:`examples.leukemia.pipeline.run_experiment`, also when the preset leaves
+    in :func:`examples.leukemia.experiment.run_experiment`, also when the preset leaves
     stain normalization off.
     """
     original = load_images(manifest, size=preset.cache_size, cache_dir=cache_dir)

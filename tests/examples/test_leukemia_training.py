@@ -318,7 +318,7 @@ def test_presets_and_overrides():
 
 def test_mlp_ratio_reaches_the_model_the_stage_and_the_overrides():
     """A backbone's mlp_ratio narrows timm's classifier MLP when training and when saved."""
-    from examples.leukemia import pipeline
+    from examples.leukemia import backbones
 
     vgg = presets.CPU.backbone("vgg19_bn")
     assert vgg.mlp_ratio == 0.125
@@ -336,14 +336,14 @@ def test_mlp_ratio_reaches_the_model_the_stage_and_the_overrides():
         "test_vit", num_classes=4, pretrained=False, seed=0, **spec.model_kwargs
     )
     assert sum(p.numel() for p in narrow.parameters()) < default
-    stage = pipeline._stage(spec, narrow, presets.SMOKE, "cpu")  # loads narrow's weights strictly
+    stage = backbones._stage(spec, narrow, presets.SMOKE, "cpu")  # loads narrow's weights strictly
     assert sum(p.numel() for p in stage.module_.parameters()) < default
 
     # Runs from before the field existed keep their fingerprint (and so resume).
     plain = presets.SMOKE.backbones[0]
     manifest = type("M", (), {"digest": lambda self: "d"})()
-    assert "mlp_ratio" not in pipeline._fingerprint(presets.SMOKE, plain, manifest, "x")["spec"]
-    assert pipeline._fingerprint(presets.SMOKE, spec, manifest, "x")["spec"]["mlp_ratio"] == 1.0
+    assert "mlp_ratio" not in backbones._fingerprint(presets.SMOKE, plain, manifest, "x")["spec"]
+    assert backbones._fingerprint(presets.SMOKE, spec, manifest, "x")["spec"]["mlp_ratio"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -390,7 +390,7 @@ def test_a_preset_sized_for_bf16_warns_when_it_would_train_in_fp32(case, monkeyp
     monkeypatch.setattr(_precision, "_cpu_flag", lambda flag: native and flag == "amx_tile")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    with caplog.at_level(logging.WARNING, logger="examples.leukemia.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="examples.leukemia.backbones"):
         assert pipeline.warn_if_slow_precision(presets.get_preset(name), "cpu") is warns
     assert ("--preset cpu is sized for either kind" in caplog.text) is warns
     # A preset asked to train in fp32 on purpose is the user's choice: it warns too, once.
