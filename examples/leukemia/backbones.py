@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from cascademl import CascadeClassifier, ConfidencePolicy, _files
+from cascademl.cost import StageCost, measure_stage_cost
 from cascademl.inference import resolve_precision
 from cascademl.torch_stage import TorchStage
 from cascademl.tuning import (
@@ -45,7 +46,13 @@ from .transforms import (
 
 __all__ = [
     "PROBABILITIES_FILE",
+    "BackboneScores",
+    "BackboneTraining",
+    "TrainedBackbones",
     "check_pretrained_weights",
+    "predicted_labels",
+    "score_backbones",
+    "train_backbones",
     "warn_if_slow_precision",
 ]
 
@@ -259,7 +266,58 @@ def check_pretrained_weights(
     return resolved
 
 
-def _train_all(
+@dataclass(frozen=True)
+class BackboneTraining:
+    """How the training of one backbone went (``training`` in ``metrics.json``).
+
+    Attributes:
+        best_epoch: 1-based epoch of the best validation accuracy.
+        best_val_acc: That accuracy.
+        epochs_run: Epochs finished, including those of an earlier run this one resumed.
+        stopped_early: Whether patience ran out before the last epoch.
+        resumed_from: Epochs already done when this run started.
+        train_seconds: Training time summed over every epoch.
+    """
+
+    best_epoch: int
+    best_val_acc: float
+    epochs_run: int
+    stopped_early: bool
+    resumed_from: int
+    train_seconds: float
+
+    @classmethod
+    def from_result(cls, result: TrainResult) -> BackboneTraining:
+        """Summarise :func:`.training.train_model`'s result."""
+        return cls(
+            best_epoch=result.best_epoch,
+            best_val_acc=result.best_val_acc,
+            epochs_run=len(result.history),
+            stopped_early=result.stopped_early,
+            resumed_from=result.resumed_from,
+            train_seconds=float(sum(e.seconds for e in result.history)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The backbone's entry under ``training`` in ``metrics.json``."""
+        return asdict(self)
+
+
+class TrainedBackbones(NamedTuple):
+    """What :func:`train_backbones` returns.
+
+    Attributes:
+        stages: ``(display name, stage)`` per backbone, in the preset's order.
+        histories: Per backbone, one dict of :class:`.training.EpochStats` per epoch.
+        training: Per backbone, how its training went.
+    """
+
+    stages: list[tuple[str, TorchStage]]
+    histories: dict[str, list[dict[str, float]]]
+    training: dict[str, BackboneTraining]
+
+
+def train_backbones(
     preset: Preset,
     manifest: SplitManifest,
     images: NormalizedImages,
@@ -270,11 +328,9 @@ def _train_all(
     checkpoints: Mapping[str, str],
     allow_download: bool,
     progress: bool,
-) -> tuple[list[tuple[str, TorchStage]], dict[str, list[dict[str, float]]], dict[str, Any]]:
+) -> TrainedBackbones:
     """Train (or resume, or reuse) every backbone and wrap each as a `TorchStage`."""
-    stages: list[tuple[str, TorchStage]] = []
-    histories: dict[str, list[dict[str, float]]] = {}
-    training: dict[str, Any] = {}
+    trained = TrainedBackbones([], {}, {})
     for spec in preset.backbones:
         logger.info("training %s (%s @ %d px)", spec.name, spec.timm_name, spec.image_size)
         result = _train_one(
@@ -289,14 +345,54 @@ def _train_all(
             allow_download=allow_download,
             progress=progress,
         )
-        stages.append((spec.name, _stage(spec, result.model, preset, device)))
-        histories[spec.name] = _history_dicts(result)
-        training[spec.name] = {
-            "best_epoch": result.best_epoch,
-            "best_val_acc": result.best_val_acc,
-            "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early,
-            "resumed_from": result.resumed_from,
-            "train_seconds": float(sum(e.seconds for e in result.history)),
-        }
-    return stages, histories, training
+        trained.stages.append((spec.name, _stage(spec, result.model, preset, device)))
+        trained.histories[spec.name] = _history_dicts(result)
+        trained.training[spec.name] = BackboneTraining.from_result(result)
+    return trained
+
+
+def predicted_labels(
+    proba: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """The most probable class of each row of ``proba``."""
+    labels: np.ndarray[Any, Any] = classes[np.argmax(proba, axis=1)]
+    return labels
+
+
+class BackboneScores(NamedTuple):
+    """Every backbone alone on validation and test, and its cost (:func:`score_backbones`).
+
+    Attributes:
+        names: The backbones' display names, in training order.
+        val_proba: Probabilities of shape (n_backbones, n_val, n_classes).
+        test_proba: Probabilities of shape (n_backbones, n_test, n_classes).
+        costs: Each backbone's measured cost per image.
+        val_accuracy: Each backbone's validation accuracy.
+    """
+
+    names: list[str]
+    val_proba: np.ndarray[Any, Any]
+    test_proba: np.ndarray[Any, Any]
+    costs: list[StageCost]
+    val_accuracy: list[float]
+
+    @property
+    def flops(self) -> list[float]:
+        """FLOPs per image of each backbone."""
+        return [c.flops_per_sample for c in self.costs]
+
+
+def score_backbones(
+    stages: list[tuple[str, TorchStage]],
+    x: Mapping[str, torch.Tensor],
+    y: Mapping[str, np.ndarray[Any, Any]],
+    classes: np.ndarray[Any, Any],
+    out: Path,
+) -> BackboneScores:
+    """Run every backbone on validation and test once (saved), and measure its cost."""
+    val_proba, test_proba = _backbone_probabilities(stages, x, y, classes, out)
+    costs = [
+        measure_stage_cost(stage, x["test"][:1], name=name, repeats=3) for name, stage in stages
+    ]
+    val_accuracy = [float(np.mean(predicted_labels(p, classes) == y["val"])) for p in val_proba]
+    return BackboneScores([name for name, _ in stages], val_proba, test_proba, costs, val_accuracy)

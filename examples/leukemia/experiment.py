@@ -5,6 +5,13 @@ Everything about the cascade itself goes through cascademl's public API
 `cascademl.metrics`, `cascademl.io`); this module only wires the example's data and training
 layers to it and writes the results folder.
 
+:func:`run_experiment` is a sequence of stage functions, each passing a typed result to
+the next: :func:`prepare_data` (:class:`SplitData`), :func:`.backbones.train_backbones`,
+:func:`.backbones.score_backbones`, :func:`tune_orders`, :func:`route_test_split`,
+:func:`.shortcuts.shortcut_audit`, :func:`score_on_test`, :func:`save_model`, then
+:func:`.sections.write_figures` and :func:`write_results` with the gathered
+:class:`.results.ExperimentResults`.
+
 Layout of the results folder ``OUT``::
 
     OUT/split.csv                  the grouped 80/10/10 split (reused by later runs)
@@ -22,82 +29,61 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from cascademl import CascadeClassifier, _files
-from cascademl.cost import CostReport, StageCost, measure_stage_cost
+from cascademl import CascadeClassifier, CascadeResult, _files
+from cascademl.cost import CostReport
 from cascademl.inference import resolve_device
-from cascademl.metrics import ClassificationMetrics, classification_metrics, mcnemar_test
+from cascademl.metrics import (
+    ClassificationMetrics,
+    McNemarResult,
+    classification_metrics,
+    mcnemar_test,
+)
 from cascademl.torch_stage import TorchStage
 
 from . import audit, distributed, report
 from .backbones import (
-    _backbone_probabilities,
-    _train_all,
+    BackboneScores,
     check_pretrained_weights,
+    predicted_labels,
+    score_backbones,
+    train_backbones,
     warn_if_slow_precision,
 )
-from .data import (
-    SCALE_BAR_FRACTION,
-    DatasetScan,
-    LeukemiaDataError,
-    SplitManifest,
-    mask_bottom_strip,
-    prepare_split,
-)
-from .ordering import ORDER_RULES, _alternative_order, _order_and_tune
-from .predict import _metrics_json, _save_model, images_to_tensor
+from .data import DatasetScan, LeukemiaDataError, SplitManifest, mask_bottom_strip, prepare_split
+from .ordering import ORDER_RULES, OrderResult, TunedOrder, evaluate_order, order_and_tune
+from .predict import _save_model, images_to_tensor
 from .presets import Preset
+from .results import CASCADE, CostSummary, ExperimentResults, ExperimentSummary
 from .runlock import lock_output, releases_output_locks
-from .sections import _report_sections, _write_figures
-from .training import (
-    check_batch_size,
-)
-from .transforms import (
-    NormalizedImages,
-    StainNormalizer,
-    fit_stain_normalizer,
-    load_images,
-)
+from .sections import report_sections, write_figures
+from .shortcuts import ShortcutAudit, shortcut_audit
+from .training import check_batch_size
+from .transforms import NormalizedImages, StainNormalizer, fit_stain_normalizer, load_images
 
 __all__ = [
+    "CascadeTest",
     "ExperimentSummary",
+    "SplitData",
+    "TestScores",
     "masked_images",
+    "prepare_data",
+    "route_test_split",
     "run_experiment",
+    "save_model",
+    "score_on_test",
+    "tune_orders",
+    "write_results",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExperimentSummary:
-    """The headline numbers of one run (the rest is in ``metrics.json``).
-
-    Attributes:
-        out: The results folder.
-        order: Stage names in cascade order.
-        thresholds: The tuned thresholds, one per non-final stage.
-        test_accuracy: The cascade's test accuracy.
-        test_mcc: The cascade's test MCC.
-        best_single: Name and test accuracy of the best backbone alone.
-        cost_ratio_all: The cascade's mean FLOPs per test image over all five backbones'.
-        seconds: Wall time of the whole run.
-    """
-
-    out: Path
-    order: tuple[str, ...]
-    thresholds: tuple[float, ...]
-    test_accuracy: float
-    test_mcc: float
-    best_single: tuple[str, float]
-    cost_ratio_all: float
-    seconds: float
 
 
 def masked_images(images: NormalizedImages, fraction: float) -> NormalizedImages:
@@ -110,86 +96,6 @@ def masked_images(images: NormalizedImages, fraction: float) -> NormalizedImages
     return NormalizedImages(
         mask_bottom_strip(images.images, fraction), images.paths, images.fallbacks
     )
-
-
-class _Shortcuts(NamedTuple):
-    """What :func:`_shortcut_audit` adds to the run's results."""
-
-    payload: dict[str, Any]
-    baseline_metrics: ClassificationMetrics
-    test_predictions: dict[str, list[str]]
-
-
-#: How the shortcut table names each configuration of the cascade.
-_RULE_ROW: Final = {
-    "accuracy": "Cascade, paper's order",
-    "cost": "Cascade, cheapest first",
-    "selected": "Cascade, stage selection",
-}
-
-
-def _shortcut_audit(
-    preset: Preset,
-    manifest: SplitManifest,
-    out: Path,
-    *,
-    stages: list[tuple[str, TorchStage]],
-    test_proba: Mapping[str, np.ndarray[Any, Any]],
-    cascades: Mapping[str, CascadeClassifier],
-    y_test: np.ndarray[Any, Any],
-    classes: np.ndarray[Any, Any],
-) -> _Shortcuts:
-    """The colour baseline per variant, every model under every test-time variant, exits.
-
-    The backbones run once more on the test split per variant other than their own; the
-    cascades are replayed on those probabilities (:func:`audit.route_cached`), with the
-    thresholds tuned on the (unchanged) validation split.
-    """
-    tic = time.perf_counter()
-    original, normalized = audit.load_original_and_normalized(manifest, preset, out / "cache")
-    baseline = audit.baseline_per_variant(original, normalized, manifest, preset)
-    trained = audit.trained_variant(
-        stain_normalize=preset.stain_normalize, mask_bottom=preset.mask_bottom
-    ).name
-    proba: dict[str, Mapping[str, np.ndarray[Any, Any]]] = {}
-    for variant in audit.VARIANTS:
-        if variant.name == trained:
-            proba[variant.name] = test_proba
-            continue
-        x_variant = images_to_tensor(
-            audit.apply_variant(
-                variant,
-                original=original.subset(manifest, "test"),
-                normalized=normalized.subset(manifest, "test"),
-                mask_bottom=preset.mask_bottom,
-            )
-        )
-        proba[variant.name] = {name: stage.predict_proba(x_variant) for name, stage in stages}
-    rows = {_RULE_ROW[rule]: cascade for rule, cascade in cascades.items()}
-    table = audit.shortcut_table(proba, rows, y_test, classes, baseline)
-    routed = {rule: audit.route_cached(c, test_proba) for rule, c in cascades.items()}
-    predictions = {rule: [str(v) for v in r.labels] for rule, r in routed.items()}
-    predictions[audit.BASELINE_NAME] = [str(v) for v in baseline[trained].test_labels]
-    payload = {
-        "trained_variant": trained,
-        "mask_bottom": preset.mask_bottom or SCALE_BAR_FRACTION,
-        "colour_baseline": {name: r.as_dict() for name, r in baseline.items()},
-        "test_accuracy": table,
-        "exits_per_class": {
-            _RULE_ROW[rule]: audit.exits_per_class(r, y_test, classes) for rule, r in routed.items()
-        },
-        "n_test": len(y_test),
-        "seconds": time.perf_counter() - tic,
-    }
-    logger.info("shortcut audit: %.1f s", payload["seconds"])
-    return _Shortcuts(payload, baseline[trained].test, predictions)
-
-
-def _predict_labels(
-    proba: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]
-) -> np.ndarray[Any, Any]:
-    labels: np.ndarray[Any, Any] = classes[np.argmax(proba, axis=1)]
-    return labels
 
 
 @releases_output_locks
@@ -259,25 +165,15 @@ def run_experiment(
     for spec in preset.backbones:
         check_batch_size(spec.batch_size, ranks.world_size, name=f"{spec.timm_name}.batch_size")
     out = _claim_output(data_root, out, lock=ranks.main)
-    figures = out / "figures"
     torch.manual_seed(preset.seed)
 
-    # ---------------------------------------------------------------- data
-    manifest, scan, normalizer, stain, images = _prepare_data(
-        data_root, preset, out, skip_bad=skip_bad
-    )
-    classes = np.array(manifest.classes)
-    y = {split: classes[manifest.targets(split)] for split in ("val", "test")}
-    x = {split: images_to_tensor(images.subset(manifest, split)) for split in ("val", "test")}
-    logger.info("split: %s", manifest.counts())
-
-    # ---------------------------------------------------------------- training
-    stages, histories, training = _train_all(
+    data = prepare_data(data_root, preset, out, skip_bad=skip_bad)
+    trained = train_backbones(
         preset,
-        manifest,
-        images,
+        data.manifest,
+        data.images,
         out,
-        stain=stain,
+        stain=data.stain,
         device=device,
         checkpoints=weights,
         allow_download=allow_download,
@@ -286,196 +182,90 @@ def run_experiment(
     if not ranks.main:  # rank 0 alone tunes, tests and writes; this rank takes its summary
         return distributed.share(None, ExperimentSummary)
 
-    # ---------------------------------------------------------------- every backbone
-    names = [name for name, _ in stages]
-    val_proba, test_proba = _backbone_probabilities(stages, x, y, classes, out)
-    costs: list[StageCost] = [
-        measure_stage_cost(stage, x["test"][:1], name=name, repeats=3) for name, stage in stages
-    ]
-    flops = [c.flops_per_sample for c in costs]
-    val_acc = [float(np.mean(_predict_labels(p, classes) == y["val"])) for p in val_proba]
-
-    # ---------------------------------------------------------------- order and tune
-    rules = (order, *(rule for rule in ORDER_RULES if rule != order))
-    tuned = {
-        rule: _order_and_tune(
-            stages,
-            val_proba,
-            flops,
-            x_val=x["val"],
-            y_val=y["val"],
-            classes=classes,
-            order=rule,
-            max_cost_ratio=max_cost_ratio,
-            scoring=scoring,
-        )
-        for rule in rules
-    }
+    scores = score_backbones(trained.stages, data.x, data.y, data.classes, out)
+    tuned = tune_orders(
+        trained.stages,
+        scores,
+        data,
+        first=order,
+        max_cost_ratio=max_cost_ratio,
+        scoring=scoring,
+    )
     chosen = tuned[order]
-    tuning = chosen.tuning
-
-    # ---------------------------------------------------------------- test
-    tic = time.perf_counter()
-    routed = chosen.cascade.route(x["test"])
-    wall = time.perf_counter() - tic
-    ordered_costs = [costs[i] for i in chosen.ordering]
-    cost_report = CostReport.from_result(routed, ordered_costs, wall_time=wall)
-
-    # ---------------------------------------------------------------- shortcut audit
-    shortcuts = _shortcut_audit(
+    tested = route_test_split(chosen, scores, data)
+    shortcuts = shortcut_audit(
         preset,
-        manifest,
+        data.manifest,
         out,
-        stages=stages,
-        test_proba=dict(zip(names, test_proba, strict=True)),
-        cascades={rule: tuned[rule].cascade for rule in rules},
-        y_test=y["test"],
-        classes=classes,
+        stages=trained.stages,
+        test_proba=dict(zip(scores.names, scores.test_proba, strict=True)),
+        cascades={rule: t.cascade for rule, t in tuned.items()},
+        y_test=data.y["test"],
+        classes=data.classes,
     )
-
-    predictions = {"Cascade": routed.labels}
-    for name, proba in zip(names, test_proba, strict=True):
-        predictions[name] = _predict_labels(proba, classes)
-    metrics: dict[str, ClassificationMetrics] = {
-        **{
-            name: classification_metrics(y["test"], pred, classes=classes)
-            for name, pred in predictions.items()
-        },
-        audit.BASELINE_NAME: shortcuts.baseline_metrics,
-    }
-    ensemble_metrics = classification_metrics(
-        y["test"], _predict_labels(test_proba.mean(axis=0), classes), classes=classes, n_bootstrap=0
-    )
-    mcnemar = {
-        name: asdict(mcnemar_test(y["test"], routed.labels, predictions[name], classes=classes))
-        for name in names
-    }
-    best_name = max(names, key=lambda n: metrics[n].accuracy)
-    alternatives = {
-        rule: _alternative_order(
-            stages,
-            costs,
-            tuned[rule],
-            rule=rule,
-            x_test=x["test"],
-            y_test=y["test"],
-            classes=classes,
-        )
-        for rule in rules[1:]
-    }
-
-    # ---------------------------------------------------------------- save
-    settings = {
-        "classes": list(manifest.classes),
-        "cache_size": preset.cache_size,
-        "stain_normalizer": normalizer.to_dict() if normalizer is not None else None,
-        "mask_bottom": preset.mask_bottom,
-        "preset": preset.name,
-    }
-    _save_model(chosen.cascade, settings, out / "cascade")
-
-    # ---------------------------------------------------------------- report
-    references = {f"{name} alone": (flops[i], val_acc[i]) for i, name in enumerate(names)}
-    references["all backbones (vote)"] = (
-        float(sum(flops)),
-        float(np.mean(_predict_labels(val_proba.mean(axis=0), classes) == y["val"])),
-    )
-    figure_files = _write_figures(
-        figures,
-        histories=histories,
-        metrics=metrics,
-        class_names=list(manifest.classes),
+    test = score_on_test(trained.stages, scores, tuned, tested, shortcuts=shortcuts, data=data)
+    save_model(chosen.cascade, preset, data, out / "cascade")
+    figures = write_figures(
+        out / "figures",
+        histories=trained.histories,
+        metrics=test.metrics,
+        class_names=list(data.manifest.classes),
         tuned=chosen,
-        references=references,
+        references=_references(scores, data),
     )
-
-    seconds = time.perf_counter() - started
-    payload: dict[str, Any] = {
-        "preset": asdict(preset),
-        "device": device,
-        # Only with several processes, so that a single-process run's file is as before.
-        **({"processes": ranks.world_size} if ranks.distributed else {}),
-        "split_counts": manifest.counts(),
-        "skipped": [asdict(s) for s in scan.skipped] if scan is not None else [],
-        "exact_duplicate_groups": [list(g) for g in scan.duplicates] if scan is not None else [],
-        "stain_fallbacks": dict(images.fallbacks),
-        "training": training,
-        "histories": histories,
-        "val_accuracy": dict(zip(names, val_acc, strict=True)),
-        "order": [names[i] for i in chosen.ordering],
-        "order_rule": order,
-        "alternatives": alternatives,
-        "thresholds": list(tuning.thresholds),
-        "tuning": {
-            "objective": tuning.objective,
-            "scoring": tuning.scoring,
-            "budget_flops": chosen.budget,
-            "val_score": tuning.score,
-            "val_accuracy": chosen.val_accuracy,
-            "val_mean_flops": tuning.mean_cost,
-            "frontier": [
-                {**asdict(p), "accuracy": acc}
-                for p, (_, acc) in zip(tuning.frontier, chosen.frontier, strict=True)
-            ],
-        },
-        "test": {name: _metrics_json(m) for name, m in metrics.items()},
-        "ensemble_all_five_test_accuracy": ensemble_metrics.accuracy,
-        "mcnemar_cascade_vs": mcnemar,
-        "exit_counts": dict(zip(routed.stage_names, routed.exit_counts.tolist(), strict=True)),
-        "cost": {
-            "flops_per_image": dict(zip(names, flops, strict=True)),
-            "latency_per_image_s": {c.name: c.latency_per_sample for c in costs},
-            "cascade_mean_flops": cost_report.mean_flops,
-            # Against all the backbones trained, also when the cascade keeps only some.
-            "cascade_flops_ratio_all": cost_report.mean_flops / sum(flops),
-            "cascade_flops_ratio_last": cost_report.flops_ratio_last,
-            "cascade_wall_seconds_per_image": wall / max(routed.n_samples, 1),
-            "table": cost_report.to_table(),
-        },
-        "shortcut_audit": shortcuts.payload,
-        # Per-sample test labels of every cascade configuration, for summaries over seeds.
-        "test_predictions": shortcuts.test_predictions,
-        "seconds": seconds,
-    }
-    _files.write_text(out / "metrics.json", json.dumps(payload, indent=2, default=str))
-    sections = {
-        **_report_sections(payload, manifest, scan, best_name, metrics),
-        **audit.report_sections(payload["shortcut_audit"]),
-    }
-    report.write_markdown_report(
-        out / "report.md",
-        metrics,
-        list(manifest.classes),
-        title=f"Leukemia cascade: results ({preset.name} preset)",
-        sections=sections,
-        figures=figure_files,
+    results = ExperimentResults(
+        preset=preset,
+        device=device,
+        processes=ranks.world_size if ranks.distributed else None,
+        classes=tuple(data.manifest.classes),
+        split_counts=data.manifest.counts(),
+        scan=data.scan,
+        stain_fallbacks=dict(data.images.fallbacks),
+        training=trained.training,
+        histories=trained.histories,
+        val_accuracy=dict(zip(scores.names, scores.val_accuracy, strict=True)),
+        order_rule=order,
+        tuned=chosen,
+        order=tuple(scores.names[i] for i in chosen.ordering),
+        alternatives=test.alternatives,
+        test=test.metrics,
+        ensemble_accuracy=test.ensemble_accuracy,
+        mcnemar=test.mcnemar,
+        exit_counts=tested.exit_counts,
+        cost=tested.cost,
+        shortcuts=shortcuts,
+        seconds=time.perf_counter() - started,
     )
-    return distributed.share(
-        ExperimentSummary(
-            out=out,
-            order=tuple(payload["order"]),
-            thresholds=tuple(tuning.thresholds),
-            test_accuracy=metrics["Cascade"].accuracy,
-            test_mcc=metrics["Cascade"].mcc,
-            best_single=(best_name, metrics[best_name].accuracy),
-            cost_ratio_all=payload["cost"]["cascade_flops_ratio_all"],
-            seconds=seconds,
-        ),
-        ExperimentSummary,
-    )
+    write_results(results, out, figures)
+    return distributed.share(results.summary(out), ExperimentSummary)
 
 
-class _Data(NamedTuple):
-    """The split, its scan (``None`` when reused), the stain normalizer and the images."""
+@dataclass(frozen=True)
+class SplitData:
+    """The split and its images, as :func:`prepare_data` makes them.
+
+    Attributes:
+        manifest: The grouped 80/10/10 split.
+        scan: What the dataset scan found, or ``None`` when ``split.csv`` was reused.
+        normalizer: The stain normalizer fitted on training images, or ``None``.
+        stain: The normalizer's fingerprint (``"none"`` without one), for checkpoints.
+        images: Every image of the split, resized, normalized and masked.
+        classes: The class names, in label order.
+        x: ``{"val" | "test": (n, 3, h, w) uint8 images}``.
+        y: ``{"val" | "test": class names}``.
+    """
 
     manifest: SplitManifest
     scan: DatasetScan | None
     normalizer: StainNormalizer | None
     stain: str
     images: NormalizedImages
+    classes: np.ndarray[Any, Any]
+    x: Mapping[str, torch.Tensor]
+    y: Mapping[str, np.ndarray[Any, Any]]
 
 
-def _prepare_data(data_root: str | Path, preset: Preset, out: Path, *, skip_bad: bool) -> _Data:
+def prepare_data(data_root: str | Path, preset: Preset, out: Path, *, skip_bad: bool) -> SplitData:
     """Split (or reuse ``split.csv``), fit the stain reference, load the images (cached).
 
     With several processes rank 0 writes the split and the cache and fits the stain
@@ -511,7 +301,188 @@ def _prepare_data(data_root: str | Path, preset: Preset, out: Path, *, skip_bad:
             ),
             preset.mask_bottom,
         )
-    return _Data(manifest, scan, normalizer, stain, images)
+    classes = np.array(manifest.classes)
+    splits = ("val", "test")
+    y = {split: classes[manifest.targets(split)] for split in splits}
+    x = {split: images_to_tensor(images.subset(manifest, split)) for split in splits}
+    logger.info("split: %s", manifest.counts())
+    return SplitData(manifest, scan, normalizer, stain, images, classes, x, y)
+
+
+def tune_orders(
+    stages: Sequence[tuple[str, TorchStage]],
+    scores: BackboneScores,
+    data: SplitData,
+    *,
+    first: str,
+    max_cost_ratio: float,
+    scoring: str,
+) -> dict[str, TunedOrder]:
+    """Order the stages by every rule of :data:`.ordering.ORDER_RULES`, ``first`` first.
+
+    Each order's thresholds are tuned on the validation probabilities alone.
+    """
+    rules = (first, *(rule for rule in ORDER_RULES if rule != first))
+    return {
+        rule: order_and_tune(
+            stages,
+            scores.val_proba,
+            scores.flops,
+            x_val=data.x["val"],
+            y_val=data.y["val"],
+            classes=data.classes,
+            order=rule,
+            max_cost_ratio=max_cost_ratio,
+            scoring=scoring,
+        )
+        for rule in rules
+    }
+
+
+class CascadeTest(NamedTuple):
+    """The tuned cascade on the test split (:func:`route_test_split`).
+
+    Attributes:
+        routed: The routing result.
+        cost: What the backbones and the cascade cost.
+    """
+
+    routed: CascadeResult
+    cost: CostSummary
+
+    @property
+    def exit_counts(self) -> dict[str, int]:
+        """``{stage: test samples it ended}``."""
+        routed = self.routed
+        return dict(zip(routed.stage_names, routed.exit_counts.tolist(), strict=True))
+
+
+def route_test_split(chosen: TunedOrder, scores: BackboneScores, data: SplitData) -> CascadeTest:
+    """Route the test split through the tuned cascade (timed) and account for its cost."""
+    tic = time.perf_counter()
+    routed = chosen.cascade.route(data.x["test"])
+    wall = time.perf_counter() - tic
+    ordered_costs = [scores.costs[i] for i in chosen.ordering]
+    cost_report = CostReport.from_result(routed, ordered_costs, wall_time=wall)
+    flops = scores.flops
+    cost = CostSummary(
+        flops_per_image=dict(zip(scores.names, flops, strict=True)),
+        latency_per_image_s={c.name: c.latency_per_sample for c in scores.costs},
+        cascade_mean_flops=cost_report.mean_flops,
+        # Against all the backbones trained, also when the cascade keeps only some.
+        cascade_flops_ratio_all=cost_report.mean_flops / sum(flops),
+        cascade_flops_ratio_last=cost_report.flops_ratio_last,
+        cascade_wall_seconds_per_image=wall / max(routed.n_samples, 1),
+        table=cost_report.to_table(),
+    )
+    return CascadeTest(routed, cost)
+
+
+class TestScores(NamedTuple):
+    """Every model on the test split (:func:`score_on_test`).
+
+    Attributes:
+        metrics: Test metrics of the cascade, every backbone and the colour baseline.
+        ensemble_accuracy: Test accuracy of the average of all the backbones.
+        mcnemar: McNemar's test of the cascade against each backbone.
+        alternatives: The other orders' cascades, tested, by rule.
+    """
+
+    metrics: dict[str, ClassificationMetrics]
+    ensemble_accuracy: float
+    mcnemar: dict[str, McNemarResult]
+    alternatives: dict[str, OrderResult]
+
+
+def score_on_test(
+    stages: Sequence[tuple[str, TorchStage]],
+    scores: BackboneScores,
+    tuned: Mapping[str, TunedOrder],
+    tested: CascadeTest,
+    *,
+    shortcuts: ShortcutAudit,
+    data: SplitData,
+) -> TestScores:
+    """Metrics of the cascade, each backbone and the baseline; the other orders on test.
+
+    ``tuned``'s first order is the cascade of :func:`route_test_split`; the others are
+    routed here.
+    """
+    y_test, classes = data.y["test"], data.classes
+    routed = tested.routed
+    predictions = {CASCADE: routed.labels}
+    for name, proba in zip(scores.names, scores.test_proba, strict=True):
+        predictions[name] = predicted_labels(proba, classes)
+    metrics: dict[str, ClassificationMetrics] = {
+        **{
+            name: classification_metrics(y_test, pred, classes=classes)
+            for name, pred in predictions.items()
+        },
+        audit.BASELINE_NAME: shortcuts.baseline_metrics,
+    }
+    ensemble = classification_metrics(
+        y_test,
+        predicted_labels(scores.test_proba.mean(axis=0), classes),
+        classes=classes,
+        n_bootstrap=0,
+    )
+    mcnemar = {
+        name: mcnemar_test(y_test, routed.labels, predictions[name], classes=classes)
+        for name in scores.names
+    }
+    alternatives = {
+        rule: evaluate_order(
+            stages,
+            scores.costs,
+            tuned[rule],
+            rule=rule,
+            x_test=data.x["test"],
+            y_test=y_test,
+            classes=classes,
+        )
+        for rule in list(tuned)[1:]
+    }
+    return TestScores(metrics, ensemble.accuracy, mcnemar, alternatives)
+
+
+def save_model(cascade: CascadeClassifier, preset: Preset, data: SplitData, folder: Path) -> Path:
+    """Save the tuned cascade with the example's settings file (stain reference, mask)."""
+    settings = {
+        "classes": list(data.manifest.classes),
+        "cache_size": preset.cache_size,
+        "stain_normalizer": data.normalizer.to_dict() if data.normalizer is not None else None,
+        "mask_bottom": preset.mask_bottom,
+        "preset": preset.name,
+    }
+    return _save_model(cascade, settings, folder)
+
+
+def _references(scores: BackboneScores, data: SplitData) -> dict[str, tuple[float, float]]:
+    """``(FLOPs, validation accuracy)`` of each backbone alone and of all of them voting."""
+    flops = scores.flops
+    references = {
+        f"{name} alone": (flops[i], scores.val_accuracy[i]) for i, name in enumerate(scores.names)
+    }
+    vote = predicted_labels(scores.val_proba.mean(axis=0), data.classes)
+    references["all backbones (vote)"] = (
+        float(sum(flops)),
+        float(np.mean(vote == data.y["val"])),
+    )
+    return references
+
+
+def write_results(results: ExperimentResults, out: Path, figures: Mapping[str, Path]) -> None:
+    """Write ``metrics.json`` and ``report.md`` (the figures are written already)."""
+    _files.write_text(out / "metrics.json", json.dumps(results.to_json(), indent=2, default=str))
+    sections = {**report_sections(results), **results.shortcuts.report_sections()}
+    report.write_markdown_report(
+        out / "report.md",
+        results.test,
+        list(results.classes),
+        title=f"Leukemia cascade: results ({results.preset.name} preset)",
+        sections=sections,
+        figures=figures,
+    )
 
 
 def _claim_output(data_root: str | Path, out: str | Path, *, lock: bool = True) -> Path:

@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_folder",
     "images_to_tensor",
     "load_predictor",
+    "metrics_json",
     "prepare_image",
     "read_images",
 ]
@@ -55,7 +56,8 @@ def images_to_tensor(images: np.ndarray[Any, Any]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def _metrics_json(metrics: ClassificationMetrics) -> dict[str, Any]:
+def metrics_json(metrics: ClassificationMetrics) -> dict[str, Any]:
+    """A classification report as JSON-able values (per-class lists, confusion matrix)."""
     out = metrics.as_dict()
     out["classes"] = [str(c) for c in metrics.classes.tolist()]
     out["precision"] = metrics.precision.tolist()
@@ -280,7 +282,7 @@ def evaluate_folder(
             c: {m: int(np.sum((labels == c) & (routed.labels == m))) for m in model_classes}
             for c in classes
         },
-        "metrics": _metrics_json(metrics),
+        "metrics": metrics_json(metrics),
         "exit_counts": dict(zip(routed.stage_names, routed.exit_counts.tolist(), strict=True)),
         "skipped": [asdict(s) for s in scan.skipped],
         "stain_fallbacks": fallbacks,

@@ -9,24 +9,23 @@ from typing import Any, Final
 from cascademl.metrics import ClassificationMetrics
 
 from . import report
-from .data import (
-    DatasetScan,
-    SplitManifest,
-)
-from .ordering import _Tuned
+from .ordering import OrderResult, TunedOrder
+from .results import ExperimentResults
 
 __all__ = [
+    "report_sections",
     "validation_check",
+    "write_figures",
 ]
 
 
-def _write_figures(
+def write_figures(
     folder: Path,
     *,
     histories: Mapping[str, list[dict[str, float]]],
     metrics: Mapping[str, ClassificationMetrics],
     class_names: list[str],
-    tuned: _Tuned,
+    tuned: TunedOrder,
     references: Mapping[str, tuple[float, float]],
 ) -> dict[str, Path]:
     """The paper's figures: curves (8-13), confusion matrices, bars (14-15), the frontier."""
@@ -56,87 +55,84 @@ def _write_figures(
     return files
 
 
-def _report_sections(
-    payload: Mapping[str, Any],
-    manifest: SplitManifest,
-    scan: DatasetScan | None,
-    best_name: str,
-    metrics: Mapping[str, ClassificationMetrics],
-) -> dict[str, str]:
-    cascade = metrics["Cascade"]
+def report_sections(results: ExperimentResults) -> dict[str, str]:
+    """The report's sections of a run, besides Table 1 and the figures (and the audit's)."""
+    cascade = results.cascade
     low, high = cascade.intervals.get("accuracy", (float("nan"), float("nan")))
-    counts = manifest.counts()
     split_lines = [
-        "| split | " + " | ".join(manifest.classes) + " | total |",
-        "|---|" + "---|" * (len(manifest.classes) + 1),
+        "| split | " + " | ".join(results.classes) + " | total |",
+        "|---|" + "---|" * (len(results.classes) + 1),
     ]
-    for split, per_class in counts.items():
+    for split, per_class in results.split_counts.items():
         split_lines.append(
             f"| {split} | "
-            + " | ".join(str(per_class[c]) for c in manifest.classes)
+            + " | ".join(str(per_class[c]) for c in results.classes)
             + f" | {sum(per_class.values())} |"
         )
-    order = " -> ".join(payload["order"])
-    order_rule = _RULE_TEXT[payload["order_rule"]]
-    thresholds = ", ".join(f"{t:.4g}" for t in payload["thresholds"])
-    objective = _objective(payload["tuning"]["scoring"], payload["tuning"]["budget_flops"])
-    exits = ", ".join(f"{k}: {v}" for k, v in payload["exit_counts"].items())
-    cost = payload["cost"]
-    val_lines = "\n".join(f"- {k}: {v:.2%}" for k, v in payload["val_accuracy"].items())
+    order = " -> ".join(results.order)
+    order_rule = _RULE_TEXT[results.order_rule]
+    thresholds = ", ".join(f"{t:.4g}" for t in results.thresholds)
+    objective = _objective(results.tuned.tuning.scoring, results.tuned.budget)
+    exits = ", ".join(f"{k}: {v}" for k, v in results.exit_counts.items())
+    cost = results.cost
+    val_lines = "\n".join(f"- {k}: {v:.2%}" for k, v in results.val_accuracy.items())
     mcn = "\n".join(
-        f"- vs {k}: only the cascade right on {v['only_a_correct']}, only {k} right on "
-        f"{v['only_b_correct']}, p = {v['p_value']:.3g} ({v['method']})"
-        for k, v in payload["mcnemar_cascade_vs"].items()
+        f"- vs {k}: only the cascade right on {v.only_a_correct}, only {k} right on "
+        f"{v.only_b_correct}, p = {v.p_value:.3g} ({v.method})"
+        for k, v in results.mcnemar.items()
     )
-    latency = "\n".join(f"- {k}: {1e3 * v:.2f} ms" for k, v in cost["latency_per_image_s"].items())
-    skipped = payload["skipped"]
+    latency = "\n".join(f"- {k}: {1e3 * v:.2f} ms" for k, v in cost.latency_per_image_s.items())
+    scan = results.scan
+    skipped = scan.skipped if scan is not None else ()
     data_notes = [
         (
-            f"- exact-duplicate groups: {len(payload['exact_duplicate_groups'])} (kept on one "
+            f"- exact-duplicate groups: {len(scan.duplicates)} (kept on one "
             "side of the split, with near duplicates, by grouping)"
             if scan is not None
             else "- the split was reused from split.csv (duplicates were grouped when it was made)"
         ),
         (
             "- stain normalization fell back to the original image for "
-            f"{len(payload['stain_fallbacks'])} image(s)"
+            f"{len(results.stain_fallbacks)} image(s)"
         ),
         f"- skipped files: {len(skipped)}"
-        + "".join(f"\n  - {s['path']}: {s['reason']}" for s in skipped),
+        + "".join(f"\n  - {s.path}: {s.reason}" for s in skipped),
     ]
+    best_name = results.best_backbone
+    train_seconds = sum(t.train_seconds for t in results.training.values())
     return {
         "Cascade": (
             f"Order ({order_rule}): {order}.\n\n"
             f"Thresholds (max probability), tuned for {objective}: {thresholds} "
-            f"(validation accuracy {payload['tuning']['val_accuracy']:.2%}). "
-            f"{validation_check(payload)}\n\n"
+            f"(validation accuracy {results.tuned.val_accuracy:.2%}). "
+            f"{_validation_sentence(results.tuned.val_accuracy, results.val_accuracy)}\n\n"
             f"Test accuracy {cascade.accuracy:.2%} (95% bootstrap CI {low:.2%}-{high:.2%}), "
             f"MCC {cascade.mcc:.4f}, kappa {cascade.kappa:.4f}. Best single backbone: "
-            f"{best_name}, {metrics[best_name].accuracy:.2%}. All backbones averaged: "
-            f"{payload['ensemble_all_five_test_accuracy']:.2%}.\n\n"
+            f"{best_name}, {results.test[best_name].accuracy:.2%}. All backbones averaged: "
+            f"{results.ensemble_accuracy:.2%}.\n\n"
             f"Samples ended per stage (test): {exits}.\n\n"
-            f"Mean cost: {cost['cascade_mean_flops'] / 1e9:.3f} GFLOPs per image, "
-            f"{cost['cascade_flops_ratio_all']:.1%} of running every backbone, "
-            f"{cost['cascade_flops_ratio_last']:.1%} of the last stage alone."
+            f"Mean cost: {cost.cascade_mean_flops / 1e9:.3f} GFLOPs per image, "
+            f"{cost.cascade_flops_ratio_all:.1%} of running every backbone, "
+            f"{cost.cascade_flops_ratio_last:.1%} of the last stage alone."
         ),
         **{
             _RULE_HEADING[rule]: _alternative_section(alt)
-            for rule, alt in payload["alternatives"].items()
+            for rule, alt in results.alternatives.items()
         },
         "Validation accuracy per backbone": val_lines,
         "McNemar's test, cascade against each backbone (test split)": mcn,
         "Inference time per image": (
             latency + f"\n- Cascade (measured wall time over the test split): "
-            f"{1e3 * cost['cascade_wall_seconds_per_image']:.2f} ms\n\n```text\n"
-            + cost["table"]
+            f"{1e3 * cost.cascade_wall_seconds_per_image:.2f} ms\n\n```text\n"
+            + cost.table
             + "\n```"
         ),
         "Data": "\n".join(split_lines) + "\n\n" + "\n".join(data_notes),
         "Run": (
-            f"Wall time of this invocation {payload['seconds'] / 60:.1f} min on "
-            f"{payload['device']}; training time of the backbones, summed over every epoch "
+            f"Wall time of this invocation {results.seconds / 60:.1f} min on "
+            f"{results.device}; training time of the backbones, summed over every epoch "
             "(including epochs of an earlier, interrupted or finished run that this one "
-            f"reused): {sum(t['train_seconds'] for t in payload['training'].values()) / 60:.1f}"
+            f"reused): {train_seconds / 60:.1f}"
             " min."
         ),
     }
@@ -153,8 +149,11 @@ def validation_check(payload: Mapping[str, Any]) -> str:
         One sentence for the report: whether the cascade reaches the best backbone's
         validation accuracy, and where to look when it does not.
     """
-    cascade = float(payload["tuning"]["val_accuracy"])
-    best_name, best = max(payload["val_accuracy"].items(), key=lambda item: item[1])
+    return _validation_sentence(float(payload["tuning"]["val_accuracy"]), payload["val_accuracy"])
+
+
+def _validation_sentence(cascade: float, backbones: Mapping[str, float]) -> str:
+    best_name, best = max(backbones.items(), key=lambda item: item[1])
     if cascade >= best:
         return (
             f"On validation that is at or above the best backbone alone ({best_name}, {best:.2%})."
@@ -193,16 +192,16 @@ _RULE_HEADING: Final = {
 }
 
 
-def _alternative_section(alt: Mapping[str, Any]) -> str:
-    objective = _objective(alt["scoring"], alt["budget_flops"])
-    exits = ", ".join(f"{k}: {v}" for k, v in alt["exit_counts"].items())
-    thresholds = ", ".join(f"{t:.4g}" for t in alt["thresholds"]) or "none (one stage)"
+def _alternative_section(alt: OrderResult) -> str:
+    objective = _objective(alt.scoring, alt.budget_flops)
+    exits = ", ".join(f"{k}: {v}" for k, v in alt.exit_counts.items())
+    thresholds = ", ".join(f"{t:.4g}" for t in alt.thresholds) or "none (one stage)"
     return (
-        f"Backbones ordered {_RULE_TEXT[alt['rule']]}: {' -> '.join(alt['order'])}; "
+        f"Backbones ordered {_RULE_TEXT[alt.rule]}: {' -> '.join(alt.order)}; "
         f"thresholds tuned on validation for {objective}: {thresholds}"
-        f" (validation accuracy {alt['val_accuracy']:.2%})"
-        f".\n\nTest accuracy {alt['test_accuracy']:.2%}, MCC {alt['test_mcc']:.4f}, "
-        f"kappa {alt['test_kappa']:.4f}; mean cost {alt['cascade_mean_flops'] / 1e9:.3f} "
-        f"GFLOPs per image, {alt['cascade_flops_ratio_all']:.1%} of running every backbone. "
+        f" (validation accuracy {alt.val_accuracy:.2%})"
+        f".\n\nTest accuracy {alt.test_accuracy:.2%}, MCC {alt.test_mcc:.4f}, "
+        f"kappa {alt.test_kappa:.4f}; mean cost {alt.cascade_mean_flops / 1e9:.3f} "
+        f"GFLOPs per image, {alt.cascade_flops_ratio_all:.1%} of running every backbone. "
         f"Samples ended per stage (test): {exits}."
     )
