@@ -152,14 +152,21 @@ def _train_one(
 
 
 def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: str) -> TorchStage:
-    """Wrap a trained backbone: timm's mean/std, the backbone's own input size."""
+    """Wrap a trained backbone with the preprocessing it was trained with.
+
+    That is :func:`.transforms.preprocessing_for` (timm's mean/std, the backbone's own
+    input size), the object the training transforms were built from.
+    """
+    prep = preprocessing_for(model, spec.image_size)
     stage = TorchStage.from_timm(
         spec.timm_name,
         num_classes=len(CLASS_NAMES),
         classes=list(CLASS_NAMES),
-        input_size=(3, spec.image_size, spec.image_size),
-        interpolation="bilinear",
-        crop_pct=1.0,
+        input_size=prep.input_size,
+        interpolation=prep.interpolation,
+        mean=prep.mean,
+        std=prep.std,
+        crop_pct=prep.crop_pct,
         batch_size=max(spec.batch_size, 64),
         device=device,
         precision=preset.precision,  # validated by TrainConfig and TorchStage
@@ -189,9 +196,7 @@ def _backbone_probabilities(
     (``(n_backbones, n_images, n_classes)`` probabilities, in the backbones' training order),
     ``val_labels`` and ``test_labels``.
     """
-    full = CascadeClassifier(stages, policy=ConfidencePolicy(thresholds=0.0)).fit(
-        x["val"], y["val"]
-    )
+    full = CascadeClassifier.from_fitted(stages, policy=ConfidencePolicy(thresholds=0.0))
     proba = {split: stage_probabilities(full, x[split]) for split in ("val", "test")}
     with _files.atomic_path(out / PROBABILITIES_FILE) as tmp:
         np.savez(

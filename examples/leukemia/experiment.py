@@ -328,7 +328,6 @@ def tune_orders(
             stages,
             scores.val_proba,
             scores.flops,
-            x_val=data.x["val"],
             y_val=data.y["val"],
             classes=data.classes,
             order=rule,

@@ -24,6 +24,7 @@ from cascademl.tuning import (
     TuningResult,
     apply_tuning,
     order_by_accuracy,
+    order_by_cost,
     score_thresholds,
     search_orders_from_proba,
 )
@@ -81,7 +82,6 @@ def order_and_tune(
     val_proba: np.ndarray[Any, Any],
     flops: list[float],
     *,
-    x_val: torch.Tensor,
     y_val: np.ndarray[Any, Any],
     classes: np.ndarray[Any, Any],
     order: str,
@@ -98,7 +98,7 @@ def order_and_tune(
     if order in {"accuracy", "selected"}:
         base = order_by_accuracy(val_proba, y_val, classes=classes)
     elif order == "cost":
-        base = tuple(int(i) for i in np.argsort(flops, kind="stable"))
+        base = order_by_cost(flops)
     else:
         msg = f"order must be one of {ORDER_RULES}, got {order!r}"
         raise ValueError(msg)
@@ -129,9 +129,9 @@ def order_and_tune(
         score_thresholds(proba, y_val, point.thresholds, classes=classes, stage_cost=cost)
         for point in tuning.frontier
     ]
-    based = CascadeClassifier(
+    based = CascadeClassifier.from_fitted(
         [stages[i] for i in base], policy=ConfidencePolicy(thresholds=0.0)
-    ).fit(x_val, y_val)
+    )
     return TunedOrder(
         ordering,
         budget,

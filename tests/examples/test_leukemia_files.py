@@ -153,9 +153,8 @@ def test_the_model_and_its_settings_are_replaced_together_or_not_at_all(tmp_path
 
 def test_probabilities_file_is_written_whole(tmp_path, monkeypatch):
     stages = [("a", object())]
-    monkeypatch.setattr(
-        backbones, "CascadeClassifier", lambda *a, **k: type("C", (), {"fit": lambda s, *_: s})()
-    )
+    fake = type("C", (), {"from_fitted": classmethod(lambda cls, *a, **k: cls())})
+    monkeypatch.setattr(backbones, "CascadeClassifier", fake)
     monkeypatch.setattr(backbones, "stage_probabilities", lambda full, x: np.full((1, 2, 2), 0.5))
     y = {"val": np.array(["A", "B"]), "test": np.array(["A", "B"])}
     x = {"val": torch.zeros(2), "test": torch.zeros(2)}
