@@ -31,15 +31,9 @@ from cascademl.exceptions import CascadeMLError
 from . import distributed
 from .audit import run_audit
 from .data import LeukemiaDataError, load_rgb
-from .pipeline import (
-    ORDER_RULES,
-    Predictor,
-    evaluate_folder,
-    load_predictor,
-    prepare_image,
-    read_images,
-    run_experiment,
-)
+from .experiment import run_experiment
+from .ordering import ORDER_RULES
+from .predict import Predictor, evaluate_folder, load_predictor, prepare_image, read_images
 from .presets import PRESETS, get_preset
 from .runlock import OutputFolderBusyError
 from .seeds import SUMMARY_MARKDOWN, SeedRunError, run_seeds, seeds_markdown

@@ -56,7 +56,6 @@ __all__ = [
     "colour_pipeline",
     "exits_per_class",
     "greyscale",
-    "report_sections",
     "route_cached",
 ]
 
@@ -500,7 +499,7 @@ def load_original_and_normalized(
 
     Both go through the run's cache (``OUT/cache``), so a run and an audit of the same
     folder decode and normalize once. The stain reference is fitted on training images as
-    in :func:`examples.leukemia.pipeline.run_experiment`, also when the preset leaves
+    in :func:`examples.leukemia.experiment.run_experiment`, also when the preset leaves
     stain normalization off.
     """
     original = load_images(manifest, size=preset.cache_size, cache_dir=cache_dir)
@@ -602,45 +601,3 @@ def run_audit(
         f"Test split: {sum(manifest.counts()['test'].values())} images.\n\n" + CLAIMS + "\n",
     )
     return payload
-
-
-def report_sections(shortcut: Mapping[str, Any]) -> dict[str, str]:
-    """The report's sections of the audit, from the run's ``metrics.json`` entry."""
-    trained = shortcut["trained_variant"]
-    baseline = shortcut["colour_baseline"]
-    lines = [
-        "| preprocessing (train and test) | validation accuracy | test accuracy | test MCC |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, row in baseline.items():
-        star = " *" if name == trained else ""
-        lines.append(
-            f"| {name}{star} | {row['val_accuracy']:.2%} | {row['test_accuracy']:.2%} | "
-            f"{row['test_mcc']:.4f} |"
-        )
-    mask = f"{shortcut['mask_bottom']:.1%}"
-    return {
-        "Shortcut audit: the model that sees no cell": (
-            "Colour statistics of the whole image (per-channel mean, standard deviation and "
-            "8-bin histogram: 30 numbers, no shape, no cell) into a gradient-boosted tree, "
-            "trained on this run's training split and tested on its test split, under each "
-            "preprocessing:\n\n"
-            + "\n".join(lines)
-            + f"\n\n\\* the backbones' preprocessing. Masked: the bottom {mask} of the "
-            "rows (where the scale bars sit) filled with one constant."
-        ),
-        "Shortcut table: test accuracy under each preprocessing": (
-            "Backbones and cascades trained on the starred preprocessing, tested on the "
-            "same test images changed at test time only (thresholds as tuned on "
-            "validation); the colour baseline trained and tested under each "
-            f"preprocessing. {shortcut['n_test']} test images: one image is "
-            f"{1 / max(shortcut['n_test'], 1):.2%}.\n\n"
-            + shortcut_markdown(shortcut["test_accuracy"], trained)
-            + "\n\n"
-            + CLAIMS
-        ),
-        "Samples ended per stage and class (test)": "\n\n".join(
-            f"{name}:\n\n{exits_markdown(exits)}"
-            for name, exits in shortcut["exits_per_class"].items()
-        ),
-    }

@@ -113,7 +113,7 @@ class Preset:
         channels_last: Channels-last memory format.
         sized_for_bf16: The epochs and sizes were chosen for a CPU that trains in bfloat16
             natively; a run that trains in float32 on a CPU warns that it will take
-            several times longer (see :func:`examples.leukemia.pipeline.run_experiment`).
+            several times longer (see :func:`examples.leukemia.experiment.run_experiment`).
         num_workers: Worker processes for the training augmentation (0: the main process).
         seed: Seed of the split, the stain reference and the training.
         near_threshold: dHash Hamming threshold for near duplicates (``None``: off).

@@ -30,7 +30,8 @@ from cascademl import _files
 from cascademl.metrics import mcnemar_test
 
 from .audit import BASELINE_NAME
-from .pipeline import ORDER_RULES, PROBABILITIES_FILE
+from .backbones import PROBABILITIES_FILE
+from .ordering import ORDER_RULES
 
 __all__ = ["SeedRunError", "run_seeds", "seeds_markdown", "summarize_seeds"]
 

@@ -412,42 +412,6 @@ def _batches(
             yield logits.float().cpu(), targets
 
 
-def predict_proba(
-    model: nn.Module,
-    dataset: Dataset[tuple[torch.Tensor, int]],
-    *,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    channels_last: bool = False,
-) -> NDArray[np.float32]:
-    """Return softmax probabilities of shape (n_samples, n_classes) for a dataset.
-
-    Args:
-        model: A trained model (already on ``device``).
-        dataset: Yields ``(image tensor, label)``; labels are ignored.
-        batch_size: Inference batch size.
-        device: Where the model runs.
-        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see :class:`TrainConfig`).
-        channels_last: Channels-last inputs.
-
-    Returns:
-        The probabilities.
-    """
-    parts = [
-        torch.softmax(logits, dim=1).numpy()
-        for logits, _ in _batches(
-            model,
-            dataset,
-            batch_size=batch_size,
-            device=torch.device(device),
-            precision=precision,
-            channels_last=channels_last,
-        )
-    ]
-    return np.concatenate(parts).astype(np.float32)
-
-
 def _evaluate(
     model: nn.Module,
     dataset: Dataset[tuple[torch.Tensor, int]],

@@ -46,6 +46,7 @@ from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 from torchvision.transforms import v2
 
 from cascademl import _files
+from cascademl.torch_stage import Preprocessing
 
 from .data import SplitManifest, load_rgb
 
@@ -522,36 +523,30 @@ def build_augmentation(*, rotation: float = 20.0, fill: int = 240) -> Transform:
     return compose
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """Input size and normalization constants of one backbone.
-
-    Attributes:
-        image_size: Square input side in pixels.
-        mean: Per-channel mean, from timm's data config.
-        std: Per-channel standard deviation, from timm's data config.
-    """
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
 def preprocessing_for(model: nn.Module, image_size: int | None = None) -> Preprocessing:
-    """Read a backbone's mean/std (and default input size) from timm's data config.
+    """The preprocessing of one backbone, from timm's data config.
+
+    The same object describes the training transforms (:class:`ImageArrayDataset`) and
+    the backbone's `TorchStage` at inference: a square input, bilinear resizing without a
+    crop, timm's mean and standard deviation.
 
     Args:
         model: A timm model.
-        image_size: Override of the input size; ``None`` uses the model's own.
+        image_size: Override of the input side; ``None`` uses the model's own.
 
     Returns:
-        The preprocessing constants.
+        The library's :class:`cascademl.torch_stage.Preprocessing`.
     """
     config = resolve_model_data_config(model)  # type: ignore[no-untyped-call]
-    size = image_size if image_size is not None else int(config["input_size"][-1])
-    mean = tuple(float(v) for v in config["mean"])
-    std = tuple(float(v) for v in config["std"])
-    return Preprocessing(size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]))
+    channels, _, width = (int(v) for v in config["input_size"])
+    size = image_size if image_size is not None else width
+    return Preprocessing(
+        input_size=(channels, size, size),
+        interpolation="bilinear",
+        mean=tuple(float(v) for v in config["mean"]),
+        std=tuple(float(v) for v in config["std"]),
+        crop_pct=1.0,
+    )
 
 
 class ImageArrayDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
@@ -564,7 +559,14 @@ class ImageArrayDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     Args:
         images: uint8 array of shape (n_images, H, W, 3).
         targets: Integer labels of shape (n_images,).
-        preprocessing: Input size and mean/std of the backbone.
+        preprocessing: Input size and mean/std of the backbone (from
+            :func:`preprocessing_for`). The images are resized once, bilinearly with
+            antialiasing, to its ``input_size`` and rounded back to uint8; each item is
+            then scaled to ``[0, 1]`` and normalized with its ``mean`` and ``std``.
+
+    Raises:
+        ValueError: When ``preprocessing`` lacks an input size, a mean or a std, or the
+            images and targets differ in number.
         augment: Random transform for uint8 ``(3, H, W)`` tensors, or ``None``.
         double: Serve every image twice, plain and augmented.
     """
@@ -586,13 +588,17 @@ class ImageArrayDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         self.targets = [int(t) for t in targets]
         self.augment = augment
         self.double = double
-        size = preprocessing.image_size
+        size, mean, std = preprocessing.input_size, preprocessing.mean, preprocessing.std
+        if size is None or mean is None or std is None:
+            msg = f"preprocessing must have an input_size, a mean and a std, got {preprocessing!r}"
+            raise ValueError(msg)
+        _, height, width = size
         tensor = _tensor(images).permute(0, 3, 1, 2)
-        if tensor.shape[-1] != size or tensor.shape[-2] != size:
+        if tensor.shape[-1] != width or tensor.shape[-2] != height:
             chunks = [
                 F.interpolate(
                     chunk.float(),
-                    size=(size, size),
+                    size=(height, width),
                     mode="bilinear",
                     antialias=True,
                     align_corners=False,
@@ -602,10 +608,10 @@ class ImageArrayDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
                 .to(torch.uint8)
                 for chunk in torch.split(tensor, 256)
             ]
-            tensor = torch.cat(chunks) if chunks else tensor.new_empty((0, 3, size, size))
+            tensor = torch.cat(chunks) if chunks else tensor.new_empty((0, 3, height, width))
         self.images = tensor.contiguous()
-        self.mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
-        self.std = torch.tensor(preprocessing.std).view(3, 1, 1)
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
 
     def __len__(self) -> int:
         """Return the number of items (twice the images when doubling)."""

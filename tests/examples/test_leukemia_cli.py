@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 import numpy as np
 import pytest
 from examples.leukemia.__main__ import main
-from examples.leukemia.pipeline import load_predictor
+from examples.leukemia.pipeline import load_predictor, validation_check
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,96 @@ def test_run_writes_the_results_folder(smoke_run):
     np.testing.assert_allclose(saved["val"].sum(axis=2), 1.0, rtol=1e-5)
     assert list(saved["stages"]) == ["TestResNet", "TestEfficientNet"]
     assert len(saved["test_labels"]) == n_test
+
+
+def test_metrics_json_keeps_the_keys_that_earlier_runs_have(smoke_run):
+    """Finished runs and the seed summaries read these keys; the file keeps them, in order."""
+    out, _ = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == [
+        "preset",
+        "device",
+        "split_counts",
+        "skipped",
+        "exact_duplicate_groups",
+        "stain_fallbacks",
+        "training",
+        "histories",
+        "val_accuracy",
+        "order",
+        "order_rule",
+        "alternatives",
+        "thresholds",
+        "tuning",
+        "test",
+        "ensemble_all_five_test_accuracy",
+        "mcnemar_cascade_vs",
+        "exit_counts",
+        "cost",
+        "shortcut_audit",
+        "test_predictions",
+        "seconds",
+    ]
+    assert list(metrics["training"]["TestResNet"]) == [
+        "best_epoch",
+        "best_val_acc",
+        "epochs_run",
+        "stopped_early",
+        "resumed_from",
+        "train_seconds",
+    ]
+    assert list(metrics["tuning"]) == [
+        "objective",
+        "scoring",
+        "budget_flops",
+        "val_score",
+        "val_accuracy",
+        "val_mean_flops",
+        "frontier",
+    ]
+    assert list(metrics["alternatives"]["cost"]) == [
+        "rule",
+        "order",
+        "thresholds",
+        "budget_flops",
+        "scoring",
+        "val_score",
+        "val_accuracy",
+        "test_accuracy",
+        "test_mcc",
+        "test_kappa",
+        "cascade_mean_flops",
+        "cascade_flops_ratio_all",
+        "exit_counts",
+    ]
+    assert list(metrics["cost"]) == [
+        "flops_per_image",
+        "latency_per_image_s",
+        "cascade_mean_flops",
+        "cascade_flops_ratio_all",
+        "cascade_flops_ratio_last",
+        "cascade_wall_seconds_per_image",
+        "table",
+    ]
+    assert list(metrics["shortcut_audit"]) == [
+        "trained_variant",
+        "mask_bottom",
+        "colour_baseline",
+        "test_accuracy",
+        "exits_per_class",
+        "n_test",
+        "seconds",
+    ]
+    assert list(metrics["mcnemar_cascade_vs"]["TestResNet"]) == [
+        "statistic",
+        "p_value",
+        "only_a_correct",
+        "only_b_correct",
+        "method",
+    ]
+    # The report's validation sentence reads the file as the run read its typed results.
+    report = (out / "report.md").read_text()
+    assert validation_check(metrics) in report
 
 
 def _check_shortcut_audit(out, metrics):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from examples.leukemia import __main__ as cli
-from examples.leukemia import pipeline, training
+from examples.leukemia import backbones, pipeline, predict, training
 from examples.leukemia.data import LeukemiaDataError
 from examples.leukemia.runlock import (
     LOCK_NAME,
@@ -136,30 +136,29 @@ def _fitted(c=1.0):
 def test_the_model_and_its_settings_are_replaced_together_or_not_at_all(tmp_path):
     folder = tmp_path / "cascade"
     old, X = _fitted()
-    pipeline._save_model(old, {"cache_size": 8}, folder)
+    predict._save_model(old, {"cache_size": 8}, folder)
     assert json.loads((folder / pipeline.SETTINGS_FILE).read_text()) == {"cache_size": 8}
     broken, _ = _fitted(0.5)
     broken.stages_[0].estimator_.hook = (i for i in range(2))  # cannot be stored
     with pytest.raises(SerializationError):
-        pipeline._save_model(broken, {"cache_size": 16}, folder)
+        predict._save_model(broken, {"cache_size": 16}, folder)
     assert json.loads((folder / pipeline.SETTINGS_FILE).read_text()) == {"cache_size": 8}
     np.testing.assert_array_equal(load_cascade(folder).predict_proba(X), old.predict_proba(X))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cascade"]
     new, _ = _fitted(0.5)
-    pipeline._save_model(new, {"cache_size": 16}, folder)
+    predict._save_model(new, {"cache_size": 16}, folder)
     assert json.loads((folder / pipeline.SETTINGS_FILE).read_text()) == {"cache_size": 16}
     np.testing.assert_array_equal(load_cascade(folder).predict_proba(X), new.predict_proba(X))
 
 
 def test_probabilities_file_is_written_whole(tmp_path, monkeypatch):
     stages = [("a", object())]
-    monkeypatch.setattr(
-        pipeline, "CascadeClassifier", lambda *a, **k: type("C", (), {"fit": lambda s, *_: s})()
-    )
-    monkeypatch.setattr(pipeline, "stage_probabilities", lambda full, x: np.full((1, 2, 2), 0.5))
+    fake = type("C", (), {"from_fitted": classmethod(lambda cls, *a, **k: cls())})
+    monkeypatch.setattr(backbones, "CascadeClassifier", fake)
+    monkeypatch.setattr(backbones, "stage_probabilities", lambda full, x: np.full((1, 2, 2), 0.5))
     y = {"val": np.array(["A", "B"]), "test": np.array(["A", "B"])}
     x = {"val": torch.zeros(2), "test": torch.zeros(2)}
-    pipeline._backbone_probabilities(stages, x, y, np.array(["A", "B"]), tmp_path)
+    backbones._backbone_probabilities(stages, x, y, np.array(["A", "B"]), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [pipeline.PROBABILITIES_FILE]
     with np.load(tmp_path / pipeline.PROBABILITIES_FILE) as saved:
         assert saved["val"].shape == (1, 2, 2)
@@ -197,7 +196,7 @@ def test_an_invalid_stain_reference_is_named_at_load(tmp_path, change, expected)
     path = tmp_path / pipeline.SETTINGS_FILE
     path.write_text(json.dumps(_settings(**change)))
     with pytest.raises(LeukemiaDataError, match=expected) as info:
-        pipeline._read_settings(path)
+        predict._read_settings(path)
     assert str(path) in str(info.value)
 
 
@@ -216,15 +215,15 @@ def test_a_malformed_settings_file_is_named(tmp_path, text, expected):
     path = tmp_path / pipeline.SETTINGS_FILE
     path.write_text(text)
     with pytest.raises(LeukemiaDataError, match=expected):
-        pipeline._read_settings(path)
+        predict._read_settings(path)
 
 
 def test_a_valid_settings_file_reads(tmp_path):
     path = tmp_path / pipeline.SETTINGS_FILE
     path.write_text(json.dumps(_settings()))
-    assert pipeline._read_settings(path)["cache_size"] == 32
+    assert predict._read_settings(path)["cache_size"] == 32
     path.write_text(json.dumps({"cache_size": 8, "stain_normalizer": None}))
-    assert pipeline._read_settings(path)["stain_normalizer"] is None
+    assert predict._read_settings(path)["stain_normalizer"] is None
 
 
 # --------------------------------------------------------------------------- odd files

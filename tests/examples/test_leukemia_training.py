@@ -8,6 +8,8 @@ import timm
 import torch
 from examples.leukemia import data, presets, training, transforms
 
+from cascademl.torch_stage import Preprocessing, TorchStage
+
 
 @pytest.fixture(scope="module")
 def split(leukemia_root):
@@ -49,9 +51,41 @@ def test_tiny_model_trains_one_epoch(split, images, tmp_path):
     assert stats.seconds > 0
     assert (tmp_path / training.CHECKPOINT_NAME).is_file()
     assert (tmp_path / training.BEST_NAME).is_file()
-    proba = training.predict_proba(result.model, val)
+    # The library's stage, with the preprocessing object the training transforms used.
+    prep = transforms.preprocessing_for(model, 32)
+    stage = TorchStage(
+        result.model,
+        classes=range(4),
+        input_size=prep.input_size,
+        interpolation=prep.interpolation,
+        mean=prep.mean,
+        std=prep.std,
+        crop_pct=prep.crop_pct,
+        device="cpu",
+    )
+    proba = stage.predict_proba(val.images)
     assert proba.shape == (len(val), 4)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_training_transforms_and_the_saved_stage_share_one_preprocessing():
+    from examples.leukemia import backbones
+
+    model = training.create_backbone("test_resnet", seed=0)
+    prep = transforms.preprocessing_for(model, 24)
+    assert isinstance(prep, Preprocessing)
+    assert prep.input_size == (3, 24, 24)
+    spec = presets.BackboneSpec("TestResNet", "test_resnet", 24)
+    stage = backbones._stage(spec, model, presets.SMOKE, "cpu")
+    assert stage.preprocessing_ == prep
+    # The dataset normalizes each item as the stage's preprocessing does.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    dataset = transforms.ImageArrayDataset(images, [0, 1], prep)
+    expected = prep(torch.from_numpy(images).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(dataset[1][0].numpy(), expected[1].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="a mean and a std"):
+        transforms.ImageArrayDataset(images, [0, 1], Preprocessing((3, 24, 24)))
 
 
 def test_augmenting_in_worker_processes_is_repeatable(split, images, tmp_path):
@@ -318,7 +352,7 @@ def test_presets_and_overrides():
 
 def test_mlp_ratio_reaches_the_model_the_stage_and_the_overrides():
     """A backbone's mlp_ratio narrows timm's classifier MLP when training and when saved."""
-    from examples.leukemia import pipeline
+    from examples.leukemia import backbones
 
     vgg = presets.CPU.backbone("vgg19_bn")
     assert vgg.mlp_ratio == 0.125
@@ -336,14 +370,14 @@ def test_mlp_ratio_reaches_the_model_the_stage_and_the_overrides():
         "test_vit", num_classes=4, pretrained=False, seed=0, **spec.model_kwargs
     )
     assert sum(p.numel() for p in narrow.parameters()) < default
-    stage = pipeline._stage(spec, narrow, presets.SMOKE, "cpu")  # loads narrow's weights strictly
+    stage = backbones._stage(spec, narrow, presets.SMOKE, "cpu")  # loads narrow's weights strictly
     assert sum(p.numel() for p in stage.module_.parameters()) < default
 
     # Runs from before the field existed keep their fingerprint (and so resume).
     plain = presets.SMOKE.backbones[0]
     manifest = type("M", (), {"digest": lambda self: "d"})()
-    assert "mlp_ratio" not in pipeline._fingerprint(presets.SMOKE, plain, manifest, "x")["spec"]
-    assert pipeline._fingerprint(presets.SMOKE, spec, manifest, "x")["spec"]["mlp_ratio"] == 1.0
+    assert "mlp_ratio" not in backbones._fingerprint(presets.SMOKE, plain, manifest, "x")["spec"]
+    assert backbones._fingerprint(presets.SMOKE, spec, manifest, "x")["spec"]["mlp_ratio"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -390,7 +424,7 @@ def test_a_preset_sized_for_bf16_warns_when_it_would_train_in_fp32(case, monkeyp
     monkeypatch.setattr(_precision, "_cpu_flag", lambda flag: native and flag == "amx_tile")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    with caplog.at_level(logging.WARNING, logger="examples.leukemia.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="examples.leukemia.backbones"):
         assert pipeline.warn_if_slow_precision(presets.get_preset(name), "cpu") is warns
     assert ("--preset cpu is sized for either kind" in caplog.text) is warns
     # A preset asked to train in fp32 on purpose is the user's choice: it warns too, once.
