@@ -570,13 +570,7 @@ def run_audit(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest, _ = prepare_split(
-        data_root,
-        out / "split.csv",
-        skip_bad=skip_bad,
-        seed=preset.seed,
-        near_threshold=preset.near_threshold,
-        block_size=preset.group_block,
-        max_per_class=preset.max_images_per_class,
+        data_root, out / "split.csv", skip_bad=skip_bad, **preset.split_options()
     )
     original, normalized = load_original_and_normalized(manifest, preset, out / "cache")
     results = baseline_per_variant(original, normalized, manifest, preset)

@@ -276,13 +276,7 @@ def prepare_data(data_root: str | Path, preset: Preset, out: Path, *, skip_bad: 
         if not ranks.main:
             distributed.readable(out / "split.csv")
         manifest, scan = prepare_split(
-            data_root,
-            out / "split.csv",
-            skip_bad=skip_bad,
-            seed=preset.seed,
-            near_threshold=preset.near_threshold,
-            block_size=preset.group_block,
-            max_per_class=preset.max_images_per_class,
+            data_root, out / "split.csv", skip_bad=skip_bad, **preset.split_options()
         )
     normalizer = distributed.broadcast(
         fit_stain_normalizer(manifest, size=preset.cache_size, seed=preset.seed)

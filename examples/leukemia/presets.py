@@ -34,10 +34,19 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 from .data import SCALE_BAR_FRACTION
 from .training import PRECISIONS, TrainConfig
+
+
+class SplitOptions(TypedDict):
+    """The keyword arguments of :func:`examples.leukemia.data.prepare_split` a preset sets."""
+
+    seed: int
+    near_threshold: int | None
+    block_size: int | None
+    max_per_class: int | None
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,15 @@ class Preset:
             channels_last=self.channels_last,
             num_workers=self.num_workers,
             seed=self.seed,
+        )
+
+    def split_options(self) -> SplitOptions:
+        """Return the split settings, as keyword arguments of ``data.prepare_split``."""
+        return SplitOptions(
+            seed=self.seed,
+            near_threshold=self.near_threshold,
+            block_size=self.group_block,
+            max_per_class=self.max_images_per_class,
         )
 
     def with_overrides(
