@@ -763,7 +763,10 @@ def test_rows_that_are_not_probabilities_name_the_stage_and_row(value, match):
 
 def test_scoring_takes_names_metrics_and_scorers_through_public_api_only():
     tables, y, classes = _synthetic(n_stages=3, n_samples=300, seed=8)
+    # Few candidates: a plain metric is called once per candidate point (seconds, not a
+    # minute); the routes through the scorer are the same as with the default 64.
     kwargs = {"classes": classes, "stage_cost": [1.0, 2.0, 6.0], "max_cost": 3.5}
+    kwargs |= {"n_candidates": 12}
     by_name = tune_cascade_from_proba(tables, y, scoring="f1_macro", **kwargs)
 
     def f1_macro(y_true, y_pred):  # a plain metric without sample_weight: called per point

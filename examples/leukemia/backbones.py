@@ -27,7 +27,7 @@ from .data import (
     CLASS_NAMES,
     SplitManifest,
 )
-from .presets import BackboneSpec, Preset
+from .presets import CPU_BF16_BUDGET, BackboneSpec, Preset
 from .training import (
     PretrainedWeightsUnavailableError,
     TrainResult,
@@ -78,13 +78,16 @@ def warn_if_slow_precision(preset: Preset, device: str) -> bool:
     choice = resolve_precision(preset.precision, torch.device(device))
     if choice.precision == "bf16":
         return False
+    minutes = {kind: sum(steps.values()) / 60 for kind, steps in CPU_BF16_BUDGET.items()}
     logger.warning(
-        "preset %r was sized for a CPU that trains in bfloat16 natively (about 50 min of "
-        "training on 2 cores with AMX); this one trains in %s (%s), which took about 169 min "
+        "preset %r was sized for a CPU that trains in bfloat16 natively (about %.0f min of "
+        "training on 2 cores with AMX); this one trains in %s (%s), which took about %.0f min "
         "on a 2-core AVX2 CPU. --preset cpu is sized for either kind of CPU.",
         preset.name,
+        minutes["bf16 (AMX)"],
         choice.precision,
         choice.reason,
+        minutes["fp32 (AVX2)"],
     )
     return True
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -907,11 +908,20 @@ def prepare_split(
     variant: str = "Original",
     skip_bad: bool = False,
     seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     near_threshold: int | None = DEFAULT_NEAR_THRESHOLD,
     block_size: int | None = None,
     max_per_class: int | None = None,
 ) -> tuple[SplitManifest, DatasetScan | None]:
     """Reuse the split CSV at ``manifest_path`` if it exists, or scan, split and save it.
+
+    The settings the split was made with are saved beside the CSV (``split.json``). A
+    reused split must have the requested ``val_fraction`` and ``test_fraction``: the
+    shares of the data are what every later number rests on, so a mismatch is an error,
+    not a silent reuse. Other settings that differ (a new ``seed``, say) are logged as a
+    warning and the saved split is kept, so that a run's later commands score the same
+    images.
 
     Args:
         root: The dataset folder.
@@ -919,26 +929,82 @@ def prepare_split(
         variant: The variant to use when ``root`` holds variants.
         skip_bad: Passed to :func:`scan_dataset`.
         seed: Passed to :func:`split_dataset`.
+        val_fraction: Passed to :func:`split_dataset`.
+        test_fraction: Passed to :func:`split_dataset`.
         near_threshold: Passed to :func:`split_dataset`.
         block_size: Passed to :func:`split_dataset`.
         max_per_class: Passed to :func:`split_dataset`.
 
     Returns:
         The split, and the scan (``None`` when an existing CSV was reused).
+
+    Raises:
+        SplitError: When a saved split was made with other fractions, or as
+            :func:`split_dataset` and :func:`load_split_manifest` raise.
     """
+    settings: dict[str, object] = {
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "near_threshold": near_threshold,
+        "block_size": block_size,
+        "max_per_class": max_per_class,
+    }
+    settings_path = Path(manifest_path).with_suffix(".json")
     if Path(manifest_path).is_file():
+        _check_saved_settings(settings_path, settings, manifest_path)
         logger.info("reusing split %s", manifest_path)
         return load_split_manifest(manifest_path, root, variant=variant), None
     scan = scan_dataset(root, variant=variant, skip_bad=skip_bad)
     manifest = split_dataset(
         scan,
         seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
         near_threshold=near_threshold,
         block_size=block_size,
         max_per_class=max_per_class,
     )
+    # The settings first: another process waits for the CSV, then reads both.
+    settings_path.parent.mkdir(parents=True, exist_ok=True)
+    with _files.atomic_open(settings_path, "w") as handle:
+        json.dump(settings, handle, indent=2)
     save_split_manifest(manifest, manifest_path)
     return manifest, scan
+
+
+def _check_saved_settings(
+    settings_path: Path, wanted: Mapping[str, object], manifest_path: str | os.PathLike[str]
+) -> None:
+    """Refuse a saved split made with other fractions; warn about other differences."""
+    if not settings_path.is_file():  # a split saved before the settings were recorded
+        logger.info(
+            "%s has no settings file (%s); reusing it as it is", manifest_path, settings_path.name
+        )
+        return
+    try:
+        saved = json.loads(settings_path.read_text())
+    except (OSError, ValueError) as error:
+        msg = (
+            f"{settings_path}: cannot read the split's settings ({error}); "
+            f"delete it and {manifest_path} to split anew"
+        )
+        raise SplitError(msg) from error
+    for name in ("val_fraction", "test_fraction"):
+        if name in saved and saved[name] != wanted[name]:
+            msg = (
+                f"{manifest_path} was made with {name}={saved[name]}, not {wanted[name]}: "
+                f"use another output folder, or delete {manifest_path} and "
+                f"{settings_path.name} to split anew (runs in this folder then retrain)"
+            )
+            raise SplitError(msg)
+    changed = {k: (saved[k], v) for k, v in wanted.items() if k in saved and saved[k] != v}
+    if changed:
+        logger.warning(
+            "reusing %s, made with other settings (%s); delete it to split anew",
+            manifest_path,
+            ", ".join(f"{k}={old} not {new}" for k, (old, new) in changed.items()),
+        )
 
 
 #: Share of image rows, at the bottom, that :func:`mask_bottom_strip` fills by default. The

@@ -15,6 +15,7 @@ the next: :func:`prepare_data` (:class:`SplitData`), :func:`.backbones.train_bac
 Layout of the results folder ``OUT``::
 
     OUT/split.csv                  the grouped 80/10/10 split (reused by later runs)
+    OUT/split.json                 the settings it was made with (fractions, seed, groups)
     OUT/cache/                     stain-normalized images (reused by later runs)
     OUT/models/<timm name>/        checkpoint.pt (every epoch), best.pt, history.json
     OUT/cascade/                   the saved cascade + leukemia.json (stain reference)

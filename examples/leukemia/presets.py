@@ -44,6 +44,8 @@ class SplitOptions(TypedDict):
     """The keyword arguments of :func:`examples.leukemia.data.prepare_split` a preset sets."""
 
     seed: int
+    val_fraction: float
+    test_fraction: float
     near_threshold: int | None
     block_size: int | None
     max_per_class: int | None
@@ -199,6 +201,8 @@ class Preset:
         """Return the split settings, as keyword arguments of ``data.prepare_split``."""
         return SplitOptions(
             seed=self.seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
             near_threshold=self.near_threshold,
             block_size=self.group_block,
             max_per_class=self.max_images_per_class,

@@ -1,10 +1,12 @@
 import hashlib
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 from examples.leukemia import data
+from examples.leukemia.presets import get_preset
 from PIL import Image
 
 
@@ -181,6 +183,44 @@ def test_prepare_split_reuses_the_csv(leukemia_root, tmp_path):
     second, rescanned = data.prepare_split(leukemia_root, tmp_path / "split.csv", seed=99)
     assert rescanned is None
     assert second == first
+
+
+def test_prepare_split_uses_the_fractions_and_refuses_a_split_made_with_others(
+    leukemia_root, tmp_path, caplog
+):
+    default, _ = data.prepare_split(leukemia_root, tmp_path / "a" / "split.csv")
+    # A quarter for test, a quarter for validation: the shares move with the settings.
+    wide, _ = data.prepare_split(
+        leukemia_root, tmp_path / "b" / "split.csv", val_fraction=0.25, test_fraction=0.25
+    )
+    share = {
+        name: {s: len(split.select(s)) / len(split.rows) for s in ("val", "test")}
+        for name, split in (("default", default), ("wide", wide))
+    }
+    assert share["wide"]["test"] > share["default"]["test"] + 0.08, share
+    assert share["wide"]["val"] > share["default"]["val"] + 0.08, share
+    settings = json.loads((tmp_path / "b" / "split.json").read_text())
+    assert (settings["val_fraction"], settings["test_fraction"]) == (0.25, 0.25)
+    # Reusing b's split with other fractions would silently change every number after it.
+    with pytest.raises(data.SplitError, match=r"split\.csv was made with val_fraction=0\.25"):
+        data.prepare_split(leukemia_root, tmp_path / "b" / "split.csv", test_fraction=0.25)
+    # Another seed keeps the saved split, and says so.
+    with caplog.at_level(logging.WARNING, logger=data.logger.name):
+        again, _ = data.prepare_split(
+            leukemia_root,
+            tmp_path / "b" / "split.csv",
+            seed=5,
+            val_fraction=0.25,
+            test_fraction=0.25,
+        )
+    assert again == wide
+    assert "seed=0 not 5" in caplog.text
+
+
+def test_preset_split_fractions_reach_the_split():
+    preset = get_preset("smoke", ["val_fraction=0.2", "test_fraction=0.2"])
+    options = preset.split_options()
+    assert (options["val_fraction"], options["test_fraction"]) == (0.2, 0.2)
 
 
 def test_leaky_split_is_rejected(leukemia_root):

@@ -427,6 +427,8 @@ def test_a_preset_sized_for_bf16_warns_when_it_would_train_in_fp32(case, monkeyp
     with caplog.at_level(logging.WARNING, logger="examples.leukemia.backbones"):
         assert pipeline.warn_if_slow_precision(presets.get_preset(name), "cpu") is warns
     assert ("--preset cpu is sized for either kind" in caplog.text) is warns
+    # The two times come from CPU_BF16_BUDGET (49.8 and 168.6 min of training).
+    assert ("about 50 min" in caplog.text and "about 169 min" in caplog.text) is warns
     # A preset asked to train in fp32 on purpose is the user's choice: it warns too, once.
     forced = presets.get_preset("cpu-bf16", ["precision=fp32"])
     assert pipeline.warn_if_slow_precision(forced, "cpu")
