@@ -99,6 +99,54 @@ def test_grayscale_and_rgba_pil_images_are_converted_to_the_models_channels():
     np.testing.assert_allclose(proba, np.repeat(stage.predict_proba(rgb), 2, axis=0), atol=1e-6)
 
 
+def test_16_bit_and_float_pil_images_are_scaled_to_8_bits_not_clipped():
+    image = pytest.importorskip("PIL.Image")
+    stage = tiny()
+    values = np.random.default_rng(0).integers(0, 65536, (32, 32), dtype=np.uint16)
+    deep = image.fromarray(values)  # mode I;16, as Pillow opens a 16-bit PNG
+    assert deep.mode == "I;16"
+    # Pillow's convert clips at 255 (the image turns almost white); the stage scales.
+    assert np.asarray(deep.convert("L")).mean() > 250
+    eight = np.rint(values / 257).astype(np.uint8)
+    rgb = torch.from_numpy(np.repeat(eight[None, None], 3, axis=1))
+    expected = stage.predict_proba(rgb)
+    np.testing.assert_allclose(stage.predict_proba([deep]), expected, atol=1e-6)
+    # A 32-bit integer image holding 16-bit values and a float image in [0, 1] likewise.
+    wide = image.fromarray(values.astype(np.int32))
+    unit = image.fromarray((values / 65535).astype(np.float32))
+    assert (wide.mode, unit.mode) == ("I", "F")
+    np.testing.assert_allclose(
+        stage.predict_proba([wide, unit]), np.repeat(expected, 2, 0), atol=1e-6
+    )
+    # A one-channel stage gets one 8-bit channel too.
+    grey = tiny(input_size=(1, 32, 32), in_chans=1, mean=(0.5,), std=(0.25,))
+    np.testing.assert_allclose(
+        grey.predict_proba([deep]),
+        grey.predict_proba(torch.from_numpy(eight[None, None])),
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "top", "expected"),
+    [
+        (np.int32, 200, 200),  # fits 8 bits: kept as it is
+        (np.int32, 4000, round(4000 / 257)),  # fits 16 bits: scaled from 65535
+        (np.int32, 100_000, 255),  # wider: scaled from its own largest value
+        (np.float32, 0.5, 128),  # floats in [0, 1]
+        (np.float32, 200.0, 200),  # floats in [0, 255]
+    ],
+)
+def test_to_uint8_image_picks_the_smallest_range_that_holds_the_values(dtype, top, expected):
+    image = pytest.importorskip("PIL.Image")
+    values = np.zeros((2, 2), dtype=dtype)
+    values[0, 0] = top
+    values[1, 1] = -5  # negative values become 0
+    out = np.asarray(torch_stage.to_uint8_image(image.fromarray(values), "L"))
+    assert out.dtype == np.uint8
+    assert (out[0, 0], out[1, 1]) == (expected, 0)
+
+
 def test_pil_images_of_different_sizes_name_the_sizes():
     image = pytest.importorskip("PIL.Image")
     pictures = [image.new("RGB", (32, 32)), image.new("RGB", (40, 30))]

@@ -30,7 +30,7 @@ from cascademl.exceptions import CascadeMLError
 
 from . import distributed
 from .audit import run_audit
-from .data import LeukemiaDataError, load_rgb
+from .data import BadImageError, LeukemiaDataError, load_rgb
 from .experiment import run_experiment
 from .ordering import ORDER_RULES
 from .predict import Predictor, evaluate_folder, load_predictor, prepare_image, read_images
@@ -511,7 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
     ) as exc:
         # The message names the file, setting or value at fault; --verbose adds the traceback.
-        logger.error("%s", exc)  # noqa: TRY400
+        hint = ""
+        if isinstance(exc, BadImageError) and not getattr(args, "skip_bad", True):
+            hint = " (--skip-bad skips such files and lists them)"
+        logger.error("%s%s", exc, hint)  # noqa: TRY400
         logger.debug("traceback", exc_info=True)
         return 2
 

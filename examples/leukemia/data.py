@@ -45,6 +45,7 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 
 from cascademl import _files
+from cascademl._images import to_uint8_image  # torch-free; cascademl.torch_stage's
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +369,7 @@ def _decode(path: Path, data: bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            rgb = image.convert("RGB")
+            rgb = to_uint8_image(image, "RGB")  # 16-bit images scaled, not clipped
     except UnidentifiedImageError as error:
         raise BadImageError(path, "not an image Pillow can identify") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

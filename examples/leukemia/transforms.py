@@ -46,7 +46,7 @@ from torch.nn import functional as F  # noqa: N812 - the usual torch alias
 from torchvision.transforms import v2
 
 from cascademl import _files
-from cascademl.torch_stage import Preprocessing
+from cascademl.torch_stage import Preprocessing, to_uint8_image
 
 from .data import SplitManifest, load_rgb
 
@@ -70,13 +70,14 @@ def to_array(image: Image.Image, size: int | None = None) -> NDArray[np.uint8]:
     """Convert an image to a ``(H, W, 3)`` uint8 array, resized to ``size x size``.
 
     Args:
-        image: A Pillow image (converted to RGB).
+        image: A Pillow image (converted to RGB; 16-bit images scaled to 8 bits by
+            :func:`cascademl.torch_stage.to_uint8_image`, not clipped).
         size: Square side in pixels; ``None`` keeps the image's size.
 
     Returns:
         The RGB pixels.
     """
-    rgb = image.convert("RGB")
+    rgb = to_uint8_image(image, "RGB")
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.array(rgb, dtype=np.uint8)

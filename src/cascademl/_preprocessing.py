@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own convention
 from torch import nn
 
+from cascademl._images import _is_deep, to_uint8_image
 from cascademl._optional import require
 from cascademl.exceptions import PolicyError, StageInterfaceError
 
@@ -185,7 +186,8 @@ def _as_nchw(X: Any, channels: int | None) -> Any:
     """Bring a list of images, or a channels-last batch, to (n, c, h, w); else return ``X``.
 
     * A list (or tuple) of PIL images of one size is stacked (converted to RGB, or to
-      grayscale for a 1-channel model, when their mode differs), as ``uint8``.
+      grayscale for a 1-channel model, when their mode differs; 16-bit and 32-bit images
+      scaled to 8 bits by `to_uint8_image`), as ``uint8``.
     * A list of tensors or arrays of one shape is stacked, then read as below.
     * A 4-d tensor or array whose last axis holds ``channels`` values and whose second
       does not (or, when the stage does not know its channels, whose last axis has 1, 3
@@ -221,11 +223,12 @@ def _stack_images(images: list[Any], channels: int | None) -> Any:
     pil = sys.modules.get("PIL.Image")
     if pil is not None and all(isinstance(im, pil.Image) for im in images):
         mode = {1: "L", 3: "RGB"}.get(channels or 0)
-        if mode is None and len({im.mode for im in images}) > 1:
+        modes = {im.mode for im in images}
+        if mode is None and len(modes) > 1:
             mode = "RGB"
-        arrays = [
-            np.asarray(im if mode is None or im.mode == mode else im.convert(mode)) for im in images
-        ]
+        elif mode is None and _is_deep(modes.pop()):
+            mode = "L"  # one channel, scaled to 8 bits (see to_uint8_image)
+        arrays = [np.asarray(im if mode is None else to_uint8_image(im, mode)) for im in images]
         arrays = [a[:, :, None] if a.ndim == 2 else a for a in arrays]  # noqa: PLR2004 - (h, w)
         sizes = sorted({a.shape for a in arrays})
         if len(sizes) > 1:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cascademl import inference
+from cascademl._images import to_uint8_image
 from cascademl._preprocessing import (
     Interpolation,
     Preprocessing,
@@ -34,7 +35,14 @@ from cascademl._validation import check_positive_int
 from cascademl.cost import count_flops
 from cascademl.exceptions import PolicyError, SerializationError, StageError, StageInterfaceError
 
-__all__ = ["CONFIG_FORMAT", "CONFIG_VERSION", "Interpolation", "Preprocessing", "TorchStage"]
+__all__ = [
+    "CONFIG_FORMAT",
+    "CONFIG_VERSION",
+    "Interpolation",
+    "Preprocessing",
+    "TorchStage",
+    "to_uint8_image",
+]
 
 
 #: The ``"format"`` key of `TorchStage.to_config`.

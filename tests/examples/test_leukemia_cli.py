@@ -316,6 +316,7 @@ def test_predict_names_a_corrupt_image(smoke_run, tmp_path, caplog):
     bad.write_bytes(b"not an image")
     assert main(["predict", "--model", str(out / "cascade"), str(bad)]) == 2
     assert "bad.png" in caplog.text
+    assert "--skip-bad skips such files" in caplog.text  # and the way out
 
 
 def test_missing_model_folder_is_named(tmp_path, caplog):

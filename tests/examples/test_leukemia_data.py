@@ -80,6 +80,16 @@ def test_grey_and_rgba_images_become_rgb(leukemia_copy):
     assert data.load_rgb(rgba).getpixel((0, 0)) == (10, 20, 30)
 
 
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    # Pillow opens a 16-bit greyscale PNG as mode I;16, and its convert("RGB") clips every
+    # value above 255: a mid-grey 16-bit image used to be read as white.
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((20, 20), 32768, dtype=np.uint16)).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode.startswith("I")
+    assert data.load_rgb(path).getpixel((0, 0)) == (128, 128, 128)
+
+
 def test_original_parent_and_case_are_accepted(leukemia_root, tmp_path):
     original = tmp_path / "kaggle" / "Original"
     original.parent.mkdir()
