@@ -4,6 +4,7 @@ One local Ray (2 CPUs, no dashboard) serves the whole module. Actors reserve a q
 a CPU each, so the three stage pools of ``mode="stages"`` fit on CI's 2 cores.
 """
 
+import logging
 import os
 import signal
 import threading
@@ -27,7 +28,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pytest.importorskip("skops")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+# Ray Data's DataContext() warns about its own defaults (Ray 2.60); nothing else is ignored.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 SMALL = {"num_cpus": 0.25}  # per actor: every pool fits on 2 CPUs
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -310,3 +312,55 @@ def test_invalid_arguments_name_the_parameter(local_ray, iris, tmp_path):
         route_dataset(dataset, folder, num_gpus=-1)
     with pytest.raises(SerializationError, match="no saved cascade"):
         route_dataset(dataset, tmp_path / "nothing", mode="stages")
+    with pytest.raises(PolicyError, match=r"concurrency must be a number of actors or \("):
+        route_dataset(dataset, folder, concurrency=(1, 2, 3))
+
+
+class _Recorder:
+    """Stands for a Dataset: records the keywords of each ``map_batches`` call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map_batches(self, fn, **kwargs):
+        self.calls.append(kwargs)
+        return self
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_actor_pools_are_sized_with_compute_on_ray_2_51_and_later(
+    local_ray, iris, tmp_path, monkeypatch
+):
+    folder = save_cascade(_sklearn_cascade(*iris), tmp_path / "model")
+    recorder = _Recorder()
+    route_dataset(recorder, folder, concurrency=(1, 3))
+    route_dataset(recorder, folder, mode="stages", concurrency=[2, (1, 4), 1])
+    pools = [call["compute"] for call in recorder.calls]
+    assert all(isinstance(pool, local_ray.data.ActorPoolStrategy) for pool in pools)
+    assert [(pool.min_size, pool.max_size) for pool in pools] == [(1, 3), (2, 2), (1, 4), (1, 1)]
+    assert not any("concurrency" in call for call in recorder.calls)
+    # Ray Data logs (it does not warn) when a deprecated keyword is used: none of ours.
+    records = _Records()
+    ray_logger = logging.getLogger("ray.data")
+    ray_logger.addHandler(records)
+    try:
+        route_dataset(_tabular(local_ray, iris[0]), folder, mode="stages", concurrency=2)
+        assert not [m for m in records.messages if "deprecated" in m]
+        # Ray 2.40 to 2.50 logged the deprecation of compute= instead: concurrency= there.
+        monkeypatch.setattr(local_ray, "__version__", "2.50.0")
+        old = _Recorder()
+        route_dataset(old, folder, concurrency=(1, 3))
+        assert old.calls[0]["concurrency"] == (1, 3)
+        assert "compute" not in old.calls[0]
+        route_dataset(_tabular(local_ray, iris[0]), folder, concurrency=2)
+        assert [m for m in records.messages if "``concurrency`` is deprecated" in m]
+    finally:
+        ray_logger.removeHandler(records)

@@ -74,6 +74,9 @@ OUTPUT_COLUMNS = ("label", "confidence", "exit_stage", "stage_name", "cost")
 #: The file suffixes `read_images` reads unless told otherwise.
 _IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
 
+#: The first Ray that sizes actor pools with ``compute=`` rather than ``concurrency=``.
+_COMPUTE_SINCE = (2, 51)
+
 _CONFIG_FILE = "cascade.json"  # as cascademl.io.CONFIG_FILE, without importing torch here
 
 
@@ -112,14 +115,40 @@ def _per_stage(value: Any, n_stages: int, name: str) -> list[Any]:
     return [value] * n_stages
 
 
-def _check_concurrency(value: Any, name: str) -> int | tuple[int, int]:
+def _actor_pool(value: Any, name: str) -> dict[str, Any]:
+    """The ``map_batches`` keyword that sizes an actor pool: ``compute`` since Ray 2.51.
+
+    Ray 2.51 deprecated ``concurrency=`` for actor pools in favour of
+    ``compute=ActorPoolStrategy(...)``; older Ray (2.40 to 2.50) warned about ``compute=``
+    instead, so the keyword follows the installed version.
+    """
     if isinstance(value, tuple):
-        low, high = (check_positive_int(v, name) for v in value)
-        if len(value) != 2 or low > high:  # noqa: PLR2004 - (min, max)
-            msg = f"{name} must be a number of actors or (min, max) with min <= max, got {value!r}"
+        if len(value) != 2:  # noqa: PLR2004 - (min, max)
+            msg = f"{name} must be a number of actors or (min, max), got {value!r}"
             raise PolicyError(msg)
-        return (low, high)
-    return check_positive_int(value, name)
+        low, high = (check_positive_int(v, name) for v in value)
+        if low > high:
+            msg = f"{name} must be (min, max) with min <= max, got {value!r}"
+            raise PolicyError(msg)
+        size: int | tuple[int, int] = (low, high)
+    else:
+        size = check_positive_int(value, name)
+    ray = _ray()
+    if _version(ray.__version__) < _COMPUTE_SINCE:
+        return {"concurrency": size}
+    strategy = ray.data.ActorPoolStrategy
+    if isinstance(size, tuple):
+        return {"compute": strategy(min_size=size[0], max_size=size[1])}
+    return {"compute": strategy(size=size)}
+
+
+def _version(text: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string; a newer Ray's when it cannot be read."""
+    try:
+        major, minor = text.split(".")[:2]
+        return (int(major), int(minor))
+    except ValueError:
+        return _COMPUTE_SINCE
 
 
 def _check_resource(value: Any, name: str) -> float:
@@ -164,6 +193,8 @@ def route_dataset(
         mode: ``"cascade"`` (one actor pool) or ``"stages"`` (a pool per stage).
         concurrency: actors per pool, or ``(min, max)`` for an autoscaling pool; with
             ``mode="stages"``, one value for every stage or a list with one per stage.
+            Given to Ray Data as ``compute=ray.data.ActorPoolStrategy(...)`` (Ray 2.51 and
+            later; ``concurrency=`` before, as each version expects).
         batch_size: rows per batch handed to an actor (per stage as a list with
             ``mode="stages"``).
         num_gpus: GPUs reserved per actor (fractions share a GPU), per stage as a list.
@@ -212,7 +243,7 @@ def route_dataset(
             fn_constructor_kwargs={"spec": spec},
             batch_format="numpy",
             batch_size=check_positive_int(batch_size, "batch_size"),
-            concurrency=_check_concurrency(concurrency, "concurrency"),
+            **_actor_pool(concurrency, "concurrency"),
             num_gpus=_check_resource(num_gpus, "num_gpus"),
             num_cpus=_check_resource(num_cpus, "num_cpus"),
             **remote,
@@ -228,7 +259,7 @@ def route_dataset(
             fn_constructor_kwargs={"spec": spec, "stage_index": s},
             batch_format="numpy",
             batch_size=check_positive_int(sizes[s], f"batch_size[{s}]"),
-            concurrency=_check_concurrency(pools[s], f"concurrency[{s}]"),
+            **_actor_pool(pools[s], f"concurrency[{s}]"),
             num_gpus=_check_resource(gpus[s], f"num_gpus[{s}]"),
             num_cpus=_check_resource(cpus[s], f"num_cpus[{s}]"),
             **remote,
