@@ -2,8 +2,14 @@
 
 One local Ray (2 CPUs, no dashboard) serves the whole module. Actors reserve a quarter of
 a CPU each, so the three stage pools of ``mode="stages"`` fit on CI's 2 cores.
+
+A Ray run's time is almost all its actors' start-up: each actor is a new process that
+imports Ray Data, scikit-learn, torch and skops and loads the cascade, about 12 s of CPU
+on CI's cores, while routing the rows takes well under a second. So each test runs as few
+Ray jobs and actors as what it checks needs (the fault test needs two actor starts).
 """
 
+import logging
 import os
 import signal
 import threading
@@ -27,7 +33,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pytest.importorskip("skops")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+# Ray Data's DataContext() warns about its own defaults (Ray 2.60); nothing else is ignored.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 SMALL = {"num_cpus": 0.25}  # per actor: every pool fits on 2 CPUs
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -97,8 +104,8 @@ def _check_same(rows, result, cascade, *, atol=1e-6):
     assert len(set(exits.tolist())) == cascade.routing_rule_.n_stages
 
 
-# Each Ray run costs about 20-40 s on 2 cores: whole-cascade mode on table rows here,
-# stage-parallel mode on table rows below and on image files further down.
+# Whole-cascade mode on table rows here, stage-parallel mode on table rows below and on
+# image files further down.
 @pytest.mark.parametrize("mode", ["cascade"])
 def test_tabular_rows_match_in_process_route(local_ray, iris, tmp_path, mode):
     X, y = iris
@@ -128,7 +135,7 @@ def test_tabular_rows_match_in_process_route(local_ray, iris, tmp_path, mode):
     _check_same(rows, load_cascade(folder).route(X), cascade)
 
 
-# One combine mode under Ray (each Ray run costs about 40 s on 2 cores): a vote with a
+# One combine mode under Ray (three actors to start: the costliest run here): a vote with a
 # per-stage weight schedule, the case that needs the carried state most. The pools run the
 # engine's own per-stage step (``_engine.fold_stage``), which the in-process routing
 # tests cover for every combine mode.
@@ -187,21 +194,32 @@ def _write_images(folder, images, bad=()):
     return paths
 
 
-@pytest.mark.parametrize("mode", ["stages"])
-def test_image_folder_matches_in_process_route(local_ray, image_cascade, tmp_path, mode):
+# One stage-parallel run on image files: it checks the results and the skipped files.
+def test_image_folder_matches_in_process_route_and_lists_skipped_files(
+    local_ray, image_cascade, tmp_path
+):
     folder, images = image_cascade
-    paths = _write_images(tmp_path / "images", images)
+    paths = _write_images(tmp_path / "images", images, bad=["broken.png", "empty.jpg"])
+    (tmp_path / "images" / "empty.jpg").write_bytes(b"")
     out = route_dataset(
-        read_images(str(tmp_path / "images")), folder, mode=mode, batch_size=5, proba=True, **SMALL
+        read_images(str(tmp_path / "images"), skip_bad=True),
+        folder,
+        mode="stages",
+        batch_size=5,
+        proba=True,
+        **SMALL,
     )
     rows = sorted(out.take_all(), key=lambda r: r["path"])
-    assert [Path(r["path"]).name for r in rows] == [p.name for p in paths]
-    cascade = load_cascade(folder)
-    result = cascade.route(images)
-    exits = np.array([r["exit_stage"] for r in rows])
+    bad = {Path(r["path"]).name: r for r in rows if r["error"]}
+    assert sorted(bad) == ["broken.png", "empty.jpg"]
+    assert all(r["label"] is None and r["exit_stage"] == -1 for r in bad.values())
+    good = [r for r in rows if not r["error"]]
+    assert [Path(r["path"]).name for r in good] == [p.name for p in paths]
+    result = load_cascade(folder).route(images)
+    exits = np.array([r["exit_stage"] for r in good])
     np.testing.assert_array_equal(exits, result.exit_stage)
-    np.testing.assert_array_equal([r["label"] for r in rows], result.labels)
-    np.testing.assert_allclose(np.stack([r["proba"] for r in rows]), result.proba, atol=1e-6)
+    np.testing.assert_array_equal([r["label"] for r in good], result.labels)
+    np.testing.assert_allclose(np.stack([r["proba"] for r in good]), result.proba, atol=1e-6)
     assert 0 < int((exits == 1).sum()) < len(images)
 
 
@@ -218,27 +236,14 @@ def test_rays_own_image_reader_with_paths(local_ray, image_cascade, tmp_path):
 
 def test_corrupt_image_is_an_error_naming_it(local_ray, image_cascade, tmp_path):
     folder, images = image_cascade
+    _write_images(tmp_path / "good", images[:4])
+    decoded = sorted(read_images(str(tmp_path / "good")).take_all(), key=lambda r: r["path"])
+    assert set(decoded[0]) == {"image", "path"}  # no error column without skip_bad
+    np.testing.assert_array_equal(np.stack([r["image"] for r in decoded]), images[:4])
     _write_images(tmp_path / "images", images[:4], bad=["broken.png"])
     out = route_dataset(read_images(str(tmp_path / "images")), folder, **SMALL)
     with pytest.raises(Exception, match=r"broken\.png: cannot be decoded"):
         out.take_all()
-
-
-def test_skip_bad_lists_the_skipped_rows(local_ray, image_cascade, tmp_path):
-    folder, images = image_cascade
-    _write_images(tmp_path / "images", images[:6], bad=["broken.png", "empty.jpg"])
-    (tmp_path / "images" / "empty.jpg").write_bytes(b"")
-    out = route_dataset(
-        read_images(str(tmp_path / "images"), skip_bad=True), folder, mode="stages", **SMALL
-    )
-    rows = sorted(out.take_all(), key=lambda r: r["path"])
-    bad = {Path(r["path"]).name: r for r in rows if r["error"]}
-    assert sorted(bad) == ["broken.png", "empty.jpg"]
-    assert all(r["label"] is None and r["exit_stage"] == -1 for r in bad.values())
-    good = [r for r in rows if not r["error"]]
-    np.testing.assert_array_equal(
-        [r["label"] for r in good], load_cascade(folder).predict(images[:6])
-    )
 
 
 # --------------------------------------------------------------------------- faults
@@ -310,3 +315,55 @@ def test_invalid_arguments_name_the_parameter(local_ray, iris, tmp_path):
         route_dataset(dataset, folder, num_gpus=-1)
     with pytest.raises(SerializationError, match="no saved cascade"):
         route_dataset(dataset, tmp_path / "nothing", mode="stages")
+    with pytest.raises(PolicyError, match=r"concurrency must be a number of actors or \("):
+        route_dataset(dataset, folder, concurrency=(1, 2, 3))
+
+
+class _Recorder:
+    """Stands for a Dataset: records the keywords of each ``map_batches`` call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map_batches(self, fn, **kwargs):
+        self.calls.append(kwargs)
+        return self
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_actor_pools_are_sized_with_compute_on_ray_2_51_and_later(
+    local_ray, iris, tmp_path, monkeypatch
+):
+    folder = save_cascade(_sklearn_cascade(*iris), tmp_path / "model")
+    recorder = _Recorder()
+    route_dataset(recorder, folder, concurrency=(1, 3))
+    route_dataset(recorder, folder, mode="stages", concurrency=[2, (1, 4), 1])
+    pools = [call["compute"] for call in recorder.calls]
+    assert all(isinstance(pool, local_ray.data.ActorPoolStrategy) for pool in pools)
+    assert [(pool.min_size, pool.max_size) for pool in pools] == [(1, 3), (2, 2), (1, 4), (1, 1)]
+    assert not any("concurrency" in call for call in recorder.calls)
+    # Ray Data logs (it does not warn) when a deprecated keyword is used: none of ours.
+    records = _Records()
+    ray_logger = logging.getLogger("ray.data")
+    ray_logger.addHandler(records)
+    try:
+        route_dataset(_tabular(local_ray, iris[0]), folder, mode="stages", concurrency=2)
+        assert not [m for m in records.messages if "deprecated" in m]
+        # Ray 2.40 to 2.50 logged the deprecation of compute= instead: concurrency= there.
+        monkeypatch.setattr(local_ray, "__version__", "2.50.0")
+        old = _Recorder()
+        route_dataset(old, folder, concurrency=(1, 3))
+        assert old.calls[0]["concurrency"] == (1, 3)
+        assert "compute" not in old.calls[0]
+        route_dataset(_tabular(local_ray, iris[0]), folder, concurrency=2)
+        assert [m for m in records.messages if "``concurrency`` is deprecated" in m]
+    finally:
+        ray_logger.removeHandler(records)
