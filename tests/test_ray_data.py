@@ -246,6 +246,15 @@ def test_corrupt_image_is_an_error_naming_it(local_ray, image_cascade, tmp_path)
         out.take_all()
 
 
+def test_16_bit_images_are_scaled_not_clipped(local_ray, tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    (tmp_path / "deep").mkdir()
+    image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "deep" / "a.png")
+    (row,) = read_images(str(tmp_path / "deep")).take_all()  # decoding tasks, no actor
+    assert row["image"].shape == (8, 8, 3)
+    assert (row["image"] == 128).all()  # Pillow's convert("RGB") would give 255
+
+
 # --------------------------------------------------------------------------- faults
 def _worker_pids(title):
     """Processes whose command line (Ray's process title) holds ``title``."""

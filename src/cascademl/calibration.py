@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cascademl._labels import label_indices
 from cascademl._probabilities import stage_probabilities
@@ -207,6 +206,12 @@ def expected_calibration_error(
         >>> round(expected_calibration_error(proba, [0, 1], classes=[0, 1]), 3)
         0.4
     """
+    # Imported here: torchmetrics (and the torchvision it loads) take seconds to import, and
+    # every process that loads a saved cascade imports this module (each Ray actor, say).
+    from torchmetrics.functional.classification import (  # noqa: PLC0415
+        multiclass_calibration_error,
+    )
+
     classes_arr = np.asarray(classes)
     y_idx = label_indices(y, classes_arr)
     p = torch.as_tensor(np.asarray(proba, dtype=np.float64), dtype=torch.float64)

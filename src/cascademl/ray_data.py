@@ -57,6 +57,7 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
+from cascademl._images import to_uint8_image
 from cascademl._optional import require
 from cascademl._ray_actors import ERROR_COLUMN, _CascadeRouter, _is_uri, _Spec, _StageRunner
 from cascademl._validation import check_positive_int
@@ -279,7 +280,7 @@ def _decode(
     for data, path in zip(batch["bytes"], batch["path"], strict=True):
         try:
             with image_module.open(io.BytesIO(data)) as opened:
-                image = opened.convert(mode) if opened.mode != mode else opened
+                image = to_uint8_image(opened, mode)  # 16-bit images scaled, not clipped
                 if size is not None and image.size != (size[1], size[0]):
                     image = image.resize((size[1], size[0]), image_module.BILINEAR)
                 array = np.asarray(image)
@@ -329,7 +330,8 @@ def read_images(
     Args:
         paths: files, folders or URIs, as for ``ray.data.read_binary_files``.
         size: ``(height, width)`` to resize every image to, or ``None`` to keep each size.
-        mode: Pillow mode to convert to (``"RGB"``, ``"L"``...).
+        mode: Pillow mode to convert to (``"RGB"``, ``"L"``...); 16-bit and float
+            images are scaled to 8 bits (`cascademl.torch_stage.to_uint8_image`).
         skip_bad: keep unreadable files as rows with an ``error`` instead of failing.
         **read_args: more keywords for ``ray.data.read_binary_files``; by default
             ``file_extensions`` lists the usual image suffixes (as ``ray.data.read_images``).
