@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,7 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="metrics of a saved cascade on a labelled folder")
     evaluate.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
     evaluate.add_argument("--data-root", required=True, type=Path, help="labelled folder")
-    evaluate.add_argument("--output", type=Path, help="JSON file (default: MODEL/../evaluate.json)")
+    evaluate.add_argument(
+        "--output",
+        type=Path,
+        help="JSON file (default: MODEL/../evaluate-<data folder name>.json, so that "
+        "evaluating another folder keeps the first one's results)",
+    )
     evaluate.add_argument("--device", default=None, help="torch device (default: as saved)")
     evaluate.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
     evaluate.add_argument(
@@ -433,8 +439,14 @@ def _predict_on_ray(
     return rows, fallbacks
 
 
+def _evaluate_output(model: Path, data_root: Path) -> Path:
+    """``MODEL/../evaluate-<data folder>.json``: one file per evaluated folder."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", data_root.resolve().name).strip("._") or "data"
+    return model.parent / f"evaluate-{name}.json"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    output = args.output or args.model.parent / "evaluate.json"
+    output = args.output or _evaluate_output(args.model, args.data_root)
     _check_output(output)
     result = evaluate_folder(
         args.model,

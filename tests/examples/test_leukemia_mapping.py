@@ -115,6 +115,21 @@ def test_evaluate_command_with_map(tiny_model, tmp_path):
     assert "resized to 48x48 as in training" in printed.getvalue()
 
 
+def test_evaluating_two_folders_keeps_both_results(tiny_model, tmp_path):
+    # The default output is named after the data folder: a second external set does not
+    # overwrite the first one's results.
+    argv = ["--map", "Benign=Healthy", "--map", "Early,Pre,Pro=ALL"]
+    for name in ("lab a", "lab-b"):
+        data = _external_folder(tmp_path / name)
+        with redirect_stdout(io.StringIO()):
+            assert (
+                main(["evaluate", "--model", str(tiny_model), "--data-root", str(data), *argv]) == 0
+            )
+    written = {p.name: json.loads(p.read_text()) for p in tiny_model.parent.glob("evaluate*.json")}
+    assert set(written) == {"evaluate-lab_a.json", "evaluate-lab-b.json"}
+    assert written["evaluate-lab-b.json"]["data_root"].endswith("lab-b")
+
+
 def test_evaluate_without_map_names_the_unknown_folder(tiny_model, tmp_path, caplog):
     data = _external_folder(tmp_path / "external")
     argv = ["evaluate", "--model", str(tiny_model), "--data-root", str(data)]
