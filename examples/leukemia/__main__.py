@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,13 @@ from .ordering import ORDER_RULES
 from .predict import Predictor, evaluate_folder, load_predictor, prepare_image, read_images
 from .presets import PRESETS, get_preset
 from .runlock import OutputFolderBusyError
-from .seeds import SUMMARY_MARKDOWN, SeedRunError, run_seeds, seeds_markdown
+from .seeds import (
+    SUMMARY_MARKDOWN,
+    SeedRunError,
+    run_seeds,
+    seeds_markdown,
+    settings_differences,
+)
 from .training import TrainingError
 
 logger = logging.getLogger("examples.leukemia")
@@ -319,7 +326,14 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
 
-    summary = run_seeds(args.seeds, args.out, run)
+    def differences(seed: int, folder: Path) -> list[str]:
+        asked = asdict(preset.with_overrides(seed=seed))
+        return settings_differences(
+            folder, asked, max_cost_ratio=args.max_cost_ratio, scoring=args.scoring
+        )
+
+    # --summarize-only summarizes the runs that are there, whatever they were made with.
+    summary = run_seeds(args.seeds, args.out, run, None if args.summarize_only else differences)
     print(seeds_markdown(summary))
     print(f"saved to {args.out / SUMMARY_MARKDOWN}")
     return 0

@@ -33,7 +33,13 @@ from .audit import BASELINE_NAME
 from .backbones import PROBABILITIES_FILE
 from .ordering import ORDER_RULES
 
-__all__ = ["SeedRunError", "run_seeds", "seeds_markdown", "summarize_seeds"]
+__all__ = [
+    "SeedRunError",
+    "run_seeds",
+    "seeds_markdown",
+    "settings_differences",
+    "summarize_seeds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ CONFIGURATIONS: Final = {
 #: The summary files written into the parent folder.
 SUMMARY_JSON: Final = "seeds.json"
 SUMMARY_MARKDOWN: Final = "seeds.md"
+#: Preset settings that change how fast a run goes, not its results.
+_SPEED_ONLY: Final = frozenset({"num_workers", "channels_last"})
 
 
 class SeedRunError(ValueError):
@@ -59,24 +67,74 @@ def _finished(folder: Path) -> bool:
     return "test_predictions" in json.loads(metrics.read_text())
 
 
+def settings_differences(
+    folder: Path,
+    preset: Mapping[str, Any],
+    *,
+    max_cost_ratio: float,
+    scoring: str | None,
+) -> list[str]:
+    """What a finished run in ``folder`` was made with that differs from what is asked.
+
+    Args:
+        folder: A finished run.
+        preset: The asked preset as a mapping (``dataclasses.asdict``), seed included.
+        max_cost_ratio: The asked cost budget, a share of running every backbone.
+        scoring: The asked tuning score.
+
+    Returns:
+        One ``"name: run has X, asked Y"`` line per differing setting (empty when the run
+        can stand for the one asked). Settings a run of an older version did not record
+        are not compared.
+    """
+    metrics = json.loads((folder / "metrics.json").read_text())
+    saved = metrics.get("preset", {})
+    asked = json.loads(json.dumps(dict(preset)))  # tuples as lists, as the run saved them
+    lines = [
+        f"{key}: the run has {saved[key]!r}, asked {value!r}"
+        for key, value in asked.items()
+        if key in saved and saved[key] != value and key not in _SPEED_ONLY
+    ]
+    tuning = metrics.get("tuning", {})
+    if "scoring" in tuning and tuning["scoring"] != scoring:
+        lines.append(f"scoring: the run has {tuning['scoring']!r}, asked {scoring!r}")
+    flops = metrics.get("cost", {}).get("flops_per_image", {})
+    if "budget_flops" in tuning and flops:
+        ratio = float(tuning["budget_flops"]) / float(sum(flops.values()))
+        if not math.isclose(ratio, max_cost_ratio, rel_tol=1e-6):
+            lines.append(f"max_cost_ratio: the run has {ratio:.4g}, asked {max_cost_ratio:.4g}")
+    return lines
+
+
 def run_seeds(
     seeds: Sequence[int],
     out: str | Path,
     run: Callable[[int, Path], object],
+    differences: Callable[[int, Path], Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Run or reuse one run per seed into ``OUT/seed-N``, then summarize them.
 
     A seed whose folder holds a finished run (``metrics.json`` with per-sample test
-    predictions, and ``probabilities.npz``) is reused as it is; any other is run, which
-    resumes from its checkpoints when interrupted before.
+    predictions, and ``probabilities.npz``) is reused as it is, unless ``differences``
+    finds that it was made with other settings: then nothing is run or summarized, and the
+    error names the settings and the way out (a summary that mixed runs of different
+    settings would say nothing true). Any other seed is run, which resumes from its
+    checkpoints when interrupted before.
 
     Args:
         seeds: The seeds, one run each (each seed gives another grouped split).
         out: The parent folder.
         run: ``run(seed, folder)`` runs the experiment with that seed into that folder.
+        differences: ``differences(seed, folder)`` lists how a finished run's settings
+            differ from the asked ones (see :func:`settings_differences`); ``None``
+            reuses every finished run.
 
     Returns:
         The summary (also written to ``OUT/seeds.json`` and ``OUT/seeds.md``).
+
+    Raises:
+        SeedRunError: No seeds, repeated seeds, or a finished run made with other
+            settings.
     """
     if not seeds:
         raise SeedRunError("no seeds given (e.g. --seeds 0,1,2)")
@@ -84,6 +142,23 @@ def run_seeds(
         msg = f"seeds must differ, got {list(seeds)}"
         raise SeedRunError(msg)
     parent = Path(out)
+    stale = {
+        seed: lines
+        for seed in seeds
+        if _finished(parent / f"seed-{seed}")
+        and differences is not None
+        and (lines := list(differences(seed, parent / f"seed-{seed}")))
+    }
+    if stale:
+        listed = "; ".join(
+            f"{parent / f'seed-{seed}'}: {', '.join(lines)}" for seed, lines in stale.items()
+        )
+        msg = (
+            f"finished runs made with other settings: {listed}. Use another --out, or "
+            "delete those runs' metrics.json to redo their tuning and test from their "
+            "checkpoints (a changed training setting retrains)"
+        )
+        raise SeedRunError(msg)
     folders = []
     for seed in seeds:
         folder = parent / f"seed-{seed}"

@@ -3,11 +3,13 @@
 import io
 import json
 from contextlib import redirect_stdout
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from examples.leukemia.__main__ import main
-from examples.leukemia.seeds import SeedRunError, run_seeds, summarize_seeds
+from examples.leukemia.presets import get_preset
+from examples.leukemia.seeds import SeedRunError, run_seeds, settings_differences, summarize_seeds
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 STAGES = ["A", "B"]
@@ -128,3 +130,49 @@ def test_seeds_command_summarizes_only(tmp_path, caplog):
     assert "Cascade, stage selection" in printed.getvalue()
     assert main([*argv, "--seeds", "0,2"]) == 2
     assert "no finished run for seed 2" in caplog.text
+
+
+def _record_settings(folder, preset, *, scoring="neg_log_loss", ratio=0.35):
+    """Record in a fake run what a real one records: its preset, scoring and budget."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["preset"] = json.loads(json.dumps(asdict(preset)))
+    metrics["tuning"] |= {"scoring": scoring, "budget_flops": ratio * 4.0}  # FLOPs 1 + 3
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_a_finished_run_made_with_other_settings_is_not_summarized(tmp_path, caplog):
+    smoke = get_preset("smoke")
+    for seed in (0, 1):
+        folder = fake_run(tmp_path / f"seed-{seed}", seed, cascade_errors=[0], best_errors=[1])
+        _record_settings(folder, smoke.with_overrides(seed=seed))
+    argv = ["seeds", "--data-root", str(tmp_path), "--out", str(tmp_path), "--seeds", "0,1"]
+    argv += ["--preset", "smoke"]
+    with redirect_stdout(io.StringIO()):
+        assert main(argv) == 0  # the same settings: both runs reused, nothing trained
+    # Another budget, score or training setting: an error naming each, and nothing mixed.
+    (tmp_path / "seeds.md").unlink()
+    assert main([*argv, "--max-cost-ratio", "0.25", "--set", "epochs=9"]) == 2
+    assert "max_cost_ratio: the run has 0.35, asked 0.25" in caplog.text
+    assert "epochs: the run has 1, asked 9" in caplog.text
+    assert "seed-0" in caplog.text
+    assert "seed-1" in caplog.text
+    assert "delete those runs' metrics.json" in caplog.text
+    assert not (tmp_path / "seeds.md").exists()
+    assert main([*argv, "--scoring", "accuracy"]) == 2
+    assert "scoring: the run has 'neg_log_loss', asked 'accuracy'" in caplog.text
+    # A setting that only changes speed does not count; --summarize-only takes the runs
+    # as they are.
+    with redirect_stdout(io.StringIO()):
+        assert main([*argv, "--set", "num_workers=2"]) == 0
+        assert main([*argv, "--scoring", "accuracy", "--summarize-only"]) == 0
+
+
+def test_settings_differences_lists_nothing_for_the_asked_settings(tmp_path):
+    folder = fake_run(tmp_path / "seed-3", 3, cascade_errors=[0], best_errors=[1])
+    preset = get_preset("smoke").with_overrides(seed=3)
+    _record_settings(folder, preset, ratio=0.2)
+    asked = asdict(preset)
+    assert settings_differences(folder, asked, max_cost_ratio=0.2, scoring="neg_log_loss") == []
+    assert settings_differences(
+        folder, asdict(preset.with_overrides(seed=4)), max_cost_ratio=0.2, scoring="neg_log_loss"
+    ) == ["seed: the run has 3, asked 4"]
