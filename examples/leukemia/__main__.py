@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import difflib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from sklearn.metrics import get_scorer_names
 
 from cascademl import _files
 from cascademl._optional import require
@@ -96,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
     run.add_argument(
         "--max-cost-ratio",
-        type=float,
+        type=_cost_ratio,
         default=0.35,
         help="cost budget of the tuned cascade, share of running all backbones (0.35)",
     )
@@ -110,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--scoring",
+        type=_scorer_name,
         default="neg_log_loss",
         help="what the thresholds optimise on validation: a scikit-learn scorer name such as "
         "neg_log_loss (default) or accuracy",
@@ -155,9 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     seeds.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
     seeds.add_argument(
-        "--max-cost-ratio", type=float, default=0.35, help="cost budget, as for run (0.35)"
+        "--max-cost-ratio", type=_cost_ratio, default=0.35, help="cost budget, as for run (0.35)"
     )
-    seeds.add_argument("--scoring", default="neg_log_loss", help="as for run")
+    seeds.add_argument("--scoring", type=_scorer_name, default="neg_log_loss", help="as for run")
     seeds.add_argument(
         "--summarize-only",
         action="store_true",
@@ -216,6 +220,35 @@ def _name_and_path(value: str) -> tuple[str, str]:
         msg = f"expected NAME=PATH (e.g. resnet50=/path/to/weights.pth), got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return name, path
+
+
+def _cost_ratio(value: str) -> float:
+    """Parse ``--max-cost-ratio``: a share of running every backbone, in (0, 1]."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = math.nan
+    if not 0 < ratio <= 1:
+        msg = (
+            f"expected a share of the cost of running every backbone in (0, 1] (e.g. 0.35; "
+            f"1 sets no budget), got {value!r}"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return ratio
+
+
+def _scorer_name(value: str) -> str:
+    """Parse ``--scoring``: a scikit-learn scorer name, checked before any training."""
+    names = get_scorer_names()
+    if value not in names:
+        close = difflib.get_close_matches(value, names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        msg = (
+            f"{value!r} is not a scikit-learn scorer name{hint}; for example neg_log_loss, "
+            "accuracy, balanced_accuracy or f1_macro (sklearn.metrics.get_scorer_names())"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _seed_list(value: str) -> list[int]:

@@ -121,3 +121,28 @@ def test_weights_from_the_hub_cache_in_safetensors(monkeypatch, tmp_path):
     loaded, original = model.state_dict(), source.state_dict()
     first = next(iter(original))
     torch.testing.assert_close(loaded[first], original[first])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("--max-cost-ratio", "0", "in (0, 1]"),
+        ("--max-cost-ratio", "1.5", "in (0, 1]"),
+        ("--max-cost-ratio", "cheap", "in (0, 1]"),
+        ("--scoring", "neg_logloss", "did you mean neg_log_loss"),
+        ("--scoring", "bogus", "not a scikit-learn scorer name"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "seeds"])
+def test_tuning_options_are_checked_before_any_work(capsys, tmp_path, command, case):
+    # A bad score or budget used to surface only after every backbone had trained (or,
+    # for a budget of 0 or above 1, not at all).
+    option, value, message = case
+    argv = [command, "--data-root", str(tmp_path), "--out", str(tmp_path), option, value]
+    if command == "seeds":
+        argv += ["--seeds", "0"]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing split, cached or trained
