@@ -691,6 +691,18 @@ def group_records(
     return np.array([renumber.setdefault(r, len(renumber)) for r in roots], dtype=np.int64)
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Check the split's shares; return the fold counts of the test and validation splits.
+
+    Raises:
+        SplitError: When the test share is not ``1/k``, or the validation share not
+            ``1/k`` of what the test split leaves.
+    """
+    test_folds = _fold_count(test_fraction, "test_fraction")
+    val_folds = _fold_count(val_fraction / (1 - test_fraction), "val_fraction / (1 - test)")
+    return test_folds, val_folds
+
+
 def _fold_count(fraction: float, name: str) -> int:
     folds = round(1 / fraction) if 0 < fraction < 1 else 0
     if folds < 2 or abs(folds * fraction - 1) > _FRACTION_TOLERANCE:  # noqa: PLR2004
@@ -772,8 +784,7 @@ def split_dataset(
         SplitError: When the fractions are not ``1/k``, a class is too small, or a group
             would cross two splits.
     """
-    test_folds = _fold_count(test_fraction, "test_fraction")
-    val_folds = _fold_count(val_fraction / (1 - test_fraction), "val_fraction / (1 - test)")
+    test_folds, val_folds = check_fractions(val_fraction, test_fraction)
     records = list(scan.records)
     lookup = {name: index for index, name in enumerate(scan.classes)}
     labels = np.array([lookup[r.label] for r in records], dtype=np.int64)

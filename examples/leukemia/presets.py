@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypedDict
 
-from .data import SCALE_BAR_FRACTION
+from .data import SCALE_BAR_FRACTION, check_fractions
 from .training import PRECISIONS, TrainConfig
 
 
@@ -166,6 +166,10 @@ class Preset:
                 f"mask_bottom must be in [0, 1) (a share of the image rows), got {self.mask_bottom}"
             )
             raise ValueError(msg)
+        # What training and splitting would refuse, refused now, before an hour of work.
+        for spec in self.backbones:
+            self.train_config(spec)
+        check_fractions(self.val_fraction, self.test_fraction)
 
     def backbone(self, key: str) -> BackboneSpec:
         """Return the backbone whose timm or display name is ``key`` (any case).
@@ -173,13 +177,7 @@ class Preset:
         Raises:
             KeyError: When no backbone matches.
         """
-        wanted = key.casefold()
-        for spec in self.backbones:
-            if wanted in (spec.name.casefold(), spec.timm_name.casefold()):
-                return spec
-        known = [spec.timm_name for spec in self.backbones]
-        msg = f"preset {self.name!r} has no backbone {key!r}; it has {known}"
-        raise KeyError(msg)
+        return _find_backbone(self.backbones, key, self.name)
 
     def train_config(self, spec: BackboneSpec) -> TrainConfig:
         """Return the :class:`TrainConfig` of one backbone under this preset."""
@@ -228,28 +226,40 @@ class Preset:
             ValueError: A value that does not fit its field.
         """
         items = {**(overrides or {}), **kwargs}
-        preset = self
+        # Gathered first and applied at once: the preset checks its settings together (the
+        # validation share depends on the test share), not after each one.
+        changes: dict[str, Any] = {}
+        backbones = self.backbones
         for key, value in items.items():
             if key == "amp":  # the setting of earlier versions: bfloat16 autocast on or off
                 amp = _convert(_AmpSetting, "amp", value)
-                preset = dataclasses.replace(preset, precision="bf16" if amp else "fp32")
+                changes["precision"] = "bf16" if amp else "fp32"
             elif key == "backbones" and isinstance(value, str):
                 keys = [part.strip() for part in value.split(",") if part.strip()]
-                preset = dataclasses.replace(
-                    preset, backbones=tuple(preset.backbone(k) for k in keys)
-                )
+                backbones = tuple(_find_backbone(backbones, k, self.name) for k in keys)
             elif "." in key:
                 backbone_key, field_name = key.rsplit(".", 1)
-                spec = preset.backbone(backbone_key)
+                spec = _find_backbone(backbones, backbone_key, self.name)
                 new = dataclasses.replace(
                     spec, **{field_name: _convert(BackboneSpec, field_name, value)}
                 )
-                preset = dataclasses.replace(
-                    preset, backbones=tuple(new if s is spec else s for s in preset.backbones)
-                )
+                backbones = tuple(new if s is spec else s for s in backbones)
             else:
-                preset = dataclasses.replace(preset, **{key: _convert(Preset, key, value)})
-        return preset
+                changes[key] = _convert(Preset, key, value)
+        if "backbones" in changes:  # a tuple of specs given as a typed value
+            backbones = changes.pop("backbones")
+        return dataclasses.replace(self, **changes, backbones=backbones)
+
+
+def _find_backbone(backbones: tuple[BackboneSpec, ...], key: str, preset: str) -> BackboneSpec:
+    """The backbone whose timm or display name is ``key`` (any case), or a KeyError."""
+    wanted = key.casefold()
+    for spec in backbones:
+        if wanted in (spec.name.casefold(), spec.timm_name.casefold()):
+            return spec
+    known = [spec.timm_name for spec in backbones]
+    msg = f"preset {preset!r} has no backbone {key!r}; it has {known}"
+    raise KeyError(msg)
 
 
 @dataclass(frozen=True)

@@ -146,3 +146,22 @@ def test_tuning_options_are_checked_before_any_work(capsys, tmp_path, command, c
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing split, cached or trained
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("epochs=0", "TrainConfig.epochs must be at least 1"),
+        ("test_resnet.lr=-1", "TrainConfig.lr must be positive"),
+        ("test_fraction=0.3", "test_fraction must be 1/k"),
+    ],
+)
+def test_a_setting_training_or_splitting_would_refuse_is_refused_first(
+    tmp_path, caplog, setting, message
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["run", "--data-root", str(data), "--out", str(tmp_path / "out"), "--preset", "smoke"]
+    assert main([*argv, "--set", setting]) == 2
+    assert message in caplog.text
+    assert not (tmp_path / "out").exists()  # refused before the split or any training
