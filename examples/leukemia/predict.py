@@ -115,6 +115,8 @@ def load_predictor(model_dir: str | Path, *, device: str | None = None) -> Predi
             f"{settings_file} not found: --model must be the 'cascade' folder written by "
             "'python -m examples.leukemia run'"
         )
+        if (folder / "cascade" / SETTINGS_FILE).is_file():  # the run's folder was given
+            msg += f" (did you mean --model {folder / 'cascade'}?)"
         raise FileNotFoundError(msg)
     settings = _read_settings(settings_file)
     cascade = load_cascade(folder, device=device)

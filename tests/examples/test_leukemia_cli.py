@@ -322,6 +322,13 @@ def test_predict_names_a_corrupt_image(smoke_run, tmp_path, caplog):
 def test_missing_model_folder_is_named(tmp_path, caplog):
     assert main(["predict", "--model", str(tmp_path / "nothing"), str(tmp_path)]) == 2
     assert "leukemia.json" in caplog.text
+    assert "did you mean" not in caplog.text
+
+
+def test_the_run_folder_given_as_model_points_to_its_cascade(smoke_run, tmp_path, caplog):
+    out, _ = smoke_run
+    assert main(["predict", "--model", str(out), str(tmp_path)]) == 2
+    assert f"did you mean --model {out / 'cascade'}?" in caplog.text
 
 
 def test_predict_without_images_is_an_error(smoke_run, tmp_path, caplog):
