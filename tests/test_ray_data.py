@@ -78,9 +78,9 @@ def _sklearn_cascade(X, y, **params):
         return CascadeClassifier(stages, **params).fit(X, y)
 
 
-def _tabular(local_ray, X):
+def _tabular(local_ray, X, blocks=3):
     rows = [{"id": i, **dict(zip(FEATURES, map(float, x), strict=True))} for i, x in enumerate(X)]
-    return local_ray.data.from_items(rows, override_num_blocks=3)
+    return local_ray.data.from_items(rows, override_num_blocks=blocks)
 
 
 def _by_id(rows):
@@ -279,16 +279,19 @@ def test_killed_actor_is_restarted_and_every_row_comes_out_once(local_ray, iris,
         return batch
 
     out = route_dataset(
-        _tabular(local_ray, X).map_batches(slow, batch_size=10),
+        # 30 blocks of 10 rows: the actor takes a few at a time, so that most are still
+        # to route when its first row is out (with 3 blocks of 100 it could finish them all
+        # before the first row reached this process, and then no restart is needed).
+        _tabular(local_ray, X, blocks=30).map_batches(slow, batch_size=10),
         folder,
         input_columns=FEATURES,
         passthrough=["id"],
         batch_size=10,
         **SMALL,
     )
-    # Kill the actor once it has routed a batch (its first row is out) while the slow
-    # upstream step still holds back most of the rows: Ray restarts it and retries the
-    # batches it held, and the rows already delivered are not delivered again.
+    # Kill the actor once it has routed a batch (its first row is out) while most blocks
+    # are still to route: Ray restarts it and retries the batches it held, and the rows
+    # already delivered are not delivered again.
     rows, killed, after = [], [], set()
     for row in out.iter_rows():
         rows.append(row)
