@@ -109,51 +109,6 @@ def _fingerprint(
     }
 
 
-def _train_one(
-    spec: BackboneSpec,
-    preset: Preset,
-    manifest: SplitManifest,
-    images: NormalizedImages,
-    out: Path,
-    *,
-    stain: str,
-    device: str,
-    checkpoints: Mapping[str, str],
-    allow_download: bool,
-    progress: bool,
-) -> TrainResult:
-    model = create_backbone(
-        spec.timm_name,
-        num_classes=len(manifest.classes),
-        pretrained=preset.pretrained,
-        checkpoint=checkpoints.get(spec.timm_name),
-        allow_download=allow_download,
-        drop_rate=spec.drop_rate,
-        seed=preset.seed,
-        **spec.model_kwargs,
-    )
-    prep = preprocessing_for(model, spec.image_size)
-    train_set = ImageArrayDataset(
-        images.subset(manifest, "train"),
-        manifest.targets("train"),
-        prep,
-        augment=build_augmentation(),
-        double=preset.doubling,
-    )
-    val_set = ImageArrayDataset(images.subset(manifest, "val"), manifest.targets("val"), prep)
-    return train_model(
-        model,
-        train_set,
-        val_set,
-        config=preset.train_config(spec),
-        out_dir=out / "models" / spec.timm_name,
-        weights=class_weights(manifest.targets("train"), len(manifest.classes)),
-        device=device,
-        fingerprint=_fingerprint(preset, spec, manifest, stain),
-        progress=progress,
-    )
-
-
 def _stage(spec: BackboneSpec, model: torch.nn.Module, preset: Preset, device: str) -> TorchStage:
     """Wrap a trained backbone with the preprocessing it was trained with.
 
@@ -338,19 +293,34 @@ def train_backbones(
     progress: bool,
 ) -> TrainedBackbones:
     """Train (or resume, or reuse) every backbone and wrap each as a `TorchStage`."""
+    # The same for every backbone: taken once (each subset is a copy of the split's images).
+    train_x, train_y = images.subset(manifest, "train"), manifest.targets("train")
+    val_x, val_y = images.subset(manifest, "val"), manifest.targets("val")
+    weights = class_weights(train_y, len(manifest.classes))
     trained = TrainedBackbones([], {}, {})
     for spec in preset.backbones:
         logger.info("training %s (%s @ %d px)", spec.name, spec.timm_name, spec.image_size)
-        result = _train_one(
-            spec,
-            preset,
-            manifest,
-            images,
-            out,
-            stain=stain,
-            device=device,
-            checkpoints=checkpoints,
+        model = create_backbone(
+            spec.timm_name,
+            num_classes=len(manifest.classes),
+            pretrained=preset.pretrained,
+            checkpoint=checkpoints.get(spec.timm_name),
             allow_download=allow_download,
+            drop_rate=spec.drop_rate,
+            seed=preset.seed,
+            **spec.model_kwargs,
+        )
+        prep = preprocessing_for(model, spec.image_size)
+        augment = build_augmentation()
+        result = train_model(
+            model,
+            ImageArrayDataset(train_x, train_y, prep, augment=augment, double=preset.doubling),
+            ImageArrayDataset(val_x, val_y, prep),
+            config=preset.train_config(spec),
+            out_dir=out / "models" / spec.timm_name,
+            weights=weights,
+            device=device,
+            fingerprint=_fingerprint(preset, spec, manifest, stain),
             progress=progress,
         )
         trained.stages.append((spec.name, _stage(spec, result.model, preset, device)))
