@@ -237,6 +237,8 @@ class Preset:
             elif key == "backbones" and isinstance(value, str):
                 keys = [part.strip() for part in value.split(",") if part.strip()]
                 backbones = tuple(_find_backbone(backbones, k, self.name) for k in keys)
+            elif key == "backbones":  # a tuple of specs, as a typed value
+                backbones = _convert(Preset, key, value)
             elif "." in key:
                 backbone_key, field_name = key.rsplit(".", 1)
                 spec = _find_backbone(backbones, backbone_key, self.name)
@@ -246,8 +248,6 @@ class Preset:
                 backbones = tuple(new if s is spec else s for s in backbones)
             else:
                 changes[key] = _convert(Preset, key, value)
-        if "backbones" in changes:  # a tuple of specs given as a typed value
-            backbones = changes.pop("backbones")
         return dataclasses.replace(self, **changes, backbones=backbones)
 
 
