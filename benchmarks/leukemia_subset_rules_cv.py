@@ -304,12 +304,13 @@ def main(argv: list[str] | None = None) -> None:
     per_run = []
     for folder in args.results:
         run = load_run(folder)
+        budget = run.budget(args.max_cost_ratio)
         scores = held_out(
             run.val,
             run.val_labels,
             run.flops,
             classes=run.classes,
-            budget=run.budget(args.max_cost_ratio),
+            budget=budget,
             repeats=args.repeats,
         )
         per_run.append(scores)
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             run.val_labels,
             run.flops,
             classes=run.classes,
-            budget=run.budget(args.max_cost_ratio),
+            budget=budget,
         )
         print("| rule | pick on the whole validation split | accuracy | log-loss | cost share |")
         print("|---|---|---:|---:|---:|")

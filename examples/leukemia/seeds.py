@@ -142,13 +142,12 @@ def run_seeds(
         msg = f"seeds must differ, got {list(seeds)}"
         raise SeedRunError(msg)
     parent = Path(out)
-    stale = {
-        seed: lines
-        for seed in seeds
-        if _finished(parent / f"seed-{seed}")
-        and differences is not None
-        and (lines := list(differences(seed, parent / f"seed-{seed}")))
-    }
+    stale: dict[int, list[str]] = {}
+    if differences is not None:
+        for seed in seeds:
+            folder = parent / f"seed-{seed}"
+            if _finished(folder) and (lines := list(differences(seed, folder))):
+                stale[seed] = lines
     if stale:
         listed = "; ".join(
             f"{parent / f'seed-{seed}'}: {', '.join(lines)}" for seed, lines in stale.items()
