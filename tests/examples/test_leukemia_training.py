@@ -337,6 +337,10 @@ def test_presets_and_overrides():
     assert [s.timm_name for s in subset.backbones] == ["densenet201", "resnet50"]
     assert subset.group_block == 20
     assert presets.SMOKE.with_overrides(group_block="none").group_block is None
+    # Overrides apply in their order: a typed backbone tuple, then a setting of one of them.
+    first = presets.SMOKE.backbones[:1]
+    ordered = presets.SMOKE.with_overrides({"backbones": first, "test_resnet.lr": "0.5"})
+    assert [(s.timm_name, s.lr) for s in ordered.backbones] == [("test_resnet", 0.5)]
     config = cpu.train_config(cpu.backbone("vgg19_bn"))
     assert config.epochs == cpu.backbone("vgg19_bn").epochs
     assert config.precision == "fp32"
