@@ -18,7 +18,7 @@ library calls into it:
 The routing loop itself is not here: ``stream_route`` hands a torch source to the one
 engine, ``cascademl._engine``, which also routes in-memory inputs and applies the
 [`RoutingRule`][cascademl.RoutingRule] through the pure functions of
-``cascademl._routing`` and [`cascademl.voting`][cascademl.voting]. So a streamed result
+``cascademl._routing`` and `cascademl.voting`. So a streamed result
 equals [`CascadeClassifier.route`][cascademl.CascadeClassifier.route] on the same images
 in memory.
 """

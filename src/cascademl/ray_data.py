@@ -17,7 +17,7 @@ Two modes:
   replicas or GPUs. A stage's actors run only the rows that reached it; rows that exited
   earlier travel on as a few numbers, their input dropped. The running combined vote of
   each row travels with it, and each stage folds its vote in with the engine's own
-  [`fold_stage`][cascademl._engine.fold_stage], so both modes return what
+  `cascademl._engine.fold_stage`, so both modes return what
   `CascadeClassifier.route` returns on the same rows (labels and exit stages equal,
   probabilities equal to floating-point rounding of the stages themselves).
 
