@@ -10,11 +10,18 @@ Run from the repository root (needs matplotlib, in the ``example`` extra)::
     python benchmarks/docs_figures.py            # redraw every figure
     python benchmarks/docs_figures.py --check    # fail if a committed figure is stale
     python benchmarks/docs_figures.py --only leukemia_frontier
+    python benchmarks/docs_figures.py --record-confusion runs/seeds-cpu/seed-0 "machine, date"
+
+``--record-confusion RUN NOTE`` copies the test confusion matrix of a finished leukemia
+run's saved cascade (``RUN/metrics.json``) into ``docs/img/data/leukemia_confusion.json``,
+with the run's preset and NOTE (the machine and date) as its source; the figure
+``leukemia_confusion`` is drawn from that file.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import sys
@@ -163,6 +170,7 @@ def cascade_diagram() -> Figure:
 # --------------------------------------------------------------------- getting started
 
 
+@functools.cache
 def _digits_cascade() -> tuple[Any, Any, Any]:
     """The demo's cascade, fitted on the demo's split (the same data as ``cascademl demo``)."""
     from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
@@ -206,7 +214,8 @@ def digits_frontier() -> Figure:
     cascade, X_test, y_test = _digits_cascade()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     CostAccuracyDisplay.from_estimator(cascade, X_test, y_test, ax=ax)
-    ax.set_title("digits demo: accuracy against cost (test quarter)")
+    ax.set_xlabel("stage calls per sample (every stage counted as 1)")
+    ax.set_title("digits demo: accuracy against cost on the test quarter")
     return fig
 
 
@@ -428,7 +437,7 @@ def engine_overhead() -> Figure:
     ax.set_xlim(0.9, 1.45)
     ax.set_xlabel("wall-time ratio (median of 7 rounds; 1.0 = no overhead)")
     ax.set_title("Engine overhead: five timm stages, 1,024 images")
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.35, -0.22), ncol=2)
     ax.grid(axis="y", visible=False)
     return fig
 
@@ -437,56 +446,70 @@ def tuning_vs_skfallback() -> Figure:
     """Test accuracy at each budget, cascademl against scikit-fallback, and tuning time."""
     data = load("tuning_vs_skfallback")
     budgets = data["budgets"]
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6), width_ratios=[1, 1, 0.9])
+    datasets = list(data["datasets"])
+    fig, axes = plt.subplot_mosaic(
+        [datasets, ["time", "time"]], figsize=(8.0, 6.6), height_ratios=[1.5, 1]
+    )
     styles = {
         "scikit-fallback, default grid": (COLOURS["other"], "v", ":"),
         "scikit-fallback, extended grid": (COLOURS["backbone"], "^", "--"),
         "cascademl": (COLOURS["cascade"], "o", "-"),
     }
-    for ax, (dataset, series) in zip(axes[:2], data["datasets"].items(), strict=True):
+    for dataset in datasets:
+        ax, series = axes[dataset], data["datasets"][dataset]
         for name, (colour, marker, line) in styles.items():
             ax.plot(budgets, series[name], marker=marker, linestyle=line, color=colour, label=name)
-        ax.axhline(series["best single stage"], color="black", linewidth=0.8, linestyle="-.")
+        ax.axhline(
+            series["best single stage"],
+            color="black",
+            linewidth=0.8,
+            linestyle="-.",
+            label="best single stage",
+        )
         ax.set_title(dataset)
+        ax.set_ylabel("test accuracy")
         ax.set_xlabel("budget, mean cost per sample (all five: 52)")
         ax.set_xticks(budgets)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend(
-        fontsize=7.5, loc="lower right", title="dash-dot: best single stage", title_fontsize=7.5
-    )
-    ax = axes[2]
-    names = list(data["seconds"])
-    x = np.arange(len(names))
-    ax.bar(
-        x - 0.2,
-        [data["seconds"][n]["cascademl, 1 budget"] for n in names],
-        0.4,
-        color=COLOURS["cascade"],
-        label="cascademl, 1 budget",
-    )
-    ax.bar(
-        x + 0.2,
-        [data["seconds"][n]["scikit-fallback"] for n in names],
+    axes[datasets[0]].legend(fontsize=8, loc="center right")
+    ax = axes["time"]
+    y = np.arange(len(datasets))[::-1]
+    seconds = [data["seconds"][name] for name in datasets]
+    ax.barh(
+        y + 0.2,
+        [entry["scikit-fallback"] for entry in seconds],
         0.4,
         color=COLOURS["backbone"],
-        label="scikit-fallback, 625 configs",
+        label="scikit-fallback (625 configurations)",
     )
-    for xi, name in zip(x, names, strict=True):
-        seconds = data["seconds"][name]
+    ax.barh(
+        y - 0.2,
+        [entry["cascademl, 1 budget"] for entry in seconds],
+        0.4,
+        color=COLOURS["cascade"],
+        label="cascademl (one budget)",
+    )
+    for yi, entry in zip(y, seconds, strict=True):
         ax.text(
-            xi + 0.2,
-            seconds["scikit-fallback"] * 1.3,
-            f"{seconds['speed-up']}x faster",
-            ha="center",
-            fontsize=9,
+            entry["scikit-fallback"] * 1.15,
+            yi + 0.2,
+            f"{entry['scikit-fallback']} s: cascademl {entry['speed-up']}x faster",
+            va="center",
+            fontsize=8.5,
         )
-    ax.set_yscale("log")
-    ax.set_ylim(0.01, 60)
-    ax.set_xticks(x, names, fontsize=8.5)
-    ax.set_ylabel("seconds to tune (log scale)")
+        ax.text(
+            entry["cascademl, 1 budget"] * 1.15,
+            yi - 0.2,
+            f"{entry['cascademl, 1 budget']} s",
+            va="center",
+            fontsize=8.5,
+        )
+    ax.set_xscale("log")
+    ax.set_xlim(0.01, 1000)
+    ax.set_yticks(y, datasets)
+    ax.set_xlabel("seconds to tune (log scale)")
     ax.set_title("tuning time")
-    ax.legend(fontsize=7.5, loc="upper left")
-    ax.grid(axis="x", visible=False)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", visible=False)
     fig.tight_layout()
     return fig
 
@@ -509,7 +532,7 @@ def throughput() -> Figure:
         ax.annotate(
             f"threshold {threshold}",
             (row["images_per_s"], row["accuracy"]),
-            xytext=(-75, 0) if threshold == "0" else (5, -12),
+            xytext={"0": (-75, 0), "0.9": (6, -12), "0.999": (-40, -16)}.get(threshold, (-20, 8)),
             textcoords="offset points",
             fontsize=8,
         )
@@ -583,6 +606,28 @@ def ray_throughput() -> Figure:
     return fig
 
 
+def record_confusion(run: Path, note: str, model: str = "Cascade") -> Path:
+    """Write ``leukemia_confusion.json`` from a finished run's ``metrics.json``."""
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    test = metrics["test"][model]
+    preset = metrics["preset"]
+    record = {
+        "source": (
+            f"{run / 'metrics.json'}, test['{model}'] of python -m examples.leukemia run "
+            f"(preset {preset.get('name', '?')}, seed {preset.get('seed', '?')}); {note}"
+        ),
+        "title": (
+            f"{model} ({' -> '.join(metrics['order'])}), test split: "
+            f"{test['accuracy']:.2%} accurate"
+        ),
+        "classes": test["classes"],
+        "matrix": test["confusion_matrix"],
+    }
+    path = DATA / "leukemia_confusion.json"
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 FIGURES: dict[str, Callable[[], Figure]] = {
     "cascade_diagram": cascade_diagram,
     "digits_frontier": digits_frontier,
@@ -603,10 +648,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), help="figures to draw")
+    parser.add_argument(
+        "--record-confusion",
+        nargs=2,
+        metavar=("RUN", "NOTE"),
+        help="record a finished leukemia run's test confusion matrix, then draw it",
+    )
     args = parser.parse_args(argv)
+    if args.record_confusion:
+        run, note = args.record_confusion
+        print(f"wrote {record_confusion(Path(run), note).relative_to(ROOT)}")
+        args.only = ["leukemia_confusion"]
     stale = []
     with mpl.rc_context(STYLE):
-        for name in args.only or FIGURES:
+        names = args.only or [
+            name
+            for name in FIGURES
+            if name != "leukemia_confusion" or (DATA / "leukemia_confusion.json").is_file()
+        ]
+        for name in names:
             content = svg_bytes(FIGURES[name]())
             path = IMG / f"{name}.svg"
             if args.check:
