@@ -40,3 +40,12 @@ def test_missing_ray_names_the_ray_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'cascademl\[ray\]'"):
         ray_data.route_dataset(None, "model")
+
+
+def test_missing_matplotlib_names_the_plot_extra(monkeypatch):
+    from cascademl.plot import ExitDisplay
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"ExitDisplay.plot needs .*'cascademl\[plot\]'"):
+        ExitDisplay([3, 1], None, ["small", "big"]).plot()

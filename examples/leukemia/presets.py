@@ -7,7 +7,7 @@
   without native bfloat16 (float32 on AVX2, the slower case it was sized on) and one with
   it (bfloat16 on AMX). Sizes, batch sizes and epochs were sized with
   ``benchmarks/leukemia_epoch_time.py`` and checked against a full run's logged epoch times
-  (see :data:`CPU_BUDGET` and ``docs/examples/leukemia.md``). Three epochs per backbone
+  (see :data:`CPU_BUDGET` and ``docs/examples/leukemia-history.md``). Three epochs per backbone
   (two for VGG19, whose classifier MLP is narrowed to 512), so the backbones are weaker
   than ``cpu-bf16``'s.
 * ``cpu-bf16``: the previous release's ``cpu`` preset, 4-10 epochs at up to 80 px, for a
@@ -326,7 +326,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 #: a 2-core AMD EPYC with AVX2 only (no AVX-512, no AMX), where ``precision="auto"``
 #: resolves to float32 (torch 2.14.1, channels-last), on a quiet machine, 2026-12-02: about
 #: 45 min. The step timing leaves out augmentation and weight averaging, which made the
-#: full run's logged epochs about 20% longer (see ``docs/examples/leukemia.md``): about
+#: full run's logged epochs about 20% longer (see ``docs/examples/leukemia-history.md``): about
 #: 54 min of training, with about 5 min of normalization and evaluation on top. A full run
 #: (``seeds``, seed 1, lightly loaded, 2026-12-02) measured 53.1 min: 48.5 min of training,
 #: 0.7 min of stain normalization, 4 min of evaluation and audit; seed 2, quiet, 48.7 min
@@ -432,7 +432,7 @@ CPU: Final = Preset(
 #: The ``cpu`` preset of the previous release, for CPUs that train in bfloat16 natively
 #: (AVX512-BF16 or AMX): about 50 min of training on a 2-core Xeon with AMX, about 169 min
 #: in float32 on a 2-core AVX2 CPU (``CPU_BF16_BUDGET``). More epochs and larger inputs
-#: than ``cpu``, and better backbones (see ``docs/examples/leukemia.md``).
+#: than ``cpu``, and better backbones (see ``docs/examples/leukemia-history.md``).
 CPU_BF16: Final = Preset(
     name="cpu-bf16",
     backbones=(
