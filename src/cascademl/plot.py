@@ -467,8 +467,8 @@ class CostAccuracyDisplay:
     # ----------------------------------------------------------------- drawing
     def plot(
         self,
-        ax: Axes | None = None,
         *,
+        ax: Axes | None = None,
         relative: bool = False,
         name: str | None = None,
         annotate: bool = True,
@@ -700,8 +700,8 @@ class ExitDisplay:
 
     def plot(
         self,
-        ax: Axes | None = None,
         *,
+        ax: Axes | None = None,
         annotate: bool = True,
         bar_kwargs: Mapping[str, Any] | None = None,
         accuracy_kwargs: Mapping[str, Any] | None = None,
