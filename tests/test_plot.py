@@ -286,3 +286,24 @@ def test_sklearn_calibration_display_works_on_a_cascade():
     prob_true, prob_pred = calibration_curve(y_val, cascade.predict_proba(X_val)[:, 1], n_bins=5)
     np.testing.assert_allclose(display.line_.get_xdata(), prob_pred)
     np.testing.assert_allclose(display.line_.get_ydata(), prob_true)
+
+
+def test_real_certificates_are_marked_where_they_say(fitted):
+    certify = pytest.importorskip("cascademl.certify")
+    cascade, X, y = fitted
+    rule = cascade.routing_rule_
+    cert = certify.certify_cascade(cascade, X, y, target=0.6, guarantee="accuracy", rule=rule)
+    assert cert.certified
+    display = CostAccuracyDisplay.from_estimator(cascade, X, y, certificate=cert)
+    data_line, _, (bars,) = display.certificate_.lines
+    np.testing.assert_allclose(data_line.get_xydata(), [[cert.mean_cost, cert.estimate]])
+    np.testing.assert_allclose(
+        bars.get_segments()[0], [[cert.mean_cost, cert.bound], [cert.mean_cost, cert.estimate]]
+    )
+    np.testing.assert_allclose(display.target_line_.get_ydata(), [0.6, 0.6])
+    assert display.certificate_.get_label().startswith("certified rule (accuracy >= ")
+    with pytest.warns(certify.CertificationWarning, match="not certified"):
+        failed = certify.certify_cascade(cascade, X, y, target=0.9, guarantee="accuracy", rule=rule)
+    display = CostAccuracyDisplay.from_estimator(cascade, X, y, certificate=failed)
+    assert display.certificate_.get_label().startswith("not certified (accuracy, 95%)")
+    assert display.certificate_.lines[0].get_marker() == "X"

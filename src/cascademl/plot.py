@@ -467,8 +467,8 @@ class CostAccuracyDisplay:
     # ----------------------------------------------------------------- drawing
     def plot(
         self,
-        ax: Axes | None = None,
         *,
+        ax: Axes | None = None,
         relative: bool = False,
         name: str | None = None,
         annotate: bool = True,
@@ -534,7 +534,7 @@ class CostAccuracyDisplay:
                     ax.annotate(
                         stage_name,
                         (x, y),
-                        xytext=(4, -10),
+                        xytext=(5, 3),
                         textcoords="offset points",
                         fontsize="small",
                     )
@@ -560,7 +560,8 @@ class CostAccuracyDisplay:
         if relative:
             xlabel += " (share of running every stage)"
         ax.set(xlabel=xlabel, ylabel=self.scoring)
-        ax.legend(loc="lower right", fontsize="small")
+        ax.margins(x=0.05, y=0.08)  # room for the stages' names at the edges
+        ax.legend(loc="best", fontsize="small")
         self.ax_ = ax
         self.figure_ = _figure(ax)
         self.relative_ = relative
@@ -700,8 +701,8 @@ class ExitDisplay:
 
     def plot(
         self,
-        ax: Axes | None = None,
         *,
+        ax: Axes | None = None,
         annotate: bool = True,
         bar_kwargs: Mapping[str, Any] | None = None,
         accuracy_kwargs: Mapping[str, Any] | None = None,
