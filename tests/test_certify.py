@@ -429,4 +429,7 @@ def test_cascade_report_shows_the_certificate(digits_cascade):
     report = cascade_report(certified.route(X), y, certificate=certified.certificate_)
     assert report.certificate is cert
     assert "agrees with lr on at least 90.0%" in certified.summary()
+    assert "no longer in force" not in certified.summary()
     assert "certificate" not in cascade.summary()
+    certified.set_params(combine="mean")
+    assert "no longer in force" in certified.summary()
