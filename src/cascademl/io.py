@@ -108,7 +108,6 @@ from cascademl._io_format import (
     _decode_policy,
     _encode_abstain_label,
     _encode_classes,
-    _encode_float,
     _json_weights,
     _parse_config,
 )
@@ -119,6 +118,7 @@ from cascademl._io_stages import (
     _stage_spec,
     _StageBuilder,
 )
+from cascademl._json_floats import _encode_float
 from cascademl.cascade import CascadeClassifier
 from cascademl.certify._certificate import Certificate
 from cascademl.exceptions import CascadeMLError, NotFittedError, SerializationError

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from cascademl._io_format import _decode_float, _encode_float
+from cascademl._json_floats import _decode_float, _encode_float
 from cascademl.exceptions import CascadeMLError, SerializationError
 from cascademl.policies import RoutingRule
 
