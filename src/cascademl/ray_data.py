@@ -171,7 +171,12 @@ class _Pool:
         """The actors the pool starts with (its minimum when it autoscales)."""
         return self.size[0] if isinstance(self.size, tuple) else self.size
 
+    def reserves(self, resource: str) -> float:
+        """What the pool's starting actors reserve of ``"CPU"`` or ``"GPU"``."""
+        return self.actors * (self.num_cpus if resource == "CPU" else self.num_gpus)
+
     def describe(self, resource: str) -> str:
+        """``"stage 1: 2 actors x 0.5 CPU"``."""
         amount = self.num_cpus if resource == "CPU" else self.num_gpus
         plural = "actor" if self.actors == 1 else "actors"
         return f"{self.name}: {self.actors} {plural} x {amount:g} {resource}"
@@ -193,7 +198,7 @@ def _check_cluster(pools: Sequence[_Pool], mode: Mode) -> None:
     free = ray.available_resources()
     actors = sum(p.actors for p in pools)
     for resource in ("CPU", "GPU"):
-        need = sum(p.actors * (p.num_cpus if resource == "CPU" else p.num_gpus) for p in pools)
+        need = sum(p.reserves(resource) for p in pools)
         have = float(total.get(resource, 0.0))
         if need > have + _RESOURCE_TOL:
             detail = "; ".join(p.describe(resource) for p in pools)
@@ -209,16 +214,15 @@ def _check_cluster(pools: Sequence[_Pool], mode: Mode) -> None:
                 "the work holding the rest of the cluster's %g ends",
                 need, resource, float(free.get(resource, 0.0)), have,
             )  # fmt: skip
-    need = sum(p.actors * p.num_cpus for p in pools)
-    left = float(total.get("CPU", 0.0)) - need
-    if left < 1.0 - _RESOURCE_TOL:
+    need = sum(p.reserves("CPU") for p in pools)
+    have = float(total.get("CPU", 0.0))
+    if have - need < 1.0 - _RESOURCE_TOL:
         detail = "; ".join(p.describe("CPU") for p in pools)
         warnings.warn(
-            f"the actor pools hold {need:g} of the Ray cluster's "
-            f"{float(total.get('CPU', 0.0)):g} CPUs ({detail}), leaving {max(left, 0.0):g}: "
-            "Ray Data's tasks (reading, decoding, repartition) reserve one CPU each by "
-            "default and wait while the actors hold the rest, which can stall the run. "
-            f"{_way_out('CPU', float(total.get('CPU', 0.0)), actors, mode)}",
+            f"the actor pools hold {need:g} of the Ray cluster's {have:g} CPUs ({detail}), "
+            f"leaving {max(have - need, 0.0):g}: Ray Data's tasks (reading, decoding, "
+            "repartition) reserve one CPU each by default and wait while the actors hold "
+            f"the rest, which can stall the run. {_way_out('CPU', have, actors, mode)}",
             ClusterResourceWarning,
             stacklevel=3,
         )
