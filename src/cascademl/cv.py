@@ -218,7 +218,9 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
             ConfidencePolicy(self.measure),
             n_stages=len(pairs),
             # The tuner validates ``combine`` and puts each candidate combiner in the rule.
-            combine=self.combine if self.combine in COMBINE_METHODS else "vote",
+            combine=self.combine
+            if isinstance(self.combine, str) and self.combine in COMBINE_METHODS
+            else "vote",
             escalation_weight=self.escalation_weight,
         )
         result = tune_cascade_from_proba(

@@ -50,8 +50,9 @@ CombineArg: TypeAlias = Literal["auto", "vote", "last", "mean"] | Sequence[Combi
 * a sequence of names: the best of those.
 
 Each candidate combiner (and weight) is one threshold search, so ``"auto"`` costs five
-searches where one name costs one. Ties go to the earlier candidate: ``"last"`` before
-``"vote"`` before ``"mean"`` with ``"auto"``."""
+searches where one name costs one. Between candidates of equal score the cheaper wins, then
+the earlier: ``"last"``, then ``"vote"`` by increasing weight, then ``"mean"`` with
+``"auto"``."""
 
 _COST_RTOL = 1e-9
 _MAX_SWEEPS = 20

@@ -188,7 +188,7 @@ def _check_weight_grid(grid: Sequence[float]) -> list[float]:
 
 def _check_combine(combine: object) -> tuple[CombineMethod, ...]:
     """The combiner names that ``combine`` (``"auto"``, a name or a sequence of names) tries."""
-    if combine == "auto":
+    if isinstance(combine, str) and combine == "auto":
         return _AUTO_COMBINERS
     if isinstance(combine, str) and combine in COMBINE_METHODS:
         return (combine,)
@@ -227,7 +227,7 @@ def _combiner_rules(
         )
         raise PolicyError(msg)
     vote = dataclasses.replace(rule, combine="vote")
-    if grid is None and combine == "auto":
+    if grid is None and names is _AUTO_COMBINERS:
         grid = _AUTO_WEIGHTS
     rules: list[RoutingRule] = []
     for name in names:
