@@ -82,7 +82,9 @@ class TuningResult:
 
     Attributes:
         rule: the tuned [`RoutingRule`][cascademl.RoutingRule] (measure, thresholds,
-            combiner and escalation weights, one per stage in the order ``order``).
+            combiner and escalation weights, one per stage in the order ``order``); with
+            ``combine="auto"`` or several combiners, ``rule.combine`` and
+            ``rule.escalation_weights`` are the ones chosen.
         policy: the chosen [`ConfidencePolicy`][cascademl.ConfidencePolicy] (one threshold
             per non-final stage, in the order ``order``).
         score: the chosen point's validation score.
