@@ -13,13 +13,20 @@ by the same code (cascademl's `CascadeClassifier`, with the stages each library 
   cumulative costs, which makes it cascademl's mean cost per sample. Its rule: the exiting
   stage decides.
 * cascademl collects each stage's out-of-fold probabilities and tunes the thresholds on
-  them. Two rules: the same as scikit-fallback's (``combine="last"``), and the vote with the
-  escalation weight tuned from ``(0, 0.25, 0.5)`` (0 is the exiting stage alone).
+  them. Four rules: the same as scikit-fallback's (``combine="last"``); the paper's vote
+  with escalation weight 0.5 (``combine="vote"``, the default before ``"auto"``); the vote
+  with the escalation weight tuned from ``(0, 0.25, 0.5)`` (0 is the exiting stage alone);
+  and the default, ``combine="auto"``, which chooses among ``"last"``, the vote at 0.25,
+  0.5 and 0.75, and ``"mean"`` on the out-of-fold probabilities.
 
 Each library is fitted once, at the first budget, and timed; the other budgets are chosen
 from the same fit: scikit-fallback by ``set_params(max_cost=...)``, cascademl by tuning the
 same out-of-fold probabilities again (`tune_cascade_from_proba`) and applying the rule to
 the same refit stages (`apply_tuning`), which is what fitting again at that budget gives.
+
+The tuning step alone (``tune_cascade_from_proba`` on the out-of-fold probabilities at the
+first budget) is also timed for ``combine="vote"`` and ``combine="auto"``, interleaved,
+``--repeats`` times each: what choosing the combiner adds to a fit.
 
 Usage::
 
@@ -55,10 +62,16 @@ from tuning_vs_skfallback import BUDGET_SHARES, STAGE_COSTS, make_stages
 
 logger = logging.getLogger("cv_vs_skfallback")
 
-#: cascademl's two rules: the exiting stage decides, or the vote with a tuned weight.
+#: cascademl's rules: the exiting stage decides; the vote at 0.5 (the former default); the
+#: vote with a tuned weight; the default, which chooses the combiner and the weight.
 RULES: dict[str, dict[str, Any]] = {
     'cascademl, combine="last"': {"combine": "last"},
-    "cascademl, vote, weight tuned": {"escalation_weight_grid": (0.0, 0.25, 0.5)},
+    'cascademl, combine="vote"': {"combine": "vote"},
+    "cascademl, vote, weight tuned": {
+        "combine": "vote",
+        "escalation_weight_grid": (0.0, 0.25, 0.5),
+    },
+    'cascademl, default combine="auto"': {},
 }
 
 
@@ -88,6 +101,7 @@ class Row:
     budget: float
     test_accuracy: float
     test_cost: float
+    combiner: str = ""
 
 
 def evaluate(models: Sequence[Any], thresholds: Sequence[float], X, y) -> tuple[float, float]:  # noqa: ANN001
@@ -103,8 +117,8 @@ def evaluate(models: Sequence[Any], thresholds: Sequence[float], X, y) -> tuple[
     return float(np.mean(result.labels == y)), result.mean_cost
 
 
-def run_dataset(
-    name: str, seed: int, n_jobs: int | None, n_samples: int, cv_thresholds: int
+def run_dataset(  # noqa: PLR0917 - the benchmark's settings
+    name: str, seed: int, n_jobs: int | None, n_samples: int, cv_thresholds: int, repeats: int
 ) -> tuple[list[Row], dict[str, float]]:
     """Fit both libraries on the training split and evaluate every budget on the test split."""
     X, y = load(name, seed, n_samples)
@@ -166,15 +180,41 @@ def run_dataset(
                     rule=model.rule_,
                     stage_cost=STAGE_COSTS,
                     max_cost=budget,
+                    combine=model.combine,
                     escalation_weight_grid=params.get("escalation_weight_grid"),
                 )
                 cascade = apply_tuning(model.cascade_, result)
             routed = cascade.route(X_test)
             acc = float(np.mean(routed.labels == y_test))
-            rows.append(Row(name, rule_name, budget, acc, routed.mean_cost))
+            combiner = cascade.combine
+            if combiner == "vote":
+                combiner += f" {cascade.escalation_weight:g}"
+            rows.append(Row(name, rule_name, budget, acc, routed.mean_cost, combiner))
+        if not params:
+            times |= time_tuning(model, y_train, budgets[0], repeats)
     times["n_train"] = float(len(y_train))
     times["n_test"] = float(len(y_test))
     return rows, times
+
+
+def time_tuning(
+    model: CascadeClassifierCV, y: np.ndarray, budget: float, repeats: int
+) -> dict[str, float]:
+    """Median seconds of the tuning step alone, ``combine="vote"`` and ``"auto"`` interleaved."""
+    seconds: dict[str, list[float]] = {"vote": [], "auto": []}
+    for _ in range(repeats):
+        for combine, spent in seconds.items():
+            start = time.perf_counter()
+            tune_cascade_from_proba(
+                model.oof_proba_,
+                y,
+                classes=model.classes_,
+                stage_cost=STAGE_COSTS,
+                max_cost=budget,
+                combine=combine,
+            )
+            spent.append(time.perf_counter() - start)
+    return {f"tuning alone, {c}": float(np.median(v)) for c, v in seconds.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--n-samples", type=int, default=4000, help="make_classification's number of samples"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats of the tuning step alone"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import skfb  # noqa: PLC0415 - only for its version
@@ -211,23 +254,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_rows: list[Row] = []
     all_times: dict[str, dict[str, float]] = {}
     for name in datasets:
-        rows, times = run_dataset(name, args.seed, args.n_jobs, args.n_samples, args.cv_thresholds)
+        rows, times = run_dataset(
+            name, args.seed, args.n_jobs, args.n_samples, args.cv_thresholds, args.repeats
+        )
         all_rows += rows
         all_times[name] = times
     print("\n| dataset | train / test | library, rule | whole fit (s) |")
     print("|---|---|---|---|")
     for name, times in all_times.items():
         for tuner, seconds in times.items():
-            if tuner.startswith(("n_train", "n_test")):
+            if tuner.startswith(("n_train", "n_test", "tuning alone")):
                 continue
             size = f"{int(times['n_train'])} / {int(times['n_test'])}"
             print(f"| {name} | {size} | {tuner} | {seconds:.1f} |")
-    print("\n| dataset | budget (cost/sample) | library, rule | test accuracy | test cost/sample |")
-    print("|---|---|---|---|---|")
+    print("\n| dataset | tuning alone, vote (s) | tuning alone, auto (s) | ratio |")
+    print("|---|---|---|---|")
+    for name, times in all_times.items():
+        vote, auto = times["tuning alone, vote"], times["tuning alone, auto"]
+        print(f"| {name} | {vote:.3f} | {auto:.3f} | {auto / vote:.1f}x |")
+    print(
+        "\n| dataset | budget (cost/sample) | library, rule | combiner | test accuracy | "
+        "test cost/sample |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in all_rows:
         print(
-            f"| {r.dataset} | {r.budget:g} | {r.tuner} | {r.test_accuracy:.4f} | "
-            f"{r.test_cost:.2f} |"
+            f"| {r.dataset} | {r.budget:g} | {r.tuner} | {r.combiner or 'last'} | "
+            f"{r.test_accuracy:.4f} | {r.test_cost:.2f} |"
         )
     return 0
 

@@ -84,6 +84,7 @@ def held_out_scores(
                     stage_cost=list(cost),
                     max_cost=budget,
                     scoring=scoring,
+                    combine="vote",  # the example's combiner, which score_thresholds uses
                 )
                 point = score_thresholds(
                     q[:, check], y[check], tuned.thresholds, classes=classes, stage_cost=list(cost)

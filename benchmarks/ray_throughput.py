@@ -29,6 +29,7 @@ import argparse
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import ray
 import torch
 
 from _machine import machine_lines
-from cascademl import CascadeClassifier, ConfidencePolicy, TorchStage
+from cascademl import CascadeClassifier, ClusterResourceWarning, ConfidencePolicy, TorchStage
 from cascademl.io import save_cascade
 from cascademl.ray_data import route_dataset
 
@@ -74,15 +75,19 @@ def _ray_run(
     share = cpus / (pools * actors)  # every actor of every pool together: the CPUs
     n_threads = threads or max(1, int(share))
     start = time.perf_counter()
-    out = route_dataset(
-        dataset,
-        folder,
-        mode=mode,
-        concurrency=actors,
-        batch_size=BATCH_SIZE,
-        num_cpus=share,
-        ray_remote_args={"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(n_threads)}}},
-    )
+    with warnings.catch_warnings():
+        # The actors get every CPU on purpose: the images already sit in the object store,
+        # so no read task waits for a CPU.
+        warnings.simplefilter("ignore", ClusterResourceWarning)
+        out = route_dataset(
+            dataset,
+            folder,
+            mode=mode,
+            concurrency=actors,
+            batch_size=BATCH_SIZE,
+            num_cpus=share,
+            ray_remote_args={"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(n_threads)}}},
+        )
     first = None
     first_rows = n = 0
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):

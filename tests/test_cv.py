@@ -134,8 +134,14 @@ def test_clone_and_get_params_round_trip():
 def test_escalation_weight_grid_picks_a_weight_from_the_grid():
     X, y = _data(400, seed=1)
     model = CascadeClassifierCV(
-        _stages(), cv=3, stage_cost=COSTS, max_cost=4.0, escalation_weight_grid=(0.0, 0.25, 0.5)
+        _stages(),
+        cv=3,
+        stage_cost=COSTS,
+        max_cost=4.0,
+        combine="vote",
+        escalation_weight_grid=(0.0, 0.25, 0.5),
     ).fit(X, y)
+    assert model.combine_ == "vote"
     (weight,) = set(model.rule_.escalation_weights)
     assert weight in (0.0, 0.25, 0.5)
     assert model.cascade_.escalation_weight == weight

@@ -24,7 +24,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import GaussianNB
 
 from cascademl import CascadeClassifier, ConfidencePolicy
-from cascademl.exceptions import PolicyError, SerializationError
+from cascademl.exceptions import (
+    ClusterResourceError,
+    ClusterResourceWarning,
+    DeviceUnavailableError,
+    PolicyError,
+    SerializationError,
+)
 from cascademl.io import load_cascade, save_cascade
 from cascademl.ray_data import read_images, route_dataset
 
@@ -329,6 +335,48 @@ def test_invalid_arguments_name_the_parameter(local_ray, iris, tmp_path):
         route_dataset(dataset, folder, concurrency=(1, 2, 3))
 
 
+def test_pools_the_cluster_cannot_hold_are_refused_before_the_run(local_ray, iris, tmp_path):
+    folder = save_cascade(_sklearn_cascade(*iris), tmp_path / "model")
+    dataset = _tabular(local_ray, iris[0])
+    # Three stage pools of one actor x 1 CPU on 2 CPUs: the third pool would never start.
+    with pytest.raises(ClusterResourceError, match=r"ask for 3 CPUs .*cluster has 2") as info:
+        route_dataset(dataset, folder, mode="stages")
+    message = str(info.value)
+    assert "stage 0: 1 actor x 1 CPU; stage 1: 1 actor x 1 CPU; stage 2" in message
+    assert "num_cpus=0.33 per actor leaves one CPU" in message
+    assert "mode='cascade'" in message
+    assert "check_resources=False" in message
+    assert isinstance(info.value, (DeviceUnavailableError, RuntimeError))
+    # An autoscaling pool needs its minimum; a GPU the cluster lacks is refused too.
+    with pytest.raises(ClusterResourceError, match=r"ask for 4 CPUs .*stage 2: 2 actors x 1 CPU"):
+        route_dataset(
+            dataset, folder, mode="stages", num_cpus=[0.5, 0.5, 1], concurrency=[2, 2, (2, 4)]
+        )
+    with pytest.raises(
+        ClusterResourceError,
+        match=r"1 GPUs \(the pool: 1 actor x 1 GPU\).*\(num_gpus=0: the cluster has no GPU",
+    ):
+        route_dataset(dataset, folder, num_gpus=1, num_cpus=0.25)
+    # Skipped when asked: the dataset is built (and would wait for nodes to be added).
+    assert route_dataset(dataset, folder, mode="stages", check_resources=False) is not None
+
+
+def test_pools_that_leave_no_cpu_for_tasks_warn(local_ray, iris, tmp_path, monkeypatch, caplog):
+    folder = save_cascade(_sklearn_cascade(*iris), tmp_path / "model")
+    dataset = _tabular(local_ray, iris[0])
+    with pytest.warns(ClusterResourceWarning, match=r"hold 1.5 of the Ray cluster's 2 CPUs"):
+        route_dataset(dataset, folder, mode="stages", num_cpus=0.5)
+    with pytest.warns(ClusterResourceWarning, match=r"leaving 0: .*num_cpus=0.5 per actor"):
+        route_dataset(dataset, folder, concurrency=2)  # whole cascade: 2 actors x 1 CPU
+    # Pools that fit and leave a CPU: no warning (the module turns warnings into errors).
+    route_dataset(dataset, folder, mode="stages", **SMALL)
+    # Pools that fit the cluster but not what other work leaves free now: logged.
+    monkeypatch.setattr(local_ray, "available_resources", lambda: {"CPU": 0.5})
+    with caplog.at_level(logging.WARNING, logger="cascademl.ray_data"):
+        route_dataset(dataset, folder, mode="stages", **SMALL)
+    assert "ask for 0.75 CPUs but only 0.5 are free now" in caplog.text
+
+
 class _Recorder:
     """Stands for a Dataset: records the keywords of each ``map_batches`` call."""
 
@@ -355,7 +403,9 @@ def test_actor_pools_are_sized_with_compute_on_ray_2_51_and_later(
     folder = save_cascade(_sklearn_cascade(*iris), tmp_path / "model")
     recorder = _Recorder()
     route_dataset(recorder, folder, concurrency=(1, 3))
-    route_dataset(recorder, folder, mode="stages", concurrency=[2, (1, 4), 1])
+    # Four CPUs of actors on a 2-CPU Ray: built only, never run, so the check is skipped.
+    unchecked = {"check_resources": False}
+    route_dataset(recorder, folder, mode="stages", concurrency=[2, (1, 4), 1], **unchecked)
     pools = [call["compute"] for call in recorder.calls]
     assert all(isinstance(pool, local_ray.data.ActorPoolStrategy) for pool in pools)
     assert [(pool.min_size, pool.max_size) for pool in pools] == [(1, 3), (2, 2), (1, 4), (1, 1)]
@@ -365,7 +415,9 @@ def test_actor_pools_are_sized_with_compute_on_ray_2_51_and_later(
     ray_logger = logging.getLogger("ray.data")
     ray_logger.addHandler(records)
     try:
-        route_dataset(_tabular(local_ray, iris[0]), folder, mode="stages", concurrency=2)
+        route_dataset(
+            _tabular(local_ray, iris[0]), folder, mode="stages", concurrency=2, **unchecked
+        )
         assert not [m for m in records.messages if "deprecated" in m]
         # Ray 2.40 to 2.50 logged the deprecation of compute= instead: concurrency= there.
         monkeypatch.setattr(local_ray, "__version__", "2.50.0")
@@ -373,7 +425,7 @@ def test_actor_pools_are_sized_with_compute_on_ray_2_51_and_later(
         route_dataset(old, folder, concurrency=(1, 3))
         assert old.calls[0]["concurrency"] == (1, 3)
         assert "compute" not in old.calls[0]
-        route_dataset(_tabular(local_ray, iris[0]), folder, concurrency=2)
+        route_dataset(_tabular(local_ray, iris[0]), folder, concurrency=2, **unchecked)
         assert [m for m in records.messages if "``concurrency`` is deprecated" in m]
     finally:
         ray_logger.removeHandler(records)

@@ -715,7 +715,7 @@ def test_escalation_weight_grid_picks_the_best_weight_and_zero_is_last():
     costs = [1.0, 2.0, 5.0, 20.0]
     kwargs = {"classes": classes, "stage_cost": costs, "max_cost": 8.0}
     grid = (0.0, 0.25, 0.5)
-    best = tune_cascade_from_proba(tables, y, escalation_weight_grid=grid, **kwargs)
+    best = tune_cascade_from_proba(tables, y, combine="vote", escalation_weight_grid=grid, **kwargs)
     alone = {w: tune_with(tables, y, escalation_weight=w, **kwargs) for w in grid}
     assert best.score == max(r.score for r in alone.values())
     (weight,) = set(best.rule.escalation_weights)
@@ -731,7 +731,8 @@ def test_escalation_weight_grid_picks_the_best_weight_and_zero_is_last():
         stage.cost_per_sample = cost
     X = sample_ids(tables.shape[1])
     tuned = apply_tuning(
-        cascade, tune_cascade(cascade, X, y, max_cost=8.0, escalation_weight_grid=grid)
+        cascade,
+        tune_cascade(cascade, X, y, max_cost=8.0, combine="vote", escalation_weight_grid=grid),
     )
     assert tuned.escalation_weight == weight
     assert tuned.score(X, y) == pytest.approx(best.score, abs=1e-12)
@@ -766,7 +767,7 @@ def test_scoring_takes_names_metrics_and_scorers_through_public_api_only():
     # Few candidates: a plain metric is called once per candidate point (seconds, not a
     # minute); the routes through the scorer are the same as with the default 64.
     kwargs = {"classes": classes, "stage_cost": [1.0, 2.0, 6.0], "max_cost": 3.5}
-    kwargs |= {"n_candidates": 12}
+    kwargs |= {"n_candidates": 12, "combine": "vote"}  # one combiner: the scorer is the subject
     by_name = tune_cascade_from_proba(tables, y, scoring="f1_macro", **kwargs)
 
     def f1_macro(y_true, y_pred):  # a plain metric without sample_weight: called per point

@@ -180,7 +180,13 @@ def test_a_metric_without_sample_weight_is_refused_only_with_weights():
     tables, y = _tables(1)
     # Without weights it tunes as before.
     result = tune_cascade_from_proba(
-        tables, y, classes=CLASSES, scoring=_f1_macro_unweighted, n_candidates=4, n_lambdas=2
+        tables,
+        y,
+        classes=CLASSES,
+        scoring=_f1_macro_unweighted,
+        combine="vote",
+        n_candidates=4,
+        n_lambdas=2,
     )
     assert result.scoring == "_f1_macro_unweighted"
     with pytest.raises(PolicyError, match=r"'_f1_macro_unweighted' does not take sample_weight"):
@@ -192,6 +198,7 @@ def test_a_metric_without_sample_weight_is_refused_only_with_weights():
 def test_unit_weights_leave_the_result_unchanged():
     tables, y = _tables(5)
     options = {"classes": CLASSES, "stage_cost": [1.0, 2.0, 4.0], "max_cost": 3.0}
+    options |= {"combine": "vote"}
     for scoring in (None, "neg_log_loss", "f1_macro"):
         plain = tune_cascade_from_proba(tables, y, scoring=scoring, **options)
         unit = tune_cascade_from_proba(
@@ -221,11 +228,13 @@ def test_cascade_classifier_cv_tunes_on_the_weighted_out_of_fold_score():
         y,
         classes=model.classes_,
         rule=RoutingRule.from_params(None, n_stages=2),
+        combine="auto",  # the estimator's default: the combiner is chosen on the same data
         stage_cost=[1.0, 4.0],
         max_cost=3.0,
         sample_weight=weights,
     )
     assert model.rule_ == expected.rule
+    assert model.combine_ == expected.rule.combine
     assert model.best_score_ == pytest.approx(expected.score)
     oof_labels = model.classes_[np.argmax(model.oof_proba_[1], axis=1)]
     assert model.tuning_result_.stage_scores[1] == pytest.approx(

@@ -27,15 +27,16 @@ from cascademl._fitting import (
     _is_pair_list,
     _stage_fit_params,
 )
-from cascademl._typing import CombineMethod, ConfidenceMeasure, LabelArray, ProbaArray
+from cascademl._typing import ConfidenceMeasure, LabelArray, ProbaArray
 from cascademl._validation import check_fitted
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import StageInterfaceError
 from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.results import CascadeResult
 from cascademl.stages import SklearnStage
-from cascademl.tuning import MinScore, Scoring, TuningResult, tune_cascade_from_proba
+from cascademl.tuning import CombineArg, MinScore, Scoring, TuningResult, tune_cascade_from_proba
 from cascademl.tuning._apply import _rule_params
+from cascademl.voting import COMBINE_METHODS
 
 __all__ = ["CascadeClassifierCV"]
 
@@ -46,11 +47,19 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
     ``fit`` runs ``cv`` folds: in each, every stage is fitted on the training folds and
     predicts probabilities for the held-out fold (``cross_val_predict`` with
     ``method="predict_proba"``, so each stage is fitted once per fold, in parallel over the
-    folds with ``n_jobs``). The routing rule is tuned on these out-of-fold probabilities
-    (the thresholds, and with ``escalation_weight_grid`` the escalation weight), then every
-    stage is refit on all of ``X, y`` and the tuned rule is applied to a
+    folds with ``n_jobs``). The routing rule is tuned on these out-of-fold probabilities:
+    the thresholds and, with the default ``combine="auto"``, the combiner and the vote's
+    escalation weight (``"last"``, ``"vote"`` at escalation weights 0.25, 0.5 and 0.75, or
+    ``"mean"``, whichever is best under the same objective). Then every stage is refit on
+    all of ``X, y`` and the tuned rule is applied to a
     [`CascadeClassifier`][cascademl.CascadeClassifier] of the refit stages, which answers
     `predict`, `predict_proba` and `route`.
+
+    The default differs from `CascadeClassifier`'s ``combine="vote"``, the paper's rule:
+    `CascadeClassifier` has no data to choose with, while here the out-of-fold
+    probabilities are at hand and the choice costs no model call (five threshold searches
+    instead of one). ``combine="vote"`` tunes the thresholds of the paper's vote alone, as
+    before ``"auto"`` existed.
 
     Args:
         stages: list of ``(name, classifier)`` pairs, cheapest or least accurate first: unfitted
@@ -67,11 +76,16 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         scoring: what to maximise (see [`Scoring`][cascademl.tuning.Scoring]); accuracy
             by default.
         measure: the confidence measure (``"max_proba"``, ``"margin"`` or ``"entropy"``).
-        combine: ``"vote"``, ``"last"`` or ``"mean"``, as in `CascadeClassifier`.
+        combine: ``"auto"`` (the default: chosen on the out-of-fold probabilities among
+            ``"last"``, ``"vote"`` and ``"mean"``), one of those names (fixed, as in
+            `CascadeClassifier`) or a sequence of them to choose from (see
+            [`CombineArg`][cascademl.tuning.CombineArg]).
         escalation_weight: the escalation weight of ``"vote"`` (a number or one per stage),
-            when it is not tuned.
-        escalation_weight_grid: candidate escalation weights tuned with the thresholds
-            (``0`` is the exiting stage alone); ``None`` keeps ``escalation_weight``.
+            when it is not tuned: with an explicit ``"vote"`` (or a sequence holding it) and
+            no ``escalation_weight_grid``. ``"auto"`` tunes the weight.
+        escalation_weight_grid: candidate escalation weights of ``"vote"`` tuned with the
+            thresholds (``0`` is the exiting stage alone); ``None`` keeps
+            ``escalation_weight``, or with ``"auto"`` tries 0.25, 0.5 and 0.75.
         n_candidates: candidate thresholds per stage.
         n_lambdas: cost penalties used to trace the frontier.
         n_jobs: parallel jobs over the folds (``None``: one, ``-1``: all cores).
@@ -84,6 +98,8 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         stages_: the refit stages, in order.
         named_stages_: the refit stages by name.
         rule_: the tuned [`RoutingRule`][cascademl.RoutingRule].
+        combine_: the combiner chosen (``rule_.combine``): ``"vote"``, ``"last"`` or
+            ``"mean"``; with ``"vote"``, ``rule_.escalation_weights`` holds the weight.
         policy_: the tuned [`ConfidencePolicy`][cascademl.ConfidencePolicy].
         tuning_result_: the [`TuningResult`][cascademl.tuning.TuningResult] on the
             out-of-fold probabilities, with the frontier.
@@ -108,6 +124,8 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         ... ).fit(X, y)
         >>> model.tuning_result_.mean_cost <= 3.0
         True
+        >>> model.combine_ in ("vote", "last", "mean")  # chosen on out-of-fold data
+        True
         >>> model.predict(X[:3]).shape
         (3,)
     """
@@ -122,7 +140,7 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         stage_cost: Sequence[float] | None = None,
         scoring: Scoring = None,
         measure: ConfidenceMeasure = "max_proba",
-        combine: CombineMethod = "vote",
+        combine: CombineArg = "auto",
         escalation_weight: float | Sequence[float] = 0.5,
         escalation_weight_grid: Sequence[float] | None = None,
         n_candidates: int = 64,
@@ -199,7 +217,10 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         rule = RoutingRule.from_params(
             ConfidencePolicy(self.measure),
             n_stages=len(pairs),
-            combine=self.combine,
+            # The tuner validates ``combine`` and puts each candidate combiner in the rule.
+            combine=self.combine
+            if isinstance(self.combine, str) and self.combine in COMBINE_METHODS
+            else "vote",
             escalation_weight=self.escalation_weight,
         )
         result = tune_cascade_from_proba(
@@ -211,6 +232,7 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
             max_cost=self.max_cost,
             min_score=self.min_score,
             scoring=self.scoring,
+            combine=self.combine,
             escalation_weight_grid=self.escalation_weight_grid,
             n_candidates=self.n_candidates,
             n_lambdas=self.n_lambdas,
@@ -231,6 +253,7 @@ class CascadeClassifierCV(ClassifierMixin, BaseEstimator):
         self.stages_ = cascade.stages_
         self.named_stages_ = cascade.named_stages_
         self.rule_ = result.rule
+        self.combine_ = result.rule.combine
         self.policy_ = result.policy
         self.tuning_result_ = result
         self.oof_proba_ = oof

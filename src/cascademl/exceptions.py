@@ -11,11 +11,13 @@ the built-in exception a caller would naturally catch, so ``except ValueError`` 
     │   └── StageOutputError      (also ValueError)  NaN, negative or malformed probabilities
     ├── PolicyError               (also ValueError)  invalid policy, thresholds or weights
     ├── DeviceUnavailableError    (also RuntimeError)
+    │   └── ClusterResourceError                     Ray actor pools the cluster cannot hold
     └── SerializationError        (also ValueError)  corrupt or incompatible saved cascade
 
     CascadeMLWarning (UserWarning)
     ├── DeviceWarning
-    └── CertificationWarning      nothing (or nothing cheaper than the last stage) certified
+    ├── CertificationWarning      nothing (or nothing cheaper than the last stage) certified
+    └── ClusterResourceWarning    Ray actor pools that leave no CPU for the pipeline's tasks
 
 `StageError` is split in three because a missing method is a type problem while NaN
 probabilities are a value problem: callers can tell them apart with the built-ins alone.
@@ -30,6 +32,8 @@ __all__ = [
     "CascadeMLWarning",
     "CertificationWarning",
     "ClassMismatchError",
+    "ClusterResourceError",
+    "ClusterResourceWarning",
     "DeviceUnavailableError",
     "DeviceWarning",
     "NotFittedError",
@@ -87,3 +91,20 @@ class DeviceWarning(CascadeMLWarning):
 
 class CertificationWarning(CascadeMLWarning):
     """A certification returned the safe rule: nothing, or nothing cheaper, was certified."""
+
+
+class ClusterResourceError(DeviceUnavailableError):
+    """The Ray cluster has fewer CPUs or GPUs than the actor pools of a run ask for.
+
+    A Ray Data actor pool that cannot get its reservation never starts, and the dataset
+    waits for it without a message; `cascademl.ray_data.route_dataset` raises this before
+    the run instead, naming the shortfall and the ways out.
+    """
+
+
+class ClusterResourceWarning(CascadeMLWarning):
+    """Ray actor pools that leave less than one CPU for the other tasks of the pipeline.
+
+    Reading, decoding and repartitioning run as Ray tasks that reserve one CPU each by
+    default; with every CPU held by actors they wait, and the pipeline can stall.
+    """

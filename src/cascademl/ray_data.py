@@ -50,8 +50,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -61,7 +64,12 @@ from cascademl._images import to_uint8_image
 from cascademl._optional import require
 from cascademl._ray_actors import ERROR_COLUMN, _CascadeRouter, _is_uri, _Spec, _StageRunner
 from cascademl._validation import check_positive_int
-from cascademl.exceptions import PolicyError, SerializationError
+from cascademl.exceptions import (
+    ClusterResourceError,
+    ClusterResourceWarning,
+    PolicyError,
+    SerializationError,
+)
 
 __all__ = ["OUTPUT_COLUMNS", "Mode", "read_images", "route_dataset"]
 
@@ -77,6 +85,9 @@ _IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
 
 #: The first Ray that sizes actor pools with ``compute=`` rather than ``concurrency=``.
 _COMPUTE_SINCE = (2, 51)
+
+#: Slack when comparing summed fractional reservations with the cluster's resources.
+_RESOURCE_TOL = 1e-9
 
 _CONFIG_FILE = "cascade.json"  # as cascademl.io.CONFIG_FILE, without importing torch here
 
@@ -116,13 +127,8 @@ def _per_stage(value: Any, n_stages: int, name: str) -> list[Any]:
     return [value] * n_stages
 
 
-def _actor_pool(value: Any, name: str) -> dict[str, Any]:
-    """The ``map_batches`` keyword that sizes an actor pool: ``compute`` since Ray 2.51.
-
-    Ray 2.51 deprecated ``concurrency=`` for actor pools in favour of
-    ``compute=ActorPoolStrategy(...)``; older Ray (2.40 to 2.50) warned about ``compute=``
-    instead, so the keyword follows the installed version.
-    """
+def _pool_size(value: Any, name: str) -> int | tuple[int, int]:
+    """A pool's number of actors, or ``(min, max)`` for an autoscaling pool."""
     if isinstance(value, tuple):
         if len(value) != 2:  # noqa: PLR2004 - (min, max)
             msg = f"{name} must be a number of actors or (min, max), got {value!r}"
@@ -131,9 +137,17 @@ def _actor_pool(value: Any, name: str) -> dict[str, Any]:
         if low > high:
             msg = f"{name} must be (min, max) with min <= max, got {value!r}"
             raise PolicyError(msg)
-        size: int | tuple[int, int] = (low, high)
-    else:
-        size = check_positive_int(value, name)
+        return (low, high)
+    return check_positive_int(value, name)
+
+
+def _actor_pool(size: int | tuple[int, int]) -> dict[str, Any]:
+    """The ``map_batches`` keyword that sizes an actor pool: ``compute`` since Ray 2.51.
+
+    Ray 2.51 deprecated ``concurrency=`` for actor pools in favour of
+    ``compute=ActorPoolStrategy(...)``; older Ray (2.40 to 2.50) warned about ``compute=``
+    instead, so the keyword follows the installed version.
+    """
     ray = _ray()
     if _version(ray.__version__) < _COMPUTE_SINCE:
         return {"concurrency": size}
@@ -141,6 +155,101 @@ def _actor_pool(value: Any, name: str) -> dict[str, Any]:
     if isinstance(size, tuple):
         return {"compute": strategy(min_size=size[0], max_size=size[1])}
     return {"compute": strategy(size=size)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """What one actor pool reserves before it starts: its minimum actors, each's CPUs/GPUs."""
+
+    name: str
+    size: int | tuple[int, int]
+    num_cpus: float
+    num_gpus: float
+
+    @property
+    def actors(self) -> int:
+        """The actors the pool starts with (its minimum when it autoscales)."""
+        return self.size[0] if isinstance(self.size, tuple) else self.size
+
+    def reserves(self, resource: str) -> float:
+        """What the pool's starting actors reserve of ``"CPU"`` or ``"GPU"``."""
+        return self.actors * (self.num_cpus if resource == "CPU" else self.num_gpus)
+
+    def describe(self, resource: str) -> str:
+        """``"stage 1: 2 actors x 0.5 CPU"``."""
+        amount = self.num_cpus if resource == "CPU" else self.num_gpus
+        plural = "actor" if self.actors == 1 else "actors"
+        return f"{self.name}: {self.actors} {plural} x {amount:g} {resource}"
+
+
+def _check_cluster(pools: Sequence[_Pool], mode: Mode) -> None:
+    """Refuse pools the Ray cluster cannot hold; warn when they leave no CPU for tasks.
+
+    A pool whose actors cannot all reserve their CPUs or GPUs never starts, and Ray Data
+    then waits for it without a message. Ray Data's own tasks (reading, decoding,
+    ``repartition``) reserve one CPU each by default, so pools that leave less than one
+    CPU can stall the pipeline too.
+    """
+    ray = _ray()
+    if not ray.is_initialized():
+        logger.info("Ray is not started yet: the actor pools' resources are not checked")
+        return
+    total = ray.cluster_resources()
+    free = ray.available_resources()
+    actors = sum(p.actors for p in pools)
+    for resource in ("CPU", "GPU"):
+        need = sum(p.reserves(resource) for p in pools)
+        have = float(total.get(resource, 0.0))
+        if need > have + _RESOURCE_TOL:
+            detail = "; ".join(p.describe(resource) for p in pools)
+            msg = (
+                f"the actor pools ask for {need:g} {resource}s ({detail}) but the Ray "
+                f"cluster has {have:g}: a pool that cannot reserve them never starts, and the "
+                f"dataset would wait for it without end. {_way_out(resource, have, actors, mode)}"
+            )
+            raise ClusterResourceError(msg)
+        if need > float(free.get(resource, 0.0)) + _RESOURCE_TOL:
+            logger.warning(
+                "the actor pools ask for %g %ss but only %g are free now: they start when "
+                "the work holding the rest of the cluster's %g ends",
+                need, resource, float(free.get(resource, 0.0)), have,
+            )  # fmt: skip
+    need = sum(p.reserves("CPU") for p in pools)
+    have = float(total.get("CPU", 0.0))
+    if have - need < 1.0 - _RESOURCE_TOL:
+        detail = "; ".join(p.describe("CPU") for p in pools)
+        warnings.warn(
+            f"the actor pools hold {need:g} of the Ray cluster's {have:g} CPUs ({detail}), "
+            f"leaving {max(have - need, 0.0):g}: Ray Data's tasks (reading, decoding, "
+            "repartition) reserve one CPU each by default and wait while the actors hold "
+            f"the rest, which can stall the run. {_way_out('CPU', have, actors, mode)}",
+            ClusterResourceWarning,
+            stacklevel=3,
+        )
+
+
+def _way_out(resource: str, have: float, actors: int, mode: Mode) -> str:
+    """What to change so that the pools fit, with a per-actor reservation that does."""
+    if resource == "CPU":
+        share = math.floor(100 * (have - 1.0 if have > 1.0 else have) / actors) / 100
+        fits = (
+            f"num_cpus={share:g} per actor leaves one CPU for the pipeline's tasks"
+            if share > 0
+            else "reserve fewer CPUs per actor"
+        )
+        first = f"Reserve fewer CPUs per actor ({fits})"
+    elif have > 0:
+        first = (
+            f"Reserve fewer GPUs per actor (fractions share a GPU: num_gpus="
+            f"{math.floor(100 * have / actors) / 100:g}), or num_gpus=0 to run on CPUs"
+        )
+    else:
+        first = "Run the stages on CPUs (num_gpus=0: the cluster has no GPU)"
+    stages = ", use mode='cascade' (one pool that holds every stage)" if mode == "stages" else ""
+    return (
+        f"{first}, start fewer actors (concurrency){stages}, or add nodes; on an "
+        "autoscaling cluster that will add them, pass check_resources=False."
+    )
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -174,6 +283,7 @@ def route_dataset(
     device: str | None = None,
     load_options: Mapping[str, Any] | None = None,
     ray_remote_args: Mapping[str, Any] | None = None,
+    check_resources: bool = True,
 ) -> Any:
     """Add a saved cascade to a Ray ``Dataset``: one output row per input row, lazily.
 
@@ -208,6 +318,11 @@ def route_dataset(
         ray_remote_args: more Ray actor options for ``map_batches`` (e.g.
             ``{"max_restarts": 0}``; by default Ray restarts a dead actor and retries its
             batches).
+        check_resources: compare what the pools reserve (each pool's actors, or its
+            minimum, times ``num_cpus`` and ``num_gpus``; every pool at once with
+            ``mode="stages"``) with ``ray.cluster_resources()`` before the run, when Ray is
+            started. ``False`` skips it, for an autoscaling cluster that will add the
+            nodes the pools need.
 
     Returns:
         The output ``ray.data.Dataset`` (see the module's description for its columns).
@@ -217,6 +332,14 @@ def route_dataset(
         PolicyError: for an invalid mode, count, batch size or resource.
         SerializationError: with ``mode="stages"``, if ``model`` holds no saved cascade
             (with ``mode="cascade"`` the actors report it when the dataset runs).
+        ClusterResourceError: when the pools ask for more CPUs or GPUs than the Ray
+            cluster has (a pool that cannot start would leave the run waiting without
+            end); the message names the shortfall and the ways out.
+
+    Warns:
+        ClusterResourceWarning: when the pools leave less than one of the cluster's CPUs
+            for Ray Data's tasks (reading, decoding, ``repartition``), which can stall the
+            run. Pools that fit the cluster but not what is free now are logged.
     """
     _ray()
     require("ray.data", "ray", purpose="cascademl.ray_data")
@@ -239,30 +362,51 @@ def route_dataset(
     )
     remote = dict(ray_remote_args or {})
     if mode == "cascade":
+        pool = _Pool(
+            "the pool",
+            _pool_size(concurrency, "concurrency"),
+            _check_resource(num_cpus, "num_cpus"),
+            _check_resource(num_gpus, "num_gpus"),
+        )
+        size = check_positive_int(batch_size, "batch_size")
+        if check_resources:
+            _check_cluster([pool], mode)
         return dataset.map_batches(
             _CascadeRouter,
             fn_constructor_kwargs={"spec": spec},
             batch_format="numpy",
-            batch_size=check_positive_int(batch_size, "batch_size"),
-            **_actor_pool(concurrency, "concurrency"),
-            num_gpus=_check_resource(num_gpus, "num_gpus"),
-            num_cpus=_check_resource(num_cpus, "num_cpus"),
+            batch_size=size,
+            **_actor_pool(pool.size),
+            num_gpus=pool.num_gpus,
+            num_cpus=pool.num_cpus,
             **remote,
         )
     n_stages = _stage_count(model)
-    sizes = _per_stage(batch_size, n_stages, "batch_size")
-    pools = _per_stage(concurrency, n_stages, "concurrency")
+    batches = _per_stage(batch_size, n_stages, "batch_size")
+    counts = _per_stage(concurrency, n_stages, "concurrency")
     gpus = _per_stage(num_gpus, n_stages, "num_gpus")
     cpus = _per_stage(num_cpus, n_stages, "num_cpus")
-    for s in range(n_stages):
+    pools = [
+        _Pool(
+            f"stage {s}",
+            _pool_size(counts[s], f"concurrency[{s}]"),
+            _check_resource(cpus[s], f"num_cpus[{s}]"),
+            _check_resource(gpus[s], f"num_gpus[{s}]"),
+        )
+        for s in range(n_stages)
+    ]
+    sizes = [check_positive_int(b, f"batch_size[{s}]") for s, b in enumerate(batches)]
+    if check_resources:
+        _check_cluster(pools, mode)
+    for s, pool in enumerate(pools):
         dataset = dataset.map_batches(
             _StageRunner,
             fn_constructor_kwargs={"spec": spec, "stage_index": s},
             batch_format="numpy",
-            batch_size=check_positive_int(sizes[s], f"batch_size[{s}]"),
-            **_actor_pool(pools[s], f"concurrency[{s}]"),
-            num_gpus=_check_resource(gpus[s], f"num_gpus[{s}]"),
-            num_cpus=_check_resource(cpus[s], f"num_cpus[{s}]"),
+            batch_size=sizes[s],
+            **_actor_pool(pool.size),
+            num_gpus=pool.num_gpus,
+            num_cpus=pool.num_cpus,
             **remote,
         )
     return dataset

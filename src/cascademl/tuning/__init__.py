@@ -36,6 +36,7 @@ from cascademl.tuning._orders import (
     search_orders_from_proba,
 )
 from cascademl.tuning._results import (
+    CombineArg,
     FrontierPoint,
     MinScore,
     OrderSearchResult,
@@ -46,6 +47,7 @@ from cascademl.tuning._scoring import single_stage_scores
 from cascademl.tuning._thresholds import score_thresholds, tune_cascade_from_proba
 
 __all__ = [
+    "CombineArg",
     "FrontierPoint",
     "MinScore",
     "OrderSearchResult",

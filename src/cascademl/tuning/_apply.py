@@ -12,7 +12,13 @@ from cascademl.exceptions import PolicyError
 from cascademl.policies import ConfidencePolicy, RoutingRule
 from cascademl.stages import stage_cost as _stage_cost
 from cascademl.tuning._orders import OrdersArg, _order_problem, search_orders_from_proba
-from cascademl.tuning._results import MinScore, OrderSearchResult, Scoring, TuningResult
+from cascademl.tuning._results import (
+    CombineArg,
+    MinScore,
+    OrderSearchResult,
+    Scoring,
+    TuningResult,
+)
 from cascademl.tuning._thresholds import tune_cascade_from_proba
 
 __all__ = ["apply_tuning", "search_orders", "tune_cascade"]
@@ -45,6 +51,7 @@ def tune_cascade(
     min_score: MinScore | None = None,
     scoring: Scoring = None,
     stage_cost: Sequence[float] | None = None,
+    combine: CombineArg | None = "auto",
     escalation_weight_grid: Sequence[float] | None = None,
     n_candidates: int = 64,
     n_lambdas: int = 12,
@@ -52,9 +59,14 @@ def tune_cascade(
 ) -> TuningResult:
     """Tune a fitted cascade's thresholds on a validation split (one model call per stage).
 
-    The measure, combiner and escalation weights are the cascade's (its routing rule);
-    the thresholds are tuned, and with ``escalation_weight_grid`` the escalation weight
-    too. Apply the result with [`apply_tuning`][cascademl.tuning.apply_tuning].
+    The measure is the cascade's; the thresholds are tuned and, by default
+    (``combine="auto"``), so are the combiner and the vote's escalation weight: the
+    thresholds are tuned for ``"last"``, for ``"vote"`` at each escalation weight and for
+    ``"mean"``, and the best under the same objective on the validation split is kept in
+    ``result.rule``. ``combine=None`` keeps the cascade's combiner and escalation weights
+    (tuning the weight only with ``escalation_weight_grid``). Apply the result with
+    [`apply_tuning`][cascademl.tuning.apply_tuning], which routes with the chosen
+    combiner.
 
     Args:
         cascade: a fitted cascade.
@@ -65,6 +77,8 @@ def tune_cascade(
         scoring: see `tune_cascade_from_proba`.
         stage_cost: cost per sample of each stage; defaults to each stage's
             ``cost_per_sample`` (1 per stage call when it has none).
+        combine: ``"auto"`` (the default), a combiner's name or a sequence of them (see
+            [`CombineArg`][cascademl.tuning.CombineArg]); ``None``: the cascade's own.
         escalation_weight_grid: see `tune_cascade_from_proba`.
         n_candidates: see `tune_cascade_from_proba`.
         n_lambdas: see `tune_cascade_from_proba`.
@@ -82,6 +96,7 @@ def tune_cascade(
         max_cost=max_cost,
         min_score=min_score,
         scoring=scoring,
+        combine=combine,
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
@@ -99,6 +114,7 @@ def search_orders(
     min_score: MinScore | None = None,
     scoring: Scoring = None,
     stage_cost: Sequence[float] | None = None,
+    combine: CombineArg | None = None,
     escalation_weight_grid: Sequence[float] | None = None,
     n_candidates: int = 64,
     n_lambdas: int = 12,
@@ -109,6 +125,9 @@ def search_orders(
     See [`search_orders_from_proba`][cascademl.tuning.search_orders_from_proba] for
     ``orders``: ``orders="subsets"`` also tries every sub-sequence of the stages, so that
     [`apply_tuning`][cascademl.tuning.apply_tuning] can drop the stages that do not pay.
+    ``combine`` is ``None`` by default, the cascade's own combiner: pass ``combine="auto"``
+    to choose it for each order as `tune_cascade` does (five tuning runs per order instead
+    of one).
     """
     return search_orders_from_proba(
         **_cascade_problem(cascade, X_val, y_val, stage_cost),
@@ -116,6 +135,7 @@ def search_orders(
         max_cost=max_cost,
         min_score=min_score,
         scoring=scoring,
+        combine=combine,
         escalation_weight_grid=escalation_weight_grid,
         n_candidates=n_candidates,
         n_lambdas=n_lambdas,
@@ -147,7 +167,8 @@ def apply_tuning(
     The new cascade holds the stages of the tuned order only, in that order, under their
     names: a result for a sub-sequence of the stages (from ``orders="subsets"``) drops the
     others. Its policy, combiner and escalation weights are those of ``result.rule``
-    (the cascade's own unless the escalation weight was tuned). The trained stages are
+    (the cascade's own unless the tuner chose them: `tune_cascade` chooses the combiner
+    by default). The trained stages are
     reused, never retrained, and no data is needed: the new cascade is built with
     [`CascadeClassifier.from_fitted`][cascademl.CascadeClassifier.from_fitted] and keeps
     the classes, ``n_features_in_`` and ``feature_names_in_`` of ``cascade``.

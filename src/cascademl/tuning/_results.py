@@ -8,10 +8,17 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
-from cascademl._typing import FloatArray
+from cascademl._typing import CombineMethod, FloatArray
 from cascademl.policies import ConfidencePolicy, RoutingRule
 
-__all__ = ["FrontierPoint", "MinScore", "OrderSearchResult", "Scoring", "TuningResult"]
+__all__ = [
+    "CombineArg",
+    "FrontierPoint",
+    "MinScore",
+    "OrderSearchResult",
+    "Scoring",
+    "TuningResult",
+]
 
 Scoring: TypeAlias = str | Callable[..., float] | None
 """What to maximise (higher is better):
@@ -32,6 +39,20 @@ callables are called once per configuration."""
 
 MinScore: TypeAlias = float | Literal["best_stage"]
 """A score target; ``"best_stage"``: at least the score of the best stage used alone."""
+
+CombineArg: TypeAlias = Literal["auto", "vote", "last", "mean"] | Sequence[CombineMethod]
+"""Which combiners a tuner tries (see [`combine_votes`][cascademl.voting.combine_votes]):
+
+* ``"auto"``: ``"last"`` (the exiting stage decides), ``"vote"`` (the paper's vote, with
+  each escalation weight of ``escalation_weight_grid``, by default 0.25, 0.5 and 0.75) and
+  ``"mean"`` (every visited stage votes alike); the best under the tuning objective is kept;
+* one name: that combiner only;
+* a sequence of names: the best of those.
+
+Each candidate combiner (and weight) is one threshold search, so ``"auto"`` costs five
+searches where one name costs one. Between candidates of equal score the cheaper wins, then
+the earlier: ``"last"``, then ``"vote"`` by increasing weight, then ``"mean"`` with
+``"auto"``."""
 
 _COST_RTOL = 1e-9
 _MAX_SWEEPS = 20
@@ -61,7 +82,9 @@ class TuningResult:
 
     Attributes:
         rule: the tuned [`RoutingRule`][cascademl.RoutingRule] (measure, thresholds,
-            combiner and escalation weights, one per stage in the order ``order``).
+            combiner and escalation weights, one per stage in the order ``order``); with
+            ``combine="auto"`` or several combiners, ``rule.combine`` and
+            ``rule.escalation_weights`` are the ones chosen.
         policy: the chosen [`ConfidencePolicy`][cascademl.ConfidencePolicy] (one threshold
             per non-final stage, in the order ``order``).
         score: the chosen point's validation score.

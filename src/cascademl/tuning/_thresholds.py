@@ -7,7 +7,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from cascademl._typing import (
 )
 from cascademl.exceptions import PolicyError
 from cascademl.policies import ConfidencePolicy, RoutingRule
-from cascademl.tuning._results import FrontierPoint, MinScore, Scoring, TuningResult
+from cascademl.tuning._results import CombineArg, FrontierPoint, MinScore, Scoring, TuningResult
 from cascademl.tuning._scoring import (
     _check_sample_weight,
     _resolve_scoring,
@@ -30,8 +30,15 @@ from cascademl.tuning._scoring import (
     single_stage_scores,
 )
 from cascademl.tuning._search import _Problem, _tune_one
+from cascademl.voting import COMBINE_METHODS, escalation_weights
 
 __all__ = ["score_thresholds", "tune_cascade_from_proba"]
+
+#: The combiners ``combine="auto"`` tries, in the order that breaks ties.
+_AUTO_COMBINERS: tuple[CombineMethod, ...] = ("last", "vote", "mean")
+#: The vote's escalation weights ``combine="auto"`` tries without ``escalation_weight_grid``
+#: (0 and 1 are ``"last"`` and ``"mean"``, tried anyway).
+_AUTO_WEIGHTS: tuple[float, ...] = (0.25, 0.5, 0.75)
 
 
 def _validate_inputs(  # noqa: PLR0917 - private; every caller passes all of them
@@ -160,17 +167,84 @@ def _weight_rules(rule: RoutingRule, grid: Sequence[float] | None) -> list[Routi
     """One rule per candidate escalation weight (the same weight for every stage)."""
     if grid is None:
         return [rule]
-    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or len(grid) == 0:
-        msg = f"escalation_weight_grid must be a non-empty sequence of weights, got {grid!r}"
-        raise PolicyError(msg)
     if rule.combine != "vote":
         msg = (
             f"escalation_weight_grid needs the rule's combine='vote' (a weight of 0 is the "
             f"exiting stage alone), got combine={rule.combine!r}"
         )
         raise PolicyError(msg)
-    weights = list(dict.fromkeys(grid))
+    weights = _check_weight_grid(grid)
     return [dataclasses.replace(rule, escalation_weights=(w,) * rule.n_stages) for w in weights]
+
+
+def _check_weight_grid(grid: Sequence[float]) -> list[float]:
+    """The distinct weights of ``escalation_weight_grid``, in their order."""
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or len(grid) == 0:
+        msg = f"escalation_weight_grid must be a non-empty sequence of weights, got {grid!r}"
+        raise PolicyError(msg)
+    weights = list(dict.fromkeys(grid))
+    return [float(w) for w in escalation_weights(weights, len(weights))]
+
+
+def _check_combine(combine: object) -> tuple[CombineMethod, ...]:
+    """The combiner names that ``combine`` (``"auto"``, a name or a sequence of names) tries."""
+    if isinstance(combine, str) and combine == "auto":
+        return _AUTO_COMBINERS
+    if isinstance(combine, str) and combine in COMBINE_METHODS:
+        return (combine,)
+    if (
+        not isinstance(combine, (str, bytes))
+        and isinstance(combine, Sequence)
+        and len(combine) > 0
+        and all(isinstance(c, str) and c in COMBINE_METHODS for c in combine)
+    ):
+        return tuple(dict.fromkeys(cast("Sequence[CombineMethod]", combine)))
+    msg = (
+        f"combine must be 'auto', one of {COMBINE_METHODS}, a non-empty sequence of them or "
+        f"None (the rule's own), got {combine!r}"
+    )
+    raise PolicyError(msg)
+
+
+def _combiner_rules(
+    rule: RoutingRule, combine: CombineArg | None, grid: Sequence[float] | None
+) -> list[RoutingRule]:
+    """The candidate rules: ``rule`` with each combiner of ``combine`` (and vote weight).
+
+    ``combine=None`` keeps the rule's combiner (and its weights, or each weight of
+    ``grid``). Otherwise the vote gets each weight of ``grid``, or with ``"auto"`` and no
+    grid each weight of ``_AUTO_WEIGHTS``, or else the rule's weights. A vote weight
+    of 0 is the same rule as ``"last"`` and a weight of 1 the same as ``"mean"``: when that
+    combiner is also a candidate, the duplicate is not searched twice.
+    """
+    if combine is None:
+        return _weight_rules(rule, grid)
+    names = _check_combine(combine)
+    if grid is not None and "vote" not in names:
+        msg = (
+            f"escalation_weight_grid needs 'vote' among the combiners (the weights are the "
+            f"vote's), got combine={combine!r}"
+        )
+        raise PolicyError(msg)
+    vote = dataclasses.replace(rule, combine="vote")
+    if grid is None and names is _AUTO_COMBINERS:
+        grid = _AUTO_WEIGHTS
+    rules: list[RoutingRule] = []
+    for name in names:
+        if name != "vote":
+            rules.append(dataclasses.replace(rule, combine=name))
+            continue
+        for candidate in _weight_rules(vote, grid):
+            (weight, *_) = candidate.escalation_weights
+            same = {0.0: "last", 1.0: "mean"}.get(weight) if grid is not None else None
+            if same not in names:
+                rules.append(candidate)
+    return rules
+
+
+def _default_combine(combine: CombineArg | None, rule: RoutingRule | None) -> CombineArg | None:
+    """``combine=None`` is the given rule's combiner, or ``"auto"`` when no rule is given."""
+    return "auto" if combine is None and rule is None else combine
 
 
 def _pick(results: Sequence[TuningResult], *, by_cost: bool) -> int | None:
@@ -237,6 +311,7 @@ def tune_cascade_from_proba(
     max_cost: float | None = None,
     min_score: MinScore | None = None,
     scoring: Scoring = None,
+    combine: CombineArg | None = None,
     escalation_weight_grid: Sequence[float] | None = None,
     n_candidates: int = 64,
     n_lambdas: int = 12,
@@ -252,6 +327,12 @@ def tune_cascade_from_proba(
     (``"best_stage"``: no worse than the best stage alone); with neither, maximise the score
     (the cheapest such policy). Ties go to the cheaper policy.
 
+    Without a ``rule``, the combiner and the vote's escalation weight are chosen too
+    (``combine="auto"``): the thresholds are tuned for ``"last"``, for ``"vote"`` at each
+    escalation weight and for ``"mean"``, and the best under the same objective, on the same
+    data, is kept in ``result.rule``. A given ``rule`` keeps its combiner and weights unless
+    ``combine`` says otherwise.
+
     Args:
         stage_proba: array of shape (n_stages, n_samples, n_classes) from
             [`stage_probabilities`][cascademl.tuning.stage_probabilities] on a validation
@@ -259,18 +340,25 @@ def tune_cascade_from_proba(
         y: array-like of shape (n_samples,), the validation labels.
         classes: array-like of shape (n_classes,), the labels of the columns.
         rule: the [`RoutingRule`][cascademl.RoutingRule] whose thresholds are tuned: its
-            measure, combiner and escalation weights are kept, its thresholds ignored.
-            Defaults to ``RoutingRule.from_params(None, n_stages=n_stages)`` (max-probability,
-            ``"vote"`` with escalation weight 0.5).
+            measure is kept, its thresholds ignored, and its combiner and escalation weights
+            kept when ``combine`` is ``None``. Defaults to max-probability confidence with
+            the combiner chosen (``combine="auto"``).
         stage_cost: the cost of one sample at each stage (FLOPs, seconds, any unit); a
             sample pays for every stage it visits. Defaults to 1 per stage call.
         max_cost: the mean-cost budget per sample.
         min_score: the score target, or ``"best_stage"``.
         scoring: see [`Scoring`][cascademl.tuning.Scoring]; accuracy by default.
-        escalation_weight_grid: candidate escalation weights (one shared by all stages),
-            tuned with the thresholds; the best is kept in ``result.rule``. ``0`` is the
-            exiting stage alone (``combine="last"``). Needs the rule's ``combine="vote"``.
-            ``None`` keeps the rule's weights.
+        combine: which combiners to try (see [`CombineArg`][cascademl.tuning.CombineArg]):
+            ``"auto"`` (``"last"``, ``"vote"`` and ``"mean"``), one name (that combiner,
+            with the rule's escalation weights) or a sequence of names. ``None`` (the
+            default): the rule's combiner, or ``"auto"`` without a rule.
+            ``combine="vote"`` without a rule is the cascade's default rule (escalation
+            weight 0.5), as tuned before ``"auto"`` existed.
+        escalation_weight_grid: candidate escalation weights of ``"vote"`` (one shared by
+            all stages), tuned with the thresholds; the best is kept in ``result.rule``.
+            ``0`` is the exiting stage alone (as ``"last"``) and ``1`` every visited stage
+            alike (as ``"mean"``). Needs ``"vote"`` among the combiners tried. ``None``:
+            0.25, 0.5 and 0.75 with ``combine="auto"``, the rule's weights otherwise.
         n_candidates: candidate thresholds per stage (at quantiles of its confidence).
         n_lambdas: cost penalties used to trace the frontier.
         stage_names: names for the report; ``stage0``, ``stage1``... by default.
@@ -309,12 +397,22 @@ def tune_cascade_from_proba(
         ... )
         >>> cheap.mean_cost <= 5.0
         True
+
+        Without a rule the combiner is chosen too (every combiner reaches 1.0 here, and
+        ties go to the first candidate, "last"):
+
+        >>> auto = tune_cascade_from_proba(
+        ...     np.stack([weak, strong]), y, classes=[0, 1], stage_cost=[1.0, 10.0]
+        ... )
+        >>> auto.rule.combine, auto.score
+        ('last', 1.0)
     """
     _check_constraints(max_cost, min_score)
     p, y_idx, labels, costs, names, weights = _validate_inputs(
         stage_proba, y, classes, stage_cost, n_candidates, stage_names, sample_weight
     )
     base = _check_rule(rule, p.shape[0])
+    candidates = _combiner_rules(base, _default_combine(combine, rule), escalation_weight_grid)
     score = _resolve_scoring(scoring)
     if weights is not None:
         score.check_weighted()
@@ -324,7 +422,7 @@ def tune_cascade_from_proba(
         y_idx,
         labels,
         costs,
-        _weight_rules(base, escalation_weight_grid),
+        candidates,
         names=names,
         order=tuple(range(p.shape[0])),
         n_stages=p.shape[0],
@@ -371,8 +469,9 @@ def score_thresholds(
             [`RoutingRule`][cascademl.RoutingRule] (such as a tuning result's ``rule``).
         classes: array-like of shape (n_classes,), the labels of the columns.
         rule: with threshold numbers, the rule (measure, combiner, escalation weights) to
-            route with; its thresholds are replaced. Defaults as in
-            [`tune_cascade_from_proba`][cascademl.tuning.tune_cascade_from_proba].
+            route with; its thresholds are replaced. Defaults to max-probability confidence
+            and ``"vote"`` with escalation weight 0.5, which need not be the combiner a
+            tuner chose: to score a tuning result, pass its ``rule`` as ``thresholds``.
         stage_cost: the cost of one sample at each stage; defaults to 1 per stage call.
         scoring: see [`Scoring`][cascademl.tuning.Scoring]; accuracy by default.
         measure: deprecated, use ``rule``.
