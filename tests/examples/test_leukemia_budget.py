@@ -3,6 +3,7 @@
 A fake step timer and a fake clock stand in for the machine, so nothing here trains.
 """
 
+import dataclasses
 import itertools
 import json
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from examples.leukemia import budget
 from examples.leukemia.__main__ import _parser, _time_budget
+from examples.leukemia.backbones import train_backbones
 from examples.leukemia.budget import (
     FIXED_SECONDS,
     MAX_EPOCHS,
@@ -21,6 +23,7 @@ from examples.leukemia.budget import (
     ladder_sizes,
     plan_epochs,
 )
+from examples.leukemia.experiment import prepare_data
 from examples.leukemia.presets import CPU, SMOKE
 from examples.leukemia.training import TrainConfig, _Parts, _schedule
 
@@ -241,3 +244,46 @@ def test_a_budget_too_small_for_one_epoch_each_warns(tmp_path, caplog):
     planner = make_planner(tmp_path, FakeClock(), minutes=0.5)
     assert [planner.plan(s.timm_name).epochs for s in SMOKE.backbones] == [1, 1]
     assert "even one epoch per backbone is expected to take" in caplog.text
+
+
+def test_the_backbones_train_their_planned_epochs_down_to_a_zero_rate(leukemia_root, tmp_path):
+    """The plan reaches the training: its epochs and sizes, and the linear decay to zero."""
+    preset = dataclasses.replace(SMOKE, patience=10, stain_normalize=False)
+    data = prepare_data(leukemia_root, preset, tmp_path, skip_bad=False)
+    counts = data.manifest.counts()
+    workload = Workload(
+        train_items=2 * sum(counts["train"].values()),
+        val_images=sum(counts["val"].values()),
+        test_images=sum(counts["test"].values()),
+    )
+    # Probed far slower than the test models train, so that no cut interferes.
+    planner = BudgetPlanner(
+        preset,
+        tmp_path,
+        minutes=30.0,
+        workload=workload,
+        spent=0.0,
+        timer=lambda *_args, **_kwargs: (30.0, 10.0),
+        clock=FakeClock(),
+    )
+    planned = {s.name: planner.plan(s.timm_name) for s in preset.backbones}
+    assert max(p.epochs for p in planned.values()) > preset.epochs
+    trained = train_backbones(
+        preset,
+        data.manifest,
+        data.images,
+        tmp_path,
+        stain=data.stain,
+        device="cpu",
+        checkpoints={},
+        allow_download=False,
+        progress=False,
+        planner=planner,
+    )
+    for name, history in trained.histories.items():
+        assert len(history) == planned[name].epochs
+        assert history[-1]["lr"] == 0.0
+    for (name, stage), spec in zip(trained.stages, preset.backbones, strict=True):
+        assert stage.input_size[-1] == planned[name].image_size == spec.image_size
+    saved = json.loads((tmp_path / PLAN_FILE).read_text())
+    assert saved["trained"]["test_resnet"]["epochs_run"] == planned["TestResNet"].epochs
