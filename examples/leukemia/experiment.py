@@ -58,7 +58,7 @@ from .backbones import (
     train_backbones,
     warn_if_slow_precision,
 )
-from .budget import BudgetPlanner, Workload, plan_markdown
+from .budget import PLAN_FILE, BudgetPlanner, Workload, plan_markdown
 from .data import DatasetScan, LeukemiaDataError, SplitManifest, mask_bottom_strip, prepare_split
 from .ordering import ORDER_RULES, OrderResult, TunedOrder, evaluate_order, order_and_tune
 from .predict import _save_model, images_to_tensor
@@ -67,7 +67,7 @@ from .results import CASCADE, CostSummary, ExperimentResults, ExperimentSummary
 from .runlock import lock_output, releases_output_locks
 from .sections import report_sections, write_figures
 from .shortcuts import ShortcutAudit, shortcut_audit
-from .training import check_batch_size
+from .training import CHECKPOINT_NAME, check_batch_size
 from .transforms import NormalizedImages, StainNormalizer, fit_stain_normalizer, load_images
 
 __all__ = [
@@ -483,6 +483,14 @@ def _planner(
         return None
     if distributed.current().distributed:
         logger.warning("the time budget is for one process; %s min ignored", minutes)
+        return None
+    if not (out / PLAN_FILE).is_file() and any(out.glob(f"models/*/{CHECKPOINT_NAME}")):
+        logger.warning(
+            "%s holds checkpoints of a run with fixed epochs; resuming it with them (the "
+            "%g min time budget applies to a new --out)",
+            out,
+            minutes,
+        )
         return None
     counts = data.manifest.counts()
     n_train = sum(counts["train"].values())

@@ -23,7 +23,7 @@ from examples.leukemia.budget import (
     ladder_sizes,
     plan_epochs,
 )
-from examples.leukemia.experiment import prepare_data
+from examples.leukemia.experiment import _planner, prepare_data
 from examples.leukemia.presets import CPU, SMOKE
 from examples.leukemia.training import TrainConfig, _Parts, _schedule
 
@@ -286,3 +286,12 @@ def test_the_backbones_train_their_planned_epochs_down_to_a_zero_rate(leukemia_r
         assert stage.input_size[-1] == planned[name].image_size == spec.image_size
     saved = json.loads((tmp_path / PLAN_FILE).read_text())
     assert saved["trained"]["test_resnet"]["epochs_run"] == planned["TestResNet"].epochs
+
+
+def test_a_fixed_run_resumes_with_its_fixed_epochs(tmp_path, caplog):
+    """A folder with checkpoints and no plan is an earlier fixed run: no plan is made."""
+    (tmp_path / "models" / "test_resnet").mkdir(parents=True)
+    (tmp_path / "models" / "test_resnet" / "checkpoint.pt").write_bytes(b"")
+    assert _planner(SMOKE, None, tmp_path, minutes=60.0, spent=0.0, device="cpu") is None
+    assert "resuming it with them" in caplog.text
+    assert not (tmp_path / PLAN_FILE).exists()
