@@ -47,10 +47,10 @@ def fake_timer(name, size, batch_size, **_kwargs):
     return step, step / 3
 
 
-def cpu_probes(sizes=None):
+def cpu_probes():
     probes = {}
     for spec in CPU.backbones:
-        for size in sizes or ladder_sizes(spec):
+        for size in ladder_sizes(spec):
             step, infer = fake_timer(spec.timm_name, size, spec.batch_size)
             probes[spec.timm_name, size] = Probe(
                 spec.timm_name, size, spec.batch_size, step, infer / spec.batch_size
@@ -295,3 +295,17 @@ def test_a_fixed_run_resumes_with_its_fixed_epochs(tmp_path, caplog):
     assert _planner(SMOKE, None, tmp_path, minutes=60.0, spent=0.0, device="cpu") is None
     assert "resuming it with them" in caplog.text
     assert not (tmp_path / PLAN_FILE).exists()
+
+
+def test_the_preset_epochs_may_use_the_margin_and_the_extras_may_not():
+    fixed = [CPU.train_config(spec).epochs for spec in CPU.backbones]
+    base = {(s.timm_name, s.image_size) for s in CPU.backbones}
+    probes = {key: probe for key, probe in cpu_probes().items() if key in base}
+    fixed_plan = plan_epochs(CPU.backbones, fixed, probes, WORKLOAD, 1e9, max_epochs=2)
+    need = sum(p.seconds for p in fixed_plan)
+    assert [p.epochs for p in fixed_plan] == fixed
+    margin = 0.1 * need
+    plans = plan_epochs(CPU.backbones, fixed, probes, WORKLOAD, need + 1, margin=margin)
+    assert [p.epochs for p in plans] == fixed  # inside the margin, and nothing more
+    roomy = plan_epochs(CPU.backbones, fixed, probes, WORKLOAD, 3 * need, margin=margin)
+    assert need < sum(p.seconds for p in roomy) <= 3 * need - margin
