@@ -1,6 +1,8 @@
 """Time a few training steps per backbone and extrapolate a CPU epoch time.
 
-The ``cpu`` preset of ``examples.leukemia`` was sized with this script. Each probe builds a
+The ``cpu`` preset of ``examples.leukemia`` was sized with this script; a time-budgeted run
+(``run --time-budget``) times its backbones with the same code,
+:func:`examples.leukemia.budget.time_steps`. Each probe builds a
 timm backbone from scratch, runs two warm-up steps and ``--steps`` timed steps of
 forward + backward + AdamW on random inputs, and extrapolates the time of one training
 epoch over ``--train-images`` images (doubled when ``--doubling`` is on, as the example
@@ -23,18 +25,14 @@ Numbers depend on the machine and its load; rerun on the target machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import time
 from collections.abc import Sequence
-from typing import Any
 
-import timm
 import torch
+from examples.leukemia.budget import MIN_SIZE, time_steps
 from examples.leukemia.presets import get_preset
 from examples.leukemia.training import PRECISIONS
-from torch import nn
 
 from _machine import machine_lines
 from cascademl.inference import resolve_precision
@@ -42,74 +40,6 @@ from cascademl.inference import resolve_precision
 logger = logging.getLogger("leukemia_epoch_time")
 
 DEFAULT_MODELS = ("efficientnet_b0", "inception_v3", "vgg19_bn", "resnet50", "densenet201")
-#: Smallest input each architecture accepts (InceptionV3's stride-2 stem needs 75 px).
-MIN_SIZE = {"inception_v3": 75}
-
-
-def time_steps(
-    name: str,
-    image_size: int,
-    batch_size: int,
-    *,
-    steps: int,
-    bf16: bool,
-    channels_last: bool,
-    fused: bool,
-    warmup: int = 2,
-    model_kwargs: dict[str, Any] | None = None,
-) -> tuple[float, float]:
-    """Measure the mean seconds of one training step and of one inference batch.
-
-    Args:
-        name: timm model name.
-        image_size: Square input size in pixels.
-        batch_size: Images per step.
-        steps: Timed steps after the warm-up steps.
-        bf16: Run forward passes under CPU bfloat16 autocast.
-        channels_last: Use the channels-last memory format for model and inputs.
-        fused: Use the fused AdamW implementation.
-        warmup: Untimed steps first (oneDNN picks its kernels on the first calls).
-        model_kwargs: More arguments for ``timm.create_model`` (a preset's ``mlp_ratio``).
-
-    Returns:
-        Seconds per training step and seconds per inference batch.
-    """
-    generator = torch.Generator().manual_seed(0)
-    model: nn.Module = timm.create_model(
-        name, pretrained=False, num_classes=4, **(model_kwargs or {})
-    )
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
-    inputs = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
-    inputs = inputs.contiguous(memory_format=memory_format)
-    targets = torch.randint(0, 4, (batch_size,), generator=generator)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def autocast() -> contextlib.AbstractContextManager[object]:
-        if bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    model.train()
-    train_times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            logits = model(inputs)
-        loss = loss_fn(logits.float(), targets)
-        loss.backward()
-        optimizer.step()
-        if step >= warmup:
-            train_times.append(time.perf_counter() - start)
-    model.eval()
-    with torch.inference_mode(), autocast():
-        model(inputs)
-        start = time.perf_counter()
-        model(inputs)
-        infer_time = time.perf_counter() - start
-    return sum(train_times) / len(train_times), infer_time
 
 
 def main(argv: Sequence[str] | None = None) -> int:

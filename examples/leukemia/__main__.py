@@ -35,6 +35,7 @@ from cascademl.exceptions import CascadeMLError
 
 from . import distributed
 from .audit import run_audit
+from .budget import DEFAULT_TIME_BUDGETS
 from .data import BadImageError, LeukemiaDataError, load_rgb
 from .experiment import run_experiment
 from .ordering import ORDER_RULES
@@ -119,6 +120,15 @@ def _parser() -> argparse.ArgumentParser:
         "neg_log_loss (default) or accuracy",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--time-budget",
+        type=_minutes,
+        default=None,
+        metavar="MINUTES",
+        help="plan epochs and input sizes on this machine so the whole run fits MINUTES "
+        "(default: 60 for the cpu preset, none for the others; 0: the preset's fixed "
+        "epochs; --set epochs=N also fixes them)",
+    )
 
     audit = sub.add_parser(
         "audit",
@@ -274,6 +284,32 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+def _minutes(value: str) -> float:
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = math.nan
+    if not minutes >= 0 or math.isinf(minutes):
+        msg = f"--time-budget must be a number of minutes >= 0, got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return minutes
+
+
+def _time_budget(args: argparse.Namespace) -> float | None:
+    """The run's time budget in minutes: given, or the preset's default; ``None``: off."""
+    fixed = [
+        o for o in args.overrides if o.partition("=")[0].strip().rsplit(".", 1)[-1] == "epochs"
+    ]
+    minutes = args.time_budget
+    if fixed:
+        if minutes:
+            logger.warning("%s: fixed epochs, --time-budget %g ignored", fixed[0], minutes)
+        return None
+    if minutes is None:
+        minutes = DEFAULT_TIME_BUDGETS.get(args.preset)
+    return minutes or None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -296,6 +332,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             order=args.order,
             scoring=args.scoring,
             progress=not args.no_progress,
+            time_budget=_time_budget(args),
         )
     if not distributed.from_environment().main:
         return 0  # rank 0 prints the summary

@@ -6,6 +6,7 @@ computed once and shared by the tuning, the tests and the shortcut audit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from cascademl.tuning import (
     stage_probabilities,
 )
 
+from .budget import BudgetPlanner
 from .data import (
     CLASS_NAMES,
     SplitManifest,
@@ -291,15 +293,31 @@ def train_backbones(
     checkpoints: Mapping[str, str],
     allow_download: bool,
     progress: bool,
+    planner: BudgetPlanner | None = None,
 ) -> TrainedBackbones:
-    """Train (or resume, or reuse) every backbone and wrap each as a `TorchStage`."""
+    """Train (or resume, or reuse) every backbone and wrap each as a `TorchStage`.
+
+    With a ``planner`` (a time budget) each backbone trains for its planned epochs at its
+    planned size, with the learning rate decaying linearly to zero; after each one the
+    planner may cut the later ones (see :mod:`.budget`).
+    """
     # The same for every backbone: taken once (each subset is a copy of the split's images).
     train_x, train_y = images.subset(manifest, "train"), manifest.targets("train")
     val_x, val_y = images.subset(manifest, "val"), manifest.targets("val")
     weights = class_weights(train_y, len(manifest.classes))
     trained = TrainedBackbones([], {}, {})
-    for spec in preset.backbones:
-        logger.info("training %s (%s @ %d px)", spec.name, spec.timm_name, spec.image_size)
+    for preset_spec in preset.backbones:
+        spec = preset_spec if planner is None else planner.apply(preset_spec)
+        config = preset.train_config(spec)
+        if planner is not None:
+            config = dataclasses.replace(config, schedule="linear")
+        logger.info(
+            "training %s (%s @ %d px, %d epochs)",
+            spec.name,
+            spec.timm_name,
+            spec.image_size,
+            config.epochs,
+        )
         model = create_backbone(
             spec.timm_name,
             num_classes=len(manifest.classes),
@@ -316,7 +334,7 @@ def train_backbones(
             model,
             ImageArrayDataset(train_x, train_y, prep, augment=augment, double=preset.doubling),
             ImageArrayDataset(val_x, val_y, prep),
-            config=preset.train_config(spec),
+            config=config,
             out_dir=out / "models" / spec.timm_name,
             weights=weights,
             device=device,
@@ -326,6 +344,11 @@ def train_backbones(
         trained.stages.append((spec.name, _stage(spec, result.model, preset, device)))
         trained.histories[spec.name] = _history_dicts(result)
         trained.training[spec.name] = BackboneTraining.from_result(result)
+        if planner is not None:
+            done = trained.training[spec.name]
+            planner.finished(
+                spec.timm_name, epochs_run=done.epochs_run, train_seconds=done.train_seconds
+            )
     return trained
 
 

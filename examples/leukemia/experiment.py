@@ -58,6 +58,7 @@ from .backbones import (
     train_backbones,
     warn_if_slow_precision,
 )
+from .budget import PLAN_FILE, BudgetPlanner, Workload, plan_markdown
 from .data import DatasetScan, LeukemiaDataError, SplitManifest, mask_bottom_strip, prepare_split
 from .ordering import ORDER_RULES, OrderResult, TunedOrder, evaluate_order, order_and_tune
 from .predict import _save_model, images_to_tensor
@@ -66,7 +67,7 @@ from .results import CASCADE, CostSummary, ExperimentResults, ExperimentSummary
 from .runlock import lock_output, releases_output_locks
 from .sections import report_sections, write_figures
 from .shortcuts import ShortcutAudit, shortcut_audit
-from .training import check_batch_size
+from .training import CHECKPOINT_NAME, check_batch_size
 from .transforms import NormalizedImages, StainNormalizer, fit_stain_normalizer, load_images
 
 __all__ = [
@@ -113,6 +114,7 @@ def run_experiment(
     order: str = "accuracy",
     scoring: str = "neg_log_loss",
     progress: bool = False,
+    time_budget: float | None = None,
 ) -> ExperimentSummary:
     """Run the paper's experiment end to end and write the results folder.
 
@@ -152,6 +154,10 @@ def run_experiment(
         scoring: What the thresholds maximise on validation: a scikit-learn scorer name
             (``"neg_log_loss"``, ``"accuracy"``, ``"balanced_accuracy"``...).
         progress: Show progress bars.
+        time_budget: Minutes the whole run may take: the backbones' epochs and input sizes
+            are planned for this machine to fit them (see :mod:`.budget`; ``OUT/plan.json``).
+            ``None``: the preset's fixed epochs. Ignored, with a warning, under several
+            processes.
 
     Returns:
         The headline numbers.
@@ -169,6 +175,8 @@ def run_experiment(
     torch.manual_seed(preset.seed)
 
     data = prepare_data(data_root, preset, out, skip_bad=skip_bad)
+    spent = time.perf_counter() - started
+    planner = _planner(preset, data, out, minutes=time_budget, spent=spent, device=device)
     trained = train_backbones(
         preset,
         data.manifest,
@@ -179,6 +187,7 @@ def run_experiment(
         checkpoints=weights,
         allow_download=allow_download,
         progress=progress,
+        planner=planner,
     )
     if not ranks.main:  # rank 0 alone tunes, tests and writes; this rank takes its summary
         return distributed.share(None, ExperimentSummary)
@@ -236,6 +245,7 @@ def run_experiment(
         cost=tested.cost,
         shortcuts=shortcuts,
         seconds=time.perf_counter() - started,
+        time_budget=planner.to_json(time.perf_counter() - started) if planner else None,
     )
     write_results(results, out, figures)
     return distributed.share(results.summary(out), ExperimentSummary)
@@ -465,10 +475,41 @@ def _references(scores: BackboneScores, data: SplitData) -> dict[str, tuple[floa
     return references
 
 
+def _planner(
+    preset: Preset, data: SplitData, out: Path, *, minutes: float | None, spent: float, device: str
+) -> BudgetPlanner | None:
+    """The time budget's planner (it probes and plans, or reloads ``OUT/plan.json``)."""
+    if minutes is None:
+        return None
+    if distributed.current().distributed:
+        logger.warning("the time budget is for one process; %s min ignored", minutes)
+        return None
+    if not (out / PLAN_FILE).is_file() and any(out.glob(f"models/*/{CHECKPOINT_NAME}")):
+        logger.warning(
+            "%s holds checkpoints of a run with fixed epochs; resuming it with them (the "
+            "%g min time budget applies to a new --out)",
+            out,
+            minutes,
+        )
+        return None
+    counts = data.manifest.counts()
+    n_train = sum(counts["train"].values())
+    workload = Workload(
+        train_items=n_train * (2 if preset.doubling else 1),
+        val_images=sum(counts["val"].values()),
+        test_images=sum(counts["test"].values()),
+    )
+    return BudgetPlanner(
+        preset, out, minutes=minutes, workload=workload, spent=spent, device=device
+    )
+
+
 def write_results(results: ExperimentResults, out: Path, figures: Mapping[str, Path]) -> None:
     """Write ``metrics.json`` and ``report.md`` (the figures are written already)."""
     _files.write_text(out / "metrics.json", json.dumps(results.to_json(), indent=2, default=str))
     sections = {**report_sections(results), **results.shortcuts.report_sections()}
+    if results.time_budget is not None:
+        sections["Time budget"] = plan_markdown(results.time_budget)
     report.write_markdown_report(
         out / "report.md",
         results.test,

@@ -115,6 +115,8 @@ class ExperimentResults:
         cost: What the backbones and the cascade cost.
         shortcuts: The shortcut audit.
         seconds: Wall time of the run.
+        time_budget: The time budget's plan and what it took (:mod:`.budget`), or ``None``
+            for a run with the preset's fixed epochs.
     """
 
     preset: Preset
@@ -138,6 +140,7 @@ class ExperimentResults:
     cost: CostSummary
     shortcuts: ShortcutAudit
     seconds: float
+    time_budget: Mapping[str, Any] | None = None
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -199,4 +202,6 @@ class ExperimentResults:
             # Per-sample test labels of every cascade configuration, for summaries over seeds.
             "test_predictions": dict(self.shortcuts.test_predictions),
             "seconds": self.seconds,
+            # Only with a time budget, so that a fixed run's file is as before.
+            **({"time_budget": dict(self.time_budget)} if self.time_budget is not None else {}),
         }

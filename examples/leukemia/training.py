@@ -81,6 +81,8 @@ HISTORY_NAME: Final = "history.json"
 _FORMAT: Final = 2
 #: Precisions a training run may ask for (``"auto"``: bfloat16 only where it is native).
 PRECISIONS: Final = ("auto", "fp32", "bf16")
+#: Learning-rate decays after the warm-up (both reach zero at the last planned step).
+SCHEDULES: Final = ("cosine", "linear")
 
 
 class TrainingError(RuntimeError):
@@ -108,7 +110,7 @@ class TrainConfig:
         lr: Peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         patience: Epochs without a better validation accuracy before stopping.
-        warmup_epochs: Linear warm-up length before the cosine decay, in epochs.
+        warmup_epochs: Linear warm-up length before the decay, in epochs.
         label_smoothing: Cross-entropy label smoothing.
         ema_decay: Decay of the weight average that is validated and kept (``None``: no
             average, the trained weights themselves). The decay ramps up from 0 over the
@@ -126,6 +128,9 @@ class TrainConfig:
             the GPU trains on them; the workers are seeded from ``seed`` and the epoch, so
             a run stays repeatable for a given ``num_workers``.
         seed: Seed of initialization, shuffling, dropout and augmentation.
+        schedule: The decay after the warm-up, to zero at the last of ``epochs``:
+            ``"cosine"`` (the presets') or ``"linear"`` (a time-budgeted run's, see
+            :mod:`.budget`).
     """
 
     epochs: int = 10
@@ -141,9 +146,13 @@ class TrainConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     seed: int = 0
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         """Validate the settings."""
+        if self.schedule not in SCHEDULES:
+            msg = f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
+            raise ValueError(msg)
         if self.precision not in PRECISIONS:
             msg = f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}"
             raise ValueError(msg)
@@ -436,12 +445,22 @@ def _evaluate(
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def _schedule(
+    total_steps: int, warmup_steps: int, *, linear: bool = False
+) -> Callable[[int], float]:
+    """The learning-rate factor after ``step`` steps: warm-up, then a decay to zero.
+
+    The decay is a half cosine, or with ``linear`` a straight line (a time budget's), and
+    reaches zero after ``total_steps`` steps.
+    """
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if linear:
+            return 1.0 - progress
+        return 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
@@ -528,7 +547,10 @@ def train_model(
     checkpoint_path = folder / CHECKPOINT_NAME
     best_path = folder / BEST_NAME
     parts = _Parts.build(model, config, len(train_set), weights, torch.device(device), ranks=ranks)  # type: ignore[arg-type]
-    identity = json.loads(json.dumps({"config": asdict(config), **(fingerprint or {})}))
+    settings = asdict(config)
+    if settings["schedule"] == "cosine":  # left out, so that earlier runs' checkpoints resume
+        del settings["schedule"]
+    identity = json.loads(json.dumps({"config": settings, **(fingerprint or {})}))
     state: dict[str, Any] = {
         "format": _FORMAT,
         "identity": identity,
@@ -690,7 +712,9 @@ class _Parts:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             _schedule(
-                steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch)
+                steps_per_epoch * config.epochs,
+                round(config.warmup_epochs * steps_per_epoch),
+                linear=config.schedule == "linear",
             ),
         )
         ema = (
