@@ -49,6 +49,9 @@ def test_two_classes_have_a_runner_up_and_an_entropy():
     np.testing.assert_allclose(
         confidence_scores(proba, "entropy"), _reference_confidence(proba, "entropy")
     )
+    # A zero probability adds nothing to the entropy (0 log 0 = 0).
+    half = confidence_scores(np.array([[0.5, 0.5, 0.0]]), "entropy")
+    np.testing.assert_allclose(half, [1 - np.log(2) / np.log(3)])
     assert confidence_scores(np.array([[1.0]]), "margin").tolist() == [1.0]
     assert confidence_scores(np.array([[1.0]]), "entropy").tolist() == [1.0]
 
