@@ -74,7 +74,7 @@ def test_abstain_singleton_on_request():
         (["a", "b"], -1, "classes' type"),
         ([0, 1], "abstain", "classes' type"),
         ([0, 1], 1.5, "classes' type"),
-        (np.array([0, 1], dtype=np.uint8), None, "no default"),
+        (np.arange(256, dtype=np.uint8), None, "no default"),
         (np.array([0, 1], dtype=np.uint8), 300, "classes' type"),
         ([True, False], None, "no default"),
     ],
@@ -89,6 +89,37 @@ def test_default_label_steps_below_a_class_of_minus_one():
     proba = np.array([[0.4, 0.3, 0.3]])
     out = predict_with_abstention(proba, np.array([-1, 0, 1]), 0.6)
     assert out.tolist() == [-2]
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        (np.array([3, 7], dtype=np.uint8), 255),
+        (np.array([3, 255], dtype=np.uint8), 254),
+        (np.array([0, 254, 255], dtype=np.uint8), 253),
+        (np.array([0, 1], dtype=np.uint16), 65535),
+        (np.array([0, 1], dtype=np.uint64), 2**64 - 1),
+        (np.array([-128, -1, 0], dtype=np.int8), 1),  # below the minimum: one above the max
+        (np.array([-1, 0], dtype=np.int8), -2),
+    ],
+)
+def test_default_label_for_fixed_width_integers(classes, expected):
+    proba = np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3]])[:, : len(classes)]
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    out = predict_with_abstention(proba, classes, 0.6)
+    assert out.dtype == classes.dtype
+    assert out.tolist() == [classes[0], expected]
+    assert expected not in classes.tolist()
+
+
+def test_cascade_abstains_on_unsigned_classes_without_a_named_label():
+    X = np.r_[np.full((20, 1), -5.0), np.full((20, 1), 5.0), np.zeros((4, 1))]
+    y = np.r_[np.zeros(20), np.ones(20), [0, 1, 0, 1]].astype(np.uint8)
+    cascade = CascadeClassifier([("lr", LogisticRegression())], reject_threshold=0.9).fit(X, y)
+    pred = cascade.predict_or_abstain(np.array([[-5.0], [0.0], [5.0]]))
+    assert pred.dtype == np.uint8
+    assert pred.tolist() == [0, 255, 1]
+    assert cascade.abstain_label_ == 255
 
 
 def test_typed_predictions_need_the_label_to_be_named():

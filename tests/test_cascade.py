@@ -12,8 +12,10 @@ from sklearn.tree import DecisionTreeClassifier
 
 from cascademl import (
     CascadeClassifier,
+    CascadeMLError,
     ClassMismatchError,
     ConfidencePolicy,
+    InputError,
     NotFittedError,
     PolicyError,
     SklearnStage,
@@ -329,3 +331,23 @@ def test_fit_validates_batch_size_and_accepts_numpy_integers(iris):
     assert cascade.batch_size == np.int64(7)  # stored unchanged
     with pytest.raises(PolicyError, match="batch_size must be a positive integer or None, got 0"):
         CascadeClassifier([("nb", GaussianNB())], batch_size=0).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    ("method", "bad", "match"),
+    [
+        ("predict", np.zeros(4), "Expected a 2D array"),
+        ("predict_proba", np.zeros(4), "Expected a 2D array"),
+        ("route", np.zeros(4), "Expected a 2D array"),
+        ("predict", np.zeros((3, 2)), "X has 2 features, but CascadeClassifier is expecting 4"),
+        ("predict_or_abstain", np.zeros((3, 5)), "X has 5 features"),
+    ],
+)
+def test_inputs_unlike_fit_raise_the_projects_error(method, bad, match):
+    X, y = load_iris(return_X_y=True)
+    cascade = CascadeClassifier([("nb", GaussianNB())], reject_threshold=0.5).fit(X, y)
+    with pytest.raises(InputError, match=match) as info:
+        getattr(cascade, method)(bad)
+    # Both the project's error and the ValueError scikit-learn's checks expect.
+    assert isinstance(info.value, CascadeMLError)
+    assert isinstance(info.value, ValueError)

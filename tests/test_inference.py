@@ -23,10 +23,9 @@ from cascademl import (
     _engine,
     inference,
 )
-from cascademl._routing import check_stage_proba, confidence_scores, exit_mask
+from cascademl._routing import check_stage_proba, confidence_scores
 from cascademl.cascade import _column_map
 from cascademl.torch_stage import TorchStage
-from cascademl.voting import combine_votes
 from strategies import CLASS_LABELS, proba_tables
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,22 +69,50 @@ def lookup_images(n):
     return torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1).expand(n, 1, 2, 2).clone()
 
 
+def _confidence(p, measure):
+    """One row's confidence, from the definitions (not the library's functions)."""
+    k = len(p)
+    top = sorted(p, reverse=True)
+    if measure == "max_proba":
+        value = top[0]
+    elif measure == "margin":
+        value = top[0] - (top[1] if k > 1 else 0.0)
+    else:  # entropy: 1 - H(p) / log(k), with 0 log 0 = 0
+        h = -sum(q * math.log(q) for q in p if q > 0)
+        value = 1.0 - h / math.log(k) if k > 1 else 1.0
+    return min(max(value, 0.0), 1.0)
+
+
 def naive_reference(probas, columns, thresholds, *, measure, combine, escalation_weight):
-    """Every stage on every sample, then the rule applied afterwards, sample by sample."""
+    """Every stage on every sample, then the rule applied afterwards, sample by sample.
+
+    Written from the rule's definition, with none of the library's routing or voting code:
+    a sample ends at the first stage whose confidence reaches its threshold (the last stage
+    ends the rest); the stage that ends it votes with weight 1, each stage it escalated from
+    with its escalation weight ("vote"), 1 ("mean") or 0 ("last"); the final row is the
+    weighted sum of the votes, normalised.
+    """
     n_stages, n_samples = len(probas), probas[0].shape[0]
     stage_proba = np.stack([p[:, c] for p, c in zip(probas, columns, strict=True)])
-    conf = np.stack([confidence_scores(p, measure) for p in stage_proba])
-    exit_stage = np.empty(n_samples, dtype=np.intp)
-    for i in range(n_samples):
-        for s in range(n_stages):
-            if exit_mask(conf[s, i : i + 1], thresholds[s], is_last=s == n_stages - 1)[0]:
-                exit_stage[i] = s
-                break
-    visited = np.arange(n_stages)[:, None] <= exit_stage[None, :]
-    stage_proba = np.where(visited[:, :, None], stage_proba, np.nan)
-    proba = combine_votes(
-        stage_proba, visited, exit_stage, method=combine, escalation_weight=escalation_weight
+    weights = (
+        [float(escalation_weight)] * n_stages
+        if np.ndim(escalation_weight) == 0
+        else [float(w) for w in escalation_weight]
     )
+    exit_stage = np.empty(n_samples, dtype=np.intp)
+    proba = np.empty((n_samples, stage_proba.shape[2]))
+    for i in range(n_samples):
+        votes = np.zeros(stage_proba.shape[2])
+        for s in range(n_stages):
+            row = stage_proba[s, i] / stage_proba[s, i].sum()
+            if s == n_stages - 1 or _confidence(row.tolist(), measure) >= thresholds[s]:
+                exit_stage[i] = s
+                votes += row
+                break
+            escalating = {"vote": weights[s], "mean": 1.0, "last": 0.0}[combine]
+            votes += escalating * row
+        proba[i] = votes / votes.sum()
+    visited = np.arange(n_stages)[:, None] <= exit_stage[None, :]
     return exit_stage, visited, proba
 
 

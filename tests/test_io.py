@@ -283,3 +283,34 @@ def test_measure_stage_cost_takes_numpy_integers():
     assert cost.latency_per_sample > 0
     with pytest.raises(PolicyError, match="repeats"):
         measure_stage_cost(stage, X[:8], repeats=np.int64(0))
+
+
+# Each combiner with another measure than the default: three saves cover both.
+@pytest.mark.parametrize(
+    ("combine", "measure"), [("vote", "entropy"), ("last", "margin"), ("mean", "max_proba")]
+)
+def test_every_combiner_and_measure_comes_back_and_routes_the_same(
+    tmp_path, iris, combine, measure
+):
+    X, y = iris
+    thresholds = {"max_proba": (0.99, 0.9), "margin": (0.98, 0.8), "entropy": (0.95, 0.8)}
+    cascade = CascadeClassifier(
+        [
+            ("nb", GaussianNB()),
+            ("nb_wide", GaussianNB(var_smoothing=0.5)),
+            ("lr", LogisticRegression(max_iter=500)),
+        ],
+        policy=ConfidencePolicy(measure, thresholds[measure]),
+        combine=combine,
+        escalation_weight=[0.2, 0.7, 1.0],
+    ).fit(X, y)
+    save_cascade(cascade, tmp_path / "saved")
+    restored = load_cascade(tmp_path / "saved")
+    assert restored.combine == combine
+    assert restored.routing_rule_ == cascade.routing_rule_
+    before, after = cascade.route(X), restored.route(X)
+    # Samples escalate: a lost threshold, measure or combiner changes their route or proba.
+    assert np.count_nonzero(before.exit_stage > 0) >= 10
+    np.testing.assert_array_equal(after.exit_stage, before.exit_stage)
+    np.testing.assert_array_equal(after.labels, before.labels)
+    np.testing.assert_allclose(after.proba, before.proba, rtol=0, atol=1e-12)

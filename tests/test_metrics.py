@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -146,15 +144,16 @@ def test_bootstrap_intervals_match_resampling_the_samples():
     np.testing.assert_allclose(m.intervals["recall"][1], high[1:], atol=0.02)
 
 
-def test_bootstrap_is_vectorised():
-    # The per-resample Python loop took about 7 s here; all resamples at once take ~0.02 s.
+def test_bootstrap_gives_per_class_intervals_around_the_estimate():
+    # Speed (all resamples at once) is measured by benchmarks/bootstrap_speed.py, not here.
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 2000)
     pred = np.where(rng.random(2000) < 0.8, y, rng.integers(0, 10, 2000))
-    start = time.perf_counter()
     m = classification_metrics(y, pred, classes=np.arange(10), n_bootstrap=1000)
-    assert time.perf_counter() - start < 1.5
-    assert m.intervals["f1"][0].shape == (10,)
+    low, high = m.intervals["f1"]
+    assert low.shape == high.shape == (10,)
+    assert np.all(low < m.f1)
+    assert np.all(m.f1 < high)
 
 
 def test_bootstrap_intervals_are_seeded_and_sensible():

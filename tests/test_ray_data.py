@@ -163,6 +163,37 @@ def test_stage_parallel_carries_the_running_vote(local_ray, iris, tmp_path, comb
     _check_same(rows, cascade.route(X), cascade)
 
 
+# Every combine mode through the stage-parallel actors, chained in this process (no Ray
+# start-up: the actors are plain classes that Ray runs). An actor that ignored the saved
+# combine, measure or weights would route these differently from the cascade.
+@pytest.mark.parametrize(
+    ("combine", "params"),
+    [
+        ("last", {}),
+        ("mean", {}),
+        ("vote", {"escalation_weight": (0.9, 0.2, 1.0)}),
+    ],
+)
+def test_stage_actors_apply_the_saved_combine(iris, tmp_path, combine, params):
+    from cascademl._ray_actors import _Spec, _StageRunner
+
+    X, y = iris
+    cascade = _sklearn_cascade(X, y, combine=combine, **params)
+    folder = save_cascade(cascade, tmp_path / "model")
+    spec = _Spec(
+        model=str(folder),
+        load_options={},
+        input_columns=tuple(FEATURES),
+        passthrough=("id",),
+        proba=True,
+    )
+    batch = {"id": np.arange(len(X)), **{c: X[:, i] for i, c in enumerate(FEATURES)}}
+    for stage_index in range(3):
+        batch = _StageRunner(spec, stage_index)(batch)
+    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    _check_same(rows, cascade.route(X), cascade)
+
+
 # --------------------------------------------------------------------------- images
 @pytest.fixture(scope="module")
 def image_cascade(tmp_path_factory):

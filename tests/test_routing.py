@@ -9,12 +9,57 @@ from cascademl.exceptions import PolicyError, StageOutputError
 from strategies import proba_tables
 
 
+def _reference_confidence(p, measure):
+    """From the definitions, row by row, with no clipping."""
+    from scipy.stats import entropy
+
+    top = np.sort(p, axis=1)[:, ::-1]
+    if measure == "max_proba":
+        return top[:, 0]
+    if measure == "margin":
+        return top[:, 0] - (top[:, 1] if p.shape[1] > 1 else 0.0)
+    if p.shape[1] == 1:
+        return np.ones(p.shape[0])
+    return 1 - entropy(p, axis=1) / np.log(p.shape[1])
+
+
 @pytest.mark.parametrize("measure", ["max_proba", "margin", "entropy"])
-@given(tables=proba_tables(max_stages=1))
-def test_confidence_lies_in_unit_interval(measure, tables):
-    conf = confidence_scores(tables[0], measure)
+@given(tables=proba_tables(max_stages=1), drift=st.floats(1 - 1e-3, 1 + 1e-3))
+def test_confidence_matches_the_definition_and_is_clipped_to_unit_interval(measure, tables, drift):
+    # Rows off by the drift check_stage_proba tolerates: without the clip, max_proba and
+    # margin of a near one-hot row exceed 1.
+    p = tables[0] * drift
+    conf = confidence_scores(p, measure)
     assert conf.shape == (tables.shape[1],)
+    assert conf.dtype == np.float64
     assert np.all((conf >= 0) & (conf <= 1))
+    expected = np.clip(_reference_confidence(p / p.sum(axis=1, keepdims=True), measure), 0, 1)
+    np.testing.assert_allclose(conf, expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("measure", ["max_proba", "margin"])
+def test_confidence_of_a_drifted_one_hot_row_is_exactly_one(measure):
+    conf = confidence_scores(np.array([[1.0005, 0.0, 0.0]]), measure)
+    assert conf.tolist() == [1.0]
+
+
+def test_two_classes_have_a_runner_up_and_an_entropy():
+    proba = np.array([[0.8, 0.2], [0.5, 0.5], [1.0, 0.0]])
+    np.testing.assert_allclose(confidence_scores(proba, "margin"), [0.6, 0.0, 1.0])
+    np.testing.assert_allclose(
+        confidence_scores(proba, "entropy"), _reference_confidence(proba, "entropy")
+    )
+    # A zero probability adds nothing to the entropy (0 log 0 = 0).
+    half = confidence_scores(np.array([[0.5, 0.5, 0.0]]), "entropy")
+    np.testing.assert_allclose(half, [1 - np.log(2) / np.log(3)])
+    assert confidence_scores(np.array([[1.0]]), "margin").tolist() == [1.0]
+    assert confidence_scores(np.array([[1.0]]), "entropy").tolist() == [1.0]
+
+
+def test_check_stage_proba_accepts_zeros_and_returns_float64():
+    out = check_stage_proba(np.array([[1, 0], [0, 1]]), n_samples=2, n_classes=2, stage_name="s")
+    assert out.dtype == np.float64
+    assert out.tolist() == [[1.0, 0.0], [0.0, 1.0]]
 
 
 @pytest.mark.parametrize("measure", ["max_proba", "margin", "entropy"])

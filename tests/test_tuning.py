@@ -2,7 +2,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import time
 
 import numpy as np
 import pytest
@@ -441,12 +440,10 @@ def test_tune_and_apply_on_a_real_cascade(digits_cascade):
 def test_scales_to_many_stages_and_samples():
     tables, y, classes = _synthetic(n_stages=6, n_samples=20_000, n_classes=10)
     costs = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
-    start = time.perf_counter()
     result = tune_with(tables, y, classes=classes, stage_cost=costs, max_cost=10.0)
-    elapsed = time.perf_counter() - start
     assert result.mean_cost <= 10.0
-    assert elapsed < 30.0  # an exhaustive 64^5 grid would take days
-    # Linear in the number of stages, not exponential.
+    # Linear in the number of stages, not exponential (an exhaustive 64^5 grid would take
+    # days); the time itself is measured by benchmarks, not asserted here.
     assert result.n_evaluations < 64**3
 
 

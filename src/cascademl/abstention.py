@@ -92,9 +92,11 @@ classes' type. Compare with ``is``: ``pred is ABSTAIN``; for arrays use
 def resolve_abstain_label(abstain_label: Any, classes: Any) -> Any:
     """The label to give abstained samples, checked against the classes.
 
-    ``None`` picks a default of the classes' type: ``-1`` for integer classes (one below
-    the smallest class when ``-1`` is a class), ``"abstain"`` for string classes and NaN
-    for float classes. Other classes (booleans, mixed objects) need an explicit label.
+    ``None`` picks a default of the classes' type: ``-1`` for signed integer classes (one
+    below the smallest class when ``-1`` is a class, one above the largest when that
+    overflows the dtype), the dtype's largest value for unsigned integer classes (255 for
+    ``uint8``; the next one down while it is a class), ``"abstain"`` for string classes and
+    NaN for float classes. Other classes (booleans, mixed objects) need an explicit label.
 
     Args:
         abstain_label: the label asked for, ``None`` or [`ABSTAIN`][cascademl.abstention.ABSTAIN].
@@ -112,6 +114,8 @@ def resolve_abstain_label(abstain_label: Any, classes: Any) -> Any:
         -1
         >>> resolve_abstain_label(None, [-1, 0, 1])
         -2
+        >>> resolve_abstain_label(None, np.array([0, 1, 2], dtype=np.uint8))
+        255
         >>> resolve_abstain_label(None, ["cat", "dog"])
         'abstain'
     """
@@ -142,9 +146,7 @@ def _default_label(labels: np.ndarray[Any, Any]) -> Any:
     elif kind == "O" and values and all(_is_int(v) for v in values):
         kind = "i"
     if kind in "iu":
-        candidate = -1 if -1 not in values else min(values) - 1
-        if kind == "u" or (labels.dtype.kind == "i" and candidate < np.iinfo(labels.dtype).min):
-            candidate = None
+        candidate = _default_int_label(labels, values)
         if candidate is not None:
             return candidate
     elif kind in "US":
@@ -158,6 +160,31 @@ def _default_label(labels: np.ndarray[Any, Any]) -> Any:
         "(for example -1 or 'abstain')"
     )
     raise PolicyError(msg)
+
+
+def _default_int_label(labels: np.ndarray[Any, Any], values: list[Any]) -> int | None:
+    """The default abstain label of integer classes, or ``None`` when there is none.
+
+    Signed: -1, else one below the smallest class, else one above the largest. Unsigned:
+    the dtype's largest value that is not a class.
+    """
+    taken = set(values)
+    if labels.dtype.kind == "u":
+        top = int(np.iinfo(labels.dtype).max)
+        # At most len(taken) steps down from the dtype's maximum (255 for uint8).
+        for candidate in range(top, max(top - len(taken), -1), -1):
+            if candidate not in taken:
+                return candidate
+        return None
+    low, high = (
+        (int(np.iinfo(labels.dtype).min), int(np.iinfo(labels.dtype).max))
+        if labels.dtype.kind == "i"
+        else (-math.inf, math.inf)  # Python integers in an object array: unbounded
+    )
+    for candidate in (-1, min(values) - 1, max(values) + 1):
+        if candidate not in taken and low <= candidate <= high:
+            return int(candidate)
+    return None
 
 
 def _is_int(value: object) -> bool:

@@ -41,6 +41,7 @@ from cascademl.abstention import (
 )
 from cascademl.exceptions import (
     ClassMismatchError,
+    InputError,
     PolicyError,
     StageInterfaceError,
 )
@@ -522,8 +523,8 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         measured (it only offers ``__array__``) is converted with ``numpy.asarray``.
 
         Raises:
-            ValueError: if ``X`` is 1-d, or has another number of features than at `fit`,
-                or other column names.
+            InputError: if ``X`` is 1-d, or has another number of features than at `fit`,
+                or other column names (a ``ValueError``, with scikit-learn's message).
         """
         if not hasattr(X, "__len__") and not hasattr(X, "shape") and hasattr(X, "__array__"):
             X = np.asarray(X)
@@ -535,8 +536,11 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
                 "data either using array.reshape(-1, 1) if your data has a single feature "
                 "or array.reshape(1, -1) if it contains a single sample."
             )
-            raise ValueError(msg)
-        validate_data(self, X, reset=False, skip_check_array=True)
+            raise InputError(msg)
+        try:
+            validate_data(self, X, reset=False, skip_check_array=True)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
         return X
 
     def __sklearn_tags__(self) -> Any:

@@ -10,6 +10,7 @@ the built-in exception a caller would naturally catch, so ``except ValueError`` 
     │   ├── ClassMismatchError    (also ValueError)  stages disagree on the class set
     │   └── StageOutputError      (also ValueError)  NaN, negative or malformed probabilities
     ├── PolicyError               (also ValueError)  invalid policy, thresholds or weights
+    ├── InputError                (also ValueError)  X is 1-d, or its features differ from fit's
     ├── DeviceUnavailableError    (also RuntimeError)
     │   └── ClusterResourceError                     Ray actor pools the cluster cannot hold
     └── SerializationError        (also ValueError)  corrupt or incompatible saved cascade
@@ -36,6 +37,7 @@ __all__ = [
     "ClusterResourceWarning",
     "DeviceUnavailableError",
     "DeviceWarning",
+    "InputError",
     "NotFittedError",
     "PolicyError",
     "SerializationError",
@@ -71,6 +73,14 @@ class StageOutputError(StageError, ValueError):
 
 class PolicyError(CascadeMLError, ValueError):
     """A confidence policy, threshold or combination parameter is invalid."""
+
+
+class InputError(CascadeMLError, ValueError):
+    """``X`` at predict time is 1-d, or has other features (count or names) than at `fit`.
+
+    Also a ``ValueError``, the error scikit-learn's estimator checks expect; the message is
+    scikit-learn's own.
+    """
 
 
 class DeviceUnavailableError(CascadeMLError, RuntimeError):

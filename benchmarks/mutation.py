@@ -1,0 +1,194 @@
+"""Mutation testing of the modules that decide results, one module at a time, with mutmut.
+
+For each module this script makes a working copy of ``src/``, ``tests/`` and
+``pyproject.toml`` (mutmut reads its settings from the ``pyproject.toml`` of the folder it
+runs in, and writes ``mutants/`` there), adds a ``[tool.mutmut]`` section that mutates that
+module only and selects its fast tests, runs ``nice -n 10 mutmut run``, and prints the
+counts with the score ``killed / (total - equivalent)``. The equivalent mutants are listed,
+with why, in docs/benchmarks/mutation.md; pass their names with ``--equivalent`` (or keep
+them in ``benchmarks/mutation_equivalent.txt``) to have them left out of the score.
+
+mutmut 3 forks one process per mutant from a process that has imported the tests, and runs
+only the tests that reach the mutated function, so a module takes minutes, not hours. It
+is too slow for CI all the same; run it by hand::
+
+    python benchmarks/mutation.py _routing voting policies --max-children 2
+    python benchmarks/mutation.py --list
+
+Needs the ``mutation`` dependency group (``pip install --group mutation .``, or
+``pip install mutmut``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.txt"
+
+# module key -> (files to mutate, fast tests that exercise them)
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "_routing": (
+        ["src/cascademl/_routing.py"],
+        ["tests/test_routing.py", "tests/test_voting.py", "tests/test_policies.py"],
+    ),
+    "voting": (
+        ["src/cascademl/voting.py"],
+        ["tests/test_voting.py", "tests/test_routing.py", "tests/test_policies.py"],
+    ),
+    "policies": (
+        ["src/cascademl/policies.py"],
+        ["tests/test_policies.py", "tests/test_routing.py", "tests/test_voting.py"],
+    ),
+    "_io_format": (
+        ["src/cascademl/_io_format.py"],
+        ["tests/test_io.py", "tests/test_io_safety.py"],
+    ),
+    "io": (["src/cascademl/io.py"], ["tests/test_io.py", "tests/test_io_safety.py"]),
+    "_engine": (
+        ["src/cascademl/_engine.py"],
+        ["tests/test_engine.py", "tests/test_cascade.py", "tests/test_inference.py"],
+    ),
+    "abstention": (["src/cascademl/abstention.py"], ["tests/test_abstention.py"]),
+    "tuning._search": (
+        ["src/cascademl/tuning/_search.py"],
+        ["tests/test_tuning.py", "tests/test_tuning_weights.py"],
+    ),
+    "tuning._thresholds": (
+        ["src/cascademl/tuning/_thresholds.py"],
+        ["tests/test_tuning.py", "tests/test_tuning_weights.py"],
+    ),
+}
+
+STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault")
+
+
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def _prepare(workdir: Path, files: list[str], tests: list[str]) -> None:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(ROOT / "src", workdir / "src", ignore=ignore)
+    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    settings = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    settings = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", settings)
+    settings += (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = {_toml_list(files)}\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+        # Fast tests only; no doctests of the copied sources; no cache in the copy.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-m", "not slow and not gpu '
+        'and not data", "-o", "addopts=--strict-markers --import-mode=importlib"]\n'
+        'process_isolation = "forkserver"\n'
+    )
+    (workdir / "pyproject.toml").write_text(settings, encoding="utf-8")
+
+
+def _counts(workdir: Path) -> dict[str, list[str]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    by_status: dict[str, list[str]] = {s: [] for s in STATUSES}
+    for line in out.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and status in by_status:
+            by_status[status].append(name)
+    return by_status
+
+
+def _equivalent(extra: list[str]) -> set[str]:
+    names = set(extra)
+    if EQUIVALENT_FILE.exists():
+        for line in EQUIVALENT_FILE.read_text(encoding="utf-8").splitlines():
+            name = line.split("#", 1)[0].strip()
+            if name:
+                names.add(name)
+    return names
+
+
+def run_module(key: str, base: Path, max_children: int, equivalent: set[str]) -> dict[str, object]:
+    """Run mutmut on one module; return its counts, score and surviving mutants."""
+    files, tests = MODULES[key]
+    workdir = base / key
+    _prepare(workdir, files, tests)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(workdir / "src")  # the copy, never an installed cascademl
+    command = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run"]
+    command += ["--max-children", str(max_children)]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)  # noqa: S603
+    seconds = time.perf_counter() - start
+    by_status = _counts(workdir)
+    total = sum(len(v) for v in by_status.values())
+    survived = by_status["survived"] + by_status["no tests"]
+    equiv = sorted(n for n in survived if n in equivalent)
+    killed = len(by_status["killed"]) + len(by_status["timeout"])
+    denominator = total - len(equiv)
+    return {
+        "module": key,
+        "total": total,
+        "killed": killed,
+        "survived": len(survived) - len(equiv),
+        "equivalent": len(equiv),
+        "score": killed / denominator if denominator else float("nan"),
+        "seconds": round(seconds, 1),
+        "survivors": sorted(set(survived) - set(equiv)),
+        "other": {s: len(v) for s, v in by_status.items() if s not in {"killed", "survived"}},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the modules in order, print one line per module and a JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to mutate: {', '.join(MODULES)}")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants run at once")
+    parser.add_argument("--workdir", type=Path, help="where the copies go (default: a temp dir)")
+    parser.add_argument("--equivalent", nargs="*", default=[], help="equivalent mutant names")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    if args.list or not args.modules:
+        for key, (files, tests) in MODULES.items():
+            print(f"{key:20s} {' '.join(files)}  <-  {' '.join(tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="cascademl-mutation-"))
+    equivalent = _equivalent(args.equivalent)
+    results = []
+    for key in args.modules:
+        result = run_module(key, base, args.max_children, equivalent)
+        results.append(result)
+        print(
+            f"{key}: {result['killed']} killed / ({result['total']} total - "
+            f"{result['equivalent']} equivalent) = {result['score']:.1%}; "
+            f"{result['survived']} survived; {result['seconds']} s; other {result['other']}"
+        )
+        for name in result["survivors"]:  # type: ignore[attr-defined]
+            print(f"    survived: {name}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
