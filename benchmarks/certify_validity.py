@@ -336,10 +336,10 @@ def leukemia_pool(run_dir: Path) -> Pool:
     """
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     with np.load(run_dir / "probabilities.npz", allow_pickle=False) as saved:
-        names = [str(n) for n in saved["names"]]
-        proba = np.concatenate([saved["val_proba"], saved["test_proba"]], axis=1)
+        names = [str(n) for n in saved["stages"]]
+        proba = np.concatenate([saved["val"], saved["test"]], axis=1).astype(np.float64)
         classes = [str(c) for c in saved["classes"]]
-        labels = np.concatenate([saved["y_val"], saved["y_test"]])
+        labels = np.concatenate([saved["val_labels"], saved["test_labels"]])
     order = [names.index(name) for name in metrics["order"]]
     flops = metrics["cost"]["flops_per_image"]
     y = np.array([classes.index(str(label)) for label in labels])

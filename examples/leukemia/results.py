@@ -16,6 +16,7 @@ from typing import Any
 from cascademl.metrics import ClassificationMetrics, McNemarResult
 
 from .backbones import BackboneTraining
+from .certification import CertifiedResult
 from .data import DatasetScan
 from .ordering import OrderResult, TunedOrder
 from .predict import metrics_json
@@ -115,6 +116,9 @@ class ExperimentResults:
         cost: What the backbones and the cascade cost.
         shortcuts: The shortcut audit.
         seconds: Wall time of the run.
+        order_choice: Which ordering rule was asked (``"recommended"`` by default) and
+            saved, with every rule's validation score.
+        certification: The certificates asked for (``--certify``), with their test numbers.
     """
 
     preset: Preset
@@ -138,6 +142,8 @@ class ExperimentResults:
     cost: CostSummary
     shortcuts: ShortcutAudit
     seconds: float
+    order_choice: Mapping[str, Any] | None = None
+    certification: tuple[CertifiedResult, ...] = ()
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -198,5 +204,11 @@ class ExperimentResults:
             "shortcut_audit": self.shortcuts.to_json(),
             # Per-sample test labels of every cascade configuration, for summaries over seeds.
             "test_predictions": dict(self.shortcuts.test_predictions),
+            **({"order_choice": dict(self.order_choice)} if self.order_choice else {}),
+            **(
+                {"certification": [r.to_json() for r in self.certification]}
+                if self.certification
+                else {}
+            ),
             "seconds": self.seconds,
         }
