@@ -14,7 +14,8 @@ the built-in exception a caller would naturally catch, so ``except ValueError`` 
     └── SerializationError        (also ValueError)  corrupt or incompatible saved cascade
 
     CascadeMLWarning (UserWarning)
-    └── DeviceWarning
+    ├── DeviceWarning
+    └── CertificationWarning      nothing (or nothing cheaper than the last stage) certified
 
 `StageError` is split in three because a missing method is a type problem while NaN
 probabilities are a value problem: callers can tell them apart with the built-ins alone.
@@ -27,6 +28,7 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 __all__ = [
     "CascadeMLError",
     "CascadeMLWarning",
+    "CertificationWarning",
     "ClassMismatchError",
     "DeviceUnavailableError",
     "DeviceWarning",
@@ -81,3 +83,7 @@ class CascadeMLWarning(UserWarning):
 
 class DeviceWarning(CascadeMLWarning):
     """A device choice was made implicitly or tensors were moved between devices."""
+
+
+class CertificationWarning(CascadeMLWarning):
+    """A certification returned the safe rule: nothing, or nothing cheaper, was certified."""

@@ -181,10 +181,25 @@ def apply_tuning(
         )
         raise PolicyError(msg)
     stages = [(names[i], cascade.stages_[i]) for i in tuned.order]
+    return _adopt_rule(cascade, stages, tuned.rule)
+
+
+def _adopt_rule(
+    cascade: CascadeClassifier,
+    stages: Sequence[tuple[str, Any]],
+    rule: RoutingRule,
+    **overrides: Any,
+) -> CascadeClassifier:
+    """A new fitted cascade of ``stages`` (already fitted) routing with ``rule``.
+
+    The other parameters are ``cascade``'s, updated with ``overrides``; the classes,
+    ``n_features_in_`` and ``feature_names_in_`` are ``cascade``'s too.
+    """
     params = cascade.get_params(deep=False)
     del params["stages"]
     as_list = isinstance(cascade.escalation_weight, Sequence)
-    params.update(_rule_params(tuned.rule, as_list=as_list))
+    params.update(_rule_params(rule, as_list=as_list))
+    params.update(overrides)
     adopted = type(cascade).from_fitted(stages, classes=cascade.classes_, **params)
     for name in ("n_features_in_", "feature_names_in_"):
         if hasattr(adopted, name):

@@ -1,0 +1,325 @@
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from cascademl import ConfidencePolicy, PolicyError, RoutingRule
+from cascademl.certify import (
+    Certificate,
+    CertificationWarning,
+    binomial_p_value,
+    certify_cascade_from_proba,
+    lower_confidence_bound,
+    required_calibration_size,
+    required_test_size,
+)
+from cascademl.certify._core import _fixed_sequence
+from cascademl.exceptions import CascadeMLWarning, SerializationError
+from cascademl.tuning import score_thresholds
+
+CLASSES = np.arange(4)
+
+
+def make_pool(seed, n, accuracies=(0.7, 0.8, 0.93), n_classes=4, *, informative=True):
+    """Stage probabilities whose confidence is higher when the stage is right, and labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    tables = []
+    for acc in accuracies:
+        right = rng.random(n) < acc
+        wrong = (y + rng.integers(1, n_classes, n)) % n_classes
+        label = np.where(right, y, wrong)
+        conf = np.where(right, rng.uniform(0.45, 1.0, n), rng.uniform(0.3, 0.75, n))
+        if not informative:
+            conf = rng.uniform(0.3, 0.9, n)
+        table = np.repeat(((1 - conf) / (n_classes - 1))[:, None], n_classes, axis=1)
+        table[np.arange(n), label] = conf
+        tables.append(table)
+    return np.stack(tables), y
+
+
+def split(n, path_fraction=0.3, random_state=0):
+    """The certifier's split (documented: a permutation from ``default_rng(random_state)``)."""
+    order = np.random.default_rng(random_state).permutation(n)
+    n_path = math.floor(path_fraction * n + 0.5)
+    return np.sort(order[:n_path]), np.sort(order[n_path:])
+
+
+def certify(tables, **kwargs):
+    kwargs.setdefault("classes", CLASSES)
+    kwargs.setdefault("stage_cost", [1.0, 3.0, 10.0])
+    return certify_cascade_from_proba(tables, **kwargs)
+
+
+# --------------------------------------------------------------------------- statistics
+def test_required_test_size_is_the_smallest_passing_size():
+    for target, delta in [(0.9, 0.05), (0.95, 0.1), (0.99, 0.05), (0.999, 0.01)]:
+        n = required_test_size(target, delta)
+        assert binomial_p_value(0, n, 1 - target) <= delta < binomial_p_value(0, n - 1, 1 - target)
+
+
+def test_bound_and_test_agree():
+    for n, k in [(300, 0), (300, 5), (1000, 40), (50, 49)]:
+        for target in (0.8, 0.9, 0.95, 0.99):
+            passes = binomial_p_value(k, n, 1 - target) <= 0.05
+            assert passes == (lower_confidence_bound(n - k, n, 0.05) >= target - 1e-12)
+
+
+def test_fixed_sequence_stops_at_first_failure():
+    assert _fixed_sequence([0.01, 0.02, 0.2, 0.01, 0.0], 0.05) == [True, True, False, False, False]
+    assert _fixed_sequence([0.5, 0.0], 0.05) == [False, False]
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target": 0.0}, "target must be a number strictly between 0 and 1, got 0.0"),
+        ({"target": 1}, "target must be .* got 1"),
+        ({"target": math.nan}, "target must be .* got nan"),
+        ({"target": True}, "target must be .* got True"),
+        ({"delta": 1.5}, "delta must be .* got 1.5"),
+        ({"delta": 0}, "delta must be .* got 0"),
+        ({"path_fraction": 1.0}, "path_fraction must be .* got 1.0"),
+        ({"guarantee": "precision"}, "guarantee must be one of .* got 'precision'"),
+        ({"guarantee": "accuracy"}, "guarantee='accuracy' needs the true labels y"),
+        ({"guarantee": "selective"}, "guarantee='selective' needs the true labels y"),
+        ({"guarantee": "accuracy", "y": [0, 1]}, "y has 2 labels but stage_proba has 600"),
+        ({"guarantee": "accuracy", "y": np.full(600, 7)}, r"y holds labels \[7\]"),
+        ({"classes": [0, 1]}, "classes must hold 4 labels"),
+        ({"stage_cost": [1.0, 2.0]}, "stage_cost must hold 3 finite non-negative numbers"),
+        ({"stage_names": ["a"]}, "stage_names has 1 names but there are 3 stages"),
+        ({"random_state": 1.5}, "random_state must be an integer or None, got 1.5"),
+        (
+            {"rule": RoutingRule.from_params(None, n_stages=2)},
+            "rule is for 2 stages but stage_proba has 3",
+        ),
+    ],
+)
+def test_bad_input_names_parameter_and_value(kwargs, match):
+    tables, _ = make_pool(0, 600)
+    kwargs.setdefault("target", 0.9)
+    with pytest.raises(PolicyError, match=match):
+        certify(tables, **kwargs)
+
+
+def test_bad_probabilities_are_refused():
+    tables, _ = make_pool(0, 600)
+    with pytest.raises(PolicyError, match="shape"):
+        certify(tables[0], target=0.9)
+    bad = tables.copy()
+    bad[1, 5, 0] = math.nan
+    with pytest.raises(PolicyError, match=r"stage_proba\[1\] .* row 5 holds NaN"):
+        certify(bad, target=0.9)
+    bad = tables.copy()
+    bad[2, 7] *= 2
+    with pytest.raises(PolicyError, match=r"stage_proba\[2\] .* row 7 holds values summing to 2"):
+        certify(bad, target=0.9)
+
+
+def test_too_few_samples_says_how_many_are_needed():
+    need = required_calibration_size(0.99, 0.05)
+    assert need == 427  # 299 testing samples after a 30% path part
+    tables, _ = make_pool(0, need)
+    with pytest.raises(PolicyError, match=f"at least 299 samples .* at least {need} calibration"):
+        certify(tables[:, : need - 1], target=0.99)
+    with pytest.warns(CertificationWarning, match="only the last stage alone"):
+        cert = certify(tables, target=0.99)  # exactly enough: the safe rule certifies
+    assert cert.certified
+    assert cert.n_test == 299
+
+
+# --------------------------------------------------------------------------- results
+def test_agreement_certifies_a_cheaper_rule_and_needs_no_y():
+    tables, y = make_pool(1, 2000)
+    cert = certify(tables, target=0.9)
+    assert cert.certified
+    assert cert.guarantee == "agreement"
+    assert cert.bound >= 0.9
+    assert cert.cost_share_last < 1.0
+    assert cert.cost_share_all == pytest.approx(cert.mean_cost / 14.0)
+    assert cert.n_calibration == 2000
+    assert cert.n_path + cert.n_test == 2000
+    assert cert.path[cert.chosen_index].passed
+    assert cert.coverage == 1.0
+    assert cert.reject_threshold is None
+    # y is ignored for agreement.
+    with_y = certify(tables, target=0.9, y=y)
+    assert with_y.rule == cert.rule
+    assert with_y.bound == cert.bound
+
+
+def test_certified_estimate_and_bound_are_consistent():
+    """bound <= the testing part's estimate; bound >= target when certified."""
+    for seed in range(6):
+        tables, y = make_pool(seed, 800 + 200 * seed)
+        for guarantee, target in [("agreement", 0.85), ("accuracy", 0.8), ("selective", 0.9)]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CertificationWarning)
+                cert = certify(tables, target=target, guarantee=guarantee, y=y, random_state=seed)
+            _, test = split(y.size, random_state=seed)
+            ref = y if guarantee != "agreement" else np.argmax(tables[-1], axis=1)
+            if not cert.certified:
+                assert cert.chosen_index is None
+                continue
+            assert cert.bound >= target - 1e-12
+            point = score_thresholds(
+                tables[:, test], ref[test], cert.rule, classes=CLASSES, stage_cost=[1, 3, 10]
+            )
+            if guarantee == "selective":
+                assert cert.bound <= cert.estimate + 0.1
+                continue
+            assert cert.bound <= point.score
+            whole = score_thresholds(tables, ref, cert.rule, classes=CLASSES, stage_cost=[1, 3, 10])
+            assert cert.estimate == pytest.approx(whole.score)
+            assert cert.mean_cost == pytest.approx(whole.mean_cost)
+
+
+def test_path_is_tested_in_order_and_stops_at_the_first_failure():
+    tables, y = make_pool(2, 1500)
+    cert = certify(tables, target=0.85, guarantee="accuracy", y=y)
+    passed = [p.passed for p in cert.path]
+    first_fail = passed.index(False) if False in passed else len(passed)
+    assert all(passed[:first_fail])
+    assert not any(passed[first_fail:])
+    assert all(p.p_value <= cert.delta for p in cert.path[:first_fail])
+    if first_fail < len(passed):
+        assert cert.path[first_fail].p_value > cert.delta
+    # The chosen setting is the cheapest certified one.
+    assert cert.mean_cost == min(p.mean_cost for p in cert.path[:first_fail])
+    # The path runs from the safe rule towards cheaper settings.
+    assert cert.path[0].combine == "last"
+    assert all(math.isinf(t) for t in cert.path[0].thresholds)
+    costs = [p.mean_cost for p in cert.path[1:]]
+    assert costs[0] >= costs[-1]
+
+
+@pytest.mark.parametrize("guarantee", ["accuracy", "selective"])
+def test_path_does_not_look_at_the_testing_part(guarantee):
+    tables, y = make_pool(3, 1200)
+    _, test = split(y.size)
+    shuffled = y.copy()
+    shuffled[test] = np.random.default_rng(9).permutation(y[test])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CertificationWarning)
+        a = certify(tables, target=0.8, guarantee=guarantee, y=y)
+        b = certify(tables, target=0.8, guarantee=guarantee, y=shuffled)
+
+    def settings(cert):
+        return [(p.thresholds, p.combine, p.reject_threshold, p.mean_cost) for p in cert.path]
+
+    assert settings(a) == settings(b)
+    # ... while the tests on the testing part did see the change.
+    assert [p.p_value for p in a.path] != [p.p_value for p in b.path]
+
+
+def test_unreachable_accuracy_falls_back_to_the_safe_rule_with_a_warning():
+    tables, y = make_pool(4, 1000)
+    with pytest.warns(CertificationWarning, match="not certified") as record:
+        cert = certify(tables, target=0.99, guarantee="accuracy", y=y)
+    assert issubclass(record[0].category, CascadeMLWarning)
+    assert not cert.certified
+    assert cert.chosen_index is None
+    assert cert.rule.combine == "last"
+    assert all(math.isinf(t) for t in cert.rule.thresholds)
+    assert 0.0 < cert.bound < 0.99  # the safe rule's own bound
+    assert not any(p.passed for p in cert.path)
+    assert cert.summary().startswith("not certified")
+
+
+def test_unreachable_selective_target_falls_back_to_full_rejection():
+    tables, y = make_pool(5, 600, informative=False)
+    with pytest.warns(CertificationWarning, match="not certified"):
+        cert = certify(tables, target=0.99, guarantee="selective", y=y)
+    assert not cert.certified
+    assert cert.reject_threshold == 1.0
+    assert math.isnan(cert.bound)
+
+
+def test_only_the_safe_rule_certified_warns_but_is_certified():
+    tables, _ = make_pool(6, 600)
+    with pytest.warns(CertificationWarning, match="only the last stage alone"):
+        cert = certify(tables, target=0.995, delta=0.2)
+    assert cert.certified
+    assert cert.chosen_index == 0
+    assert cert.estimate == 1.0
+
+
+@pytest.mark.parametrize(("combine", "weight"), [("vote", 0.3), ("last", 0.5), ("mean", 0.5)])
+def test_a_given_rule_keeps_its_combiner_measure_and_weights(combine, weight):
+    tables, y = make_pool(7, 1500)
+    rule = RoutingRule.from_params(
+        ConfidencePolicy("margin"), n_stages=3, combine=combine, escalation_weight=weight
+    )
+    cert = certify(tables, target=0.8, guarantee="accuracy", y=y, rule=rule)
+    assert cert.certified
+    assert cert.chosen_index > 0
+    assert (cert.rule.measure, cert.rule.combine) == ("margin", combine)
+    assert cert.rule.escalation_weights == rule.escalation_weights
+    assert all(p.combine == combine for p in cert.path[1:])
+
+
+def test_selective_certifies_the_largest_coverage():
+    tables, y = make_pool(8, 2000)
+    cert = certify(tables, target=0.985, guarantee="selective", y=y)
+    assert cert.certified
+    assert 0.0 < cert.coverage < 1.0
+    assert cert.bound >= 0.985
+    passed = [p for p in cert.path if p.passed]
+    assert cert.coverage == max(p.coverage for p in passed)
+    thresholds = [p.reject_threshold for p in cert.path]
+    assert thresholds == sorted(thresholds, reverse=True)
+    assert "accurate on the samples it decides" in cert.summary()
+
+
+def test_validity_on_a_known_population():
+    """Over 200 calibration draws, the certified rule misses its target at most delta often."""
+    tables, _ = make_pool(10, 20_000, accuracies=(0.75, 0.95))
+    ref = np.argmax(tables[-1], axis=1)
+    rng = np.random.default_rng(0)
+    target, delta, n_draws = 0.93, 0.1, 200
+    rule = RoutingRule.from_params(None, n_stages=2, combine="last")
+    misses = 0
+    shares = []
+    for draw in range(n_draws):
+        idx = rng.integers(0, ref.size, 400)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CertificationWarning)
+            cert = certify_cascade_from_proba(
+                tables[:, idx], classes=CLASSES, target=target, delta=delta, rule=rule,
+                stage_cost=[1.0, 10.0], random_state=draw,
+            )  # fmt: skip
+        true = score_thresholds(tables, ref, cert.rule, classes=CLASSES).score
+        misses += true < target
+        shares.append(cert.cost_share_last)
+    slack = 3 * math.sqrt(delta * (1 - delta) / n_draws)
+    assert misses / n_draws <= delta + slack
+    assert np.mean(shares) < 0.8  # it does certify savings
+
+
+# --------------------------------------------------------------------------- serialisation
+def test_certificate_round_trips_through_json():
+    tables, y = make_pool(11, 800)
+    for guarantee in ("agreement", "accuracy", "selective"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CertificationWarning)
+            cert = certify(tables, target=0.85, guarantee=guarantee, y=y)
+        back = Certificate.from_dict(json.loads(json.dumps(cert.to_dict(), allow_nan=False)))
+        assert back.to_dict() == cert.to_dict()
+        assert back.rule == cert.rule
+        assert back.path == cert.path
+
+
+def test_from_dict_refuses_what_is_not_a_certificate():
+    tables, _ = make_pool(11, 800)
+    data = certify(tables, target=0.85).to_dict()
+    with pytest.raises(SerializationError, match="not a certificate"):
+        Certificate.from_dict({"format": "other"})
+    with pytest.raises(SerializationError, match="missing key 'bound'"):
+        Certificate.from_dict({k: v for k, v in data.items() if k != "bound"})
+    with pytest.raises(SerializationError, match="guarantee must be one of"):
+        Certificate.from_dict({**data, "guarantee": "recall"})
+    with pytest.raises(SerializationError, match=r"certificate.certified must be true or false"):
+        Certificate.from_dict({**data, "certified": "yes"})
