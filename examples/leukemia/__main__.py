@@ -36,9 +36,9 @@ from cascademl.exceptions import CascadeMLError
 
 from . import distributed
 from .audit import run_audit
+from .certification import certify_finished_run, parse_certify_spec
 from .data import BadImageError, LeukemiaDataError, load_rgb
 from .experiment import run_experiment
-from .certification import certify_finished_run, parse_certify_spec
 from .ordering import ORDER_RULES, RECOMMENDED
 from .predict import Predictor, evaluate_folder, load_predictor, prepare_image, read_images
 from .presets import PRESETS, get_preset
@@ -114,7 +114,6 @@ def _parser() -> argparse.ArgumentParser:
         "(accuracy), cheapest first (cost), or the paper's order keeping only the backbones "
         "that pay on validation (selected); the report shows all three",
     )
-    _add_certify_options(run)
     run.add_argument(
         "--scoring",
         type=_scorer_name,
@@ -173,13 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     seeds.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    certify = sub.add_parser(
-        "certify",
-        help="certify finished runs' saved order on validation from their probabilities "
-        "(no model, no training), and check each certificate on test",
-    )
-    certify.add_argument("runs", nargs="+", type=Path, help="finished run folders (OUT)")
-    _add_certify_options(certify, required=True)
+    _add_certify_command(sub, run)
 
     predict = sub.add_parser("predict", help="label image files or folders with a saved cascade")
     predict.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
@@ -223,6 +216,18 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument(
         "--ray-actors", type=int, default=1, metavar="N", help="actors with --ray (1)"
     )
+
+
+def _add_certify_command(sub: Any, run: argparse.ArgumentParser) -> None:
+    """``--certify``/``--delta`` on ``run``, and the ``certify`` command."""
+    _add_certify_options(run)
+    certify = sub.add_parser(
+        "certify",
+        help="certify finished runs' saved order on validation from their probabilities "
+        "(no model, no training), and check each certificate on test",
+    )
+    certify.add_argument("runs", nargs="+", type=Path, help="finished run folders (OUT)")
+    _add_certify_options(certify, required=True)
 
 
 def _add_certify_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -424,6 +429,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         print(f"{run}:")
         for r in results:
             c = r.certificate
+            if c is None:
+                print(f"  {r.summary}")
+                continue
             status = "certified" if c.certified else "NOT certified"
             print(
                 f"  {r.spec} (delta {c.delta:g}): {status}, bound {c.bound:.4f} on "

@@ -26,7 +26,11 @@ import numpy as np
 
 from cascademl import RoutingRule, _files
 from cascademl.abstention import abstain_mask
-from cascademl.certify import Certificate, certify_cascade_from_proba
+from cascademl.certify import (
+    Certificate,
+    certify_cascade_from_proba,
+    required_calibration_size,
+)
 from cascademl.voting import combine_votes
 
 from .backbones import PROBABILITIES_FILE
@@ -87,7 +91,8 @@ class CertifiedResult:
 
     Attributes:
         spec: What was asked.
-        certificate: The certificate (validation only).
+        certificate: The certificate (validation only), or ``None`` when the validation
+            split is too small for the target (``reason`` says how many images it needs).
         test_agreement: Share of test images where the cascade agrees with its last stage.
         test_accuracy: Test accuracy (of the decided images, for ``selective``).
         test_coverage: Share of test images decided (1 unless ``selective``).
@@ -96,21 +101,42 @@ class CertifiedResult:
     """
 
     spec: CertifySpec
-    certificate: Certificate
+    certificate: Certificate | None
     test_agreement: float
     test_accuracy: float
     test_coverage: float
     test_cost_share_last: float
     test_cost_share_all: float
+    reason: str = ""
+    delta: float = math.nan
+
+    @property
+    def certified(self) -> bool:
+        """Whether a rule was certified."""
+        return self.certificate is not None and self.certificate.certified
+
+    @property
+    def summary(self) -> str:
+        """The certificate's sentence, or why there is none."""
+        return self.reason if self.certificate is None else self.certificate.summary()
 
     @property
     def test_quantity(self) -> float:
-        """The guaranteed quantity measured on test."""
+        """The guaranteed quantity measured on test (NaN without a certificate)."""
         return self.test_agreement if self.spec.guarantee == "agreement" else self.test_accuracy
 
     def to_json(self) -> dict[str, Any]:
         """The entry of ``certification`` in ``metrics.json``."""
         c = self.certificate
+        if c is None:
+            return {
+                "asked": str(self.spec),
+                "guarantee": self.spec.guarantee,
+                "target": self.spec.target,
+                "delta": self.delta,
+                "certified": False,
+                "summary": self.reason,
+            }
         return {
             "asked": str(self.spec),
             "guarantee": c.guarantee,
@@ -159,7 +185,7 @@ def _replay(
     return np.argmax(final, axis=1), decided, exit_stage
 
 
-def certify_probabilities(  # noqa: PLR0913 - the run's cached outputs, named
+def certify_probabilities(
     specs: Sequence[CertifySpec],
     *,
     val_proba: np.ndarray[Any, Any],
@@ -194,6 +220,12 @@ def certify_probabilities(  # noqa: PLR0913 - the run's cached outputs, named
     column = {str(c): i for i, c in enumerate(classes)}
     y_idx = np.array([column[str(label)] for label in y_test], dtype=int)
     for spec in specs:
+        need = required_calibration_size(spec.target, delta)
+        if val_proba.shape[1] < need:
+            reason = _too_few(spec, delta, val_proba.shape[1], need)
+            nan = math.nan
+            results.append(CertifiedResult(spec, None, nan, nan, nan, nan, nan, reason, delta))
+            continue
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             cert = certify_cascade_from_proba(
@@ -217,9 +249,21 @@ def certify_probabilities(  # noqa: PLR0913 - the run's cached outputs, named
                 test_coverage=float(decided.mean()),
                 test_cost_share_last=float(cost.mean() / flops[-1]),
                 test_cost_share_all=float(cost.mean() / total_flops),
+                delta=delta,
             )
         )
     return results
+
+
+def _too_few(spec: CertifySpec, delta: float, n: int, need: int) -> str:
+    """Why ``spec`` cannot be certified on ``n`` images, and the highest target that can."""
+    n_test = n - math.floor(0.3 * n + 0.5)  # the testing part (path_fraction 0.3)
+    reachable = delta ** (1 / n_test) if n_test > 0 else 0.0
+    return (
+        f"{spec} cannot be certified at delta={delta:g} on {n} validation images: even "
+        f"with no error it needs at least {need}; on {n} images no target above "
+        f"{math.floor(reachable * 1000) / 1000:.3f} can be certified"
+    )
 
 
 def certification_markdown(
@@ -227,18 +271,27 @@ def certification_markdown(
 ) -> str:
     """The report's section: one row per certificate, beside the tuned cascade."""
     lines = [
-        "Certified on the validation split, measured on the test split (which the "
-        "certificates never saw). *Bound*: the lower confidence bound on validation; "
-        "*cost*: mean FLOPs per image as a share of the last stage alone and of all the "
-        "backbones.",
+        (
+            "Certified on the validation split, measured on the test split (which the "
+            "certificates never saw). *Bound*: the lower confidence bound on validation; "
+            "*cost*: mean FLOPs per image as a share of the last stage alone and of all the "
+            "backbones."
+        ),
         "",
-        "| asked | delta | certified | bound (val) | cost, share of last (val / test) | "
-        "cost, share of all (test) | test agreement | test accuracy | coverage (test) | "
-        "target met on test |",
+        (
+            "| asked | delta | certified | bound (val) | cost, share of last (val / test) | "
+            "cost, share of all (test) | test agreement | test accuracy | coverage (test) | "
+            "target met on test |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.certificate
+        if c is None:
+            lines.append(
+                f"| {r.spec} | {r.delta:g} | **no** (too few images) | - | - | - | - | - | - | - |"
+            )
+            continue
         lines.append(
             f"| {r.spec} | {c.delta:g} | {'yes' if c.certified else '**no**'} | "
             f"{c.bound:.4f} | {c.cost_share_last:.1%} / {r.test_cost_share_last:.1%} | "
@@ -248,12 +301,14 @@ def certification_markdown(
     if tuned:
         lines += [
             "",
-            f"The tuned cascade (not certified) beside them: test accuracy "
-            f"{tuned['test_accuracy']:.2%}, test agreement with its last stage "
-            f"{tuned['test_agreement']:.2%}, cost {tuned['cost_share_all']:.1%} of all the "
-            "backbones.",
+            (
+                f"The tuned cascade (not certified) beside them: test accuracy "
+                f"{tuned['test_accuracy']:.2%}, test agreement with its last stage "
+                f"{tuned['test_agreement']:.2%}, cost {tuned['cost_share_all']:.1%} of all "
+                "the backbones."
+            ),
         ]
-    lines += ["", *(f"- {r.certificate.summary()}" for r in results), "", SCOPE_NOTE]
+    lines += ["", *(f"- {r.summary}" for r in results), "", SCOPE_NOTE]
     return "\n".join(lines)
 
 

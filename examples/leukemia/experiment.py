@@ -59,8 +59,8 @@ from .backbones import (
     train_backbones,
     warn_if_slow_precision,
 )
-from .data import DatasetScan, LeukemiaDataError, SplitManifest, mask_bottom_strip, prepare_split
 from .certification import CertifiedResult, CertifySpec, certify_probabilities
+from .data import DatasetScan, LeukemiaDataError, SplitManifest, mask_bottom_strip, prepare_split
 from .ordering import (
     ORDER_RULES,
     RECOMMENDED,
@@ -227,9 +227,9 @@ def run_experiment(
     )
     test = score_on_test(trained.stages, scores, tuned, tested, shortcuts=shortcuts, data=data)
     certified = _certify(certify, delta, chosen, scores, data)
-    saved = next((r for r in certified if r.certificate.certified), None)
+    saved = next((r for r in certified if r.certified), None)
     save_model(
-        chosen.cascade if saved is None else apply_certificate(chosen.cascade, saved.certificate),
+        chosen.cascade if saved is None else _certified(chosen.cascade, saved),
         preset,
         data,
         out / "cascade",
@@ -280,6 +280,14 @@ def run_experiment(
     )
     write_results(results, out, figures)
     return distributed.share(results.summary(out), ExperimentSummary)
+
+
+def _certified(cascade: CascadeClassifier, result: CertifiedResult) -> CascadeClassifier:
+    """The cascade routing with ``result``'s certified rule (the certificate saved with it)."""
+    if result.certificate is None:
+        msg = f"{result.spec} has no certificate"
+        raise ValueError(msg)
+    return apply_certificate(cascade, result.certificate)
 
 
 def _certify(
