@@ -372,6 +372,33 @@ def _print(rows: Sequence[dict[str, Any]]) -> None:
         )
 
 
+def _write(  # noqa: PLR0917 - main's state, written after every cell
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    started: float,
+    pools: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    sweep_rows: list[dict[str, Any]],
+) -> None:
+    """Write the results so far (after every cell, so that a long run keeps its part)."""
+    if not args.out:
+        return
+    payload = {
+        "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        ),
+        "machine": machine_lines(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "targets": TARGETS,
+        "pools": pools,
+        "validity": rows,
+        "cost_against_target": {"pool": "generated-k3", "n": 2000, "delta": 0.05,
+                                "guarantee": "agreement", "rows": sweep_rows},
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table; write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -401,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in (int(v) for v in args.sizes.split(",")):
             rows.extend(run_cell(pool, n, args.draws, args.seed + 1000 * k + n))
             _print(rows[-6:])
+            _write(args, argv, started, pools, rows, sweep_rows)
         if k == 3 and args.sweep_draws:
             sweep_rows = sweep(pool, 2000, args.sweep_draws, args.seed)
             for r in sweep_rows:
@@ -412,23 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = pool.proba.shape[1] // 2
         rows.extend(run_cell(pool, n, args.leukemia_draws, args.seed))
         _print(rows[-6:])
-    seconds = time.perf_counter() - started
-    print(f"total {seconds:.0f} s")
-    if args.out:
-        payload = {
-            "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(
-                sys.argv[1:] if argv is None else argv
-            ),
-            "machine": machine_lines(),
-            "seconds": round(seconds, 1),
-            "targets": TARGETS,
-            "pools": pools,
-            "validity": rows,
-            "cost_against_target": {"pool": "generated-k3", "n": 2000, "delta": 0.05,
-                                    "guarantee": "agreement", "rows": sweep_rows},
-        }  # fmt: skip
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    _write(args, argv, started, pools, rows, sweep_rows)
     return 0
 
 
