@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     pools = []
     sweep_rows: list[dict[str, Any]] = []
-    for k in (int(v) for v in args.ks.split(",")):
+    for k in (int(v) for v in args.ks.split(",") if v.strip()):
         pool = make_pool(k, seed=args.seed, cache=args.cache)
         check_router(pool, RoutingRule("max_proba", (0.8,) * (k - 1) + (math.inf,), "vote"))
         pools.append(pool.describe())
