@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_router(pool, RoutingRule("max_proba", (0.8,) * (k - 1) + (math.inf,), "vote"))
         pools.append(pool.describe())
         print(pool.describe(), flush=True)
-        for n in (int(v) for v in args.sizes.split(",")):
+        for n in (int(v) for v in args.sizes.split(",") if v.strip()):
             rows.extend(run_cell(pool, n, args.draws, args.seed + 1000 * k + n))
             _print(rows[-6:])
             _write(args, argv, started, pools, rows, sweep_rows)
