@@ -9,10 +9,12 @@ from typing import Any as _Any
 
 from cascademl.abstention import ABSTAIN
 from cascademl.cascade import CascadeClassifier
+from cascademl.certify import Certificate, certify_cascade
 from cascademl.cv import CascadeClassifierCV
 from cascademl.exceptions import (
     CascadeMLError,
     CascadeMLWarning,
+    CertificationWarning,
     ClassMismatchError,
     DeviceUnavailableError,
     DeviceWarning,
@@ -58,6 +60,8 @@ __all__ = [
     "CascadeMLError",
     "CascadeMLWarning",
     "CascadeResult",
+    "Certificate",
+    "CertificationWarning",
     "ClassMismatchError",
     "ConfidencePolicy",
     "CostReport",
@@ -76,5 +80,6 @@ __all__ = [
     "TorchStage",
     "TuningResult",
     "__version__",
+    "certify_cascade",
     "tune_cascade",
 ]

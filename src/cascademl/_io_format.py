@@ -9,13 +9,13 @@ writes a file.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
+from cascademl._json_floats import _decode_float
 from cascademl.abstention import ABSTAIN
 from cascademl.calibration import TemperatureScaledStage
 from cascademl.exceptions import SerializationError
@@ -44,22 +44,6 @@ _TIMM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _FORBIDDEN_KEY = re.compile(r"pretrain|checkpoint|file|path|url|hub|cache|download", re.IGNORECASE)
 _FORBIDDEN_VALUE = re.compile(r"://|^hf[-_]hub:|^timm:|^local-dir:", re.IGNORECASE)
 _LABEL_KINDS = "biufUO"  # bool, int, uint, float, str, object (of JSON-able values)
-
-
-def _encode_float(value: float) -> float | str:
-    number = float(value)
-    return number if math.isfinite(number) else str(number)  # "inf", "-inf", "nan"
-
-
-def _decode_float(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        msg = f"{where} must be a number, got {value!r}"
-        raise SerializationError(msg)
-    try:
-        return float(value)
-    except ValueError as exc:
-        msg = f"{where} must be a number, got {value!r}"
-        raise SerializationError(msg) from exc
 
 
 def _encode_classes(classes: np.ndarray[Any, Any]) -> dict[str, Any]:

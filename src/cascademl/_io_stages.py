@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cascademl._io_format import TENSORS_FILE, SklearnFormat, _decode_float
+from cascademl._io_format import TENSORS_FILE, SklearnFormat
+from cascademl._json_floats import _decode_float
 from cascademl._optional import require
 from cascademl.calibration import TemperatureScaledStage
 from cascademl.exceptions import SerializationError

@@ -108,6 +108,9 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
         n_features_in_: number of features, when every stage is a scikit-learn estimator.
         feature_names_in_: the column names of a DataFrame given to `fit`, when every stage
             is a scikit-learn estimator.
+        certificate_: the [`Certificate`][cascademl.certify.Certificate] of a cascade
+            built by [`apply_certificate`][cascademl.certify.apply_certificate] (absent
+            otherwise); shown by `summary`, saved by `save_cascade`.
 
     Examples:
         >>> from sklearn.datasets import load_iris
@@ -307,6 +310,45 @@ class CascadeClassifier(ClassifierMixin, BaseEstimator):
     def thresholds_(self) -> tuple[float, ...]:
         """One threshold per stage under the current policy (the last is never consulted)."""
         return self.routing_rule_.thresholds
+
+    def summary(self) -> str:
+        """A few lines on the fitted cascade: stages, routing rule, reject option, certificate.
+
+        The certificate line says when the current routing no longer is the certified one
+        (after ``set_params`` changed the policy, combiner or weights).
+
+        Raises:
+            NotFittedError: if the cascade is not fitted.
+
+        Examples:
+            >>> from sklearn.datasets import load_iris
+            >>> from sklearn.naive_bayes import GaussianNB
+            >>> X, y = load_iris(return_X_y=True)
+            >>> print(CascadeClassifier([("nb", GaussianNB())]).fit(X, y).summary())
+            CascadeClassifier of 1 stage: nb
+            routing: max_proba, thresholds [inf], combine='vote'
+        """
+        rule = self.routing_rule_
+        names = list(self.named_stages_.keys())
+        plural = "s" if len(names) != 1 else ""
+        thresholds = ", ".join(f"{t:.4g}" for t in rule.thresholds)
+        routing = f"routing: {rule.measure}, thresholds [{thresholds}], combine={rule.combine!r}"
+        if rule.combine == "vote" and len(names) > 1:
+            weights = ", ".join(f"{w:g}" for w in rule.escalation_weights)
+            routing += f", escalation weights [{weights}]"
+        lines = [
+            f"{type(self).__name__} of {len(names)} stage{plural}: {', '.join(names)}",
+            routing,
+        ]
+        if self.reject_threshold is not None:
+            lines.append(f"reject_threshold: {self.reject_threshold:.4g}")
+        certificate = getattr(self, "certificate_", None)
+        if certificate is not None:
+            line = f"certificate ({certificate.guarantee}): {certificate.summary()}"
+            if not certificate.matches(self):
+                line += " [no longer in force: the routing changed since it was certified]"
+            lines.append(line)
+        return "\n".join(lines)
 
     @property
     def abstain_label_(self) -> Any:

@@ -4,13 +4,17 @@ Layout of a saved cascade (format version 2)::
 
     my_cascade/
     ├── cascade.json          policy, thresholds, combiner, classes, stage specs, checksums
+    │                         (and the certificate of a certified cascade, as JSON)
     ├── tensors.safetensors   torch stages' weights (only when there are torch stages)
     └── stage_<i>.skops       scikit-learn stages (skops; stage_<i>.pkl with pickle)
 
 ``cascade.json`` holds ``"format": "cascademl.CascadeClassifier"`` and ``"format_version"``;
 class labels keep their numpy dtype (strings, ints, floats or bools); temperatures of
 [`TemperatureScaledStage`][cascademl.calibration.TemperatureScaledStage] stages and the
-SHA-256 of every other file are in it too. Torch stages are stored with
+SHA-256 of every other file are in it too, and so is the
+[`Certificate`][cascademl.certify.Certificate] of a cascade built by
+[`apply_certificate`][cascademl.certify.apply_certificate] (``"certificate"``, optional:
+folders without it load as before). Torch stages are stored with
 ``TorchStage.to_config()`` and their ``state_dict`` in safetensors, which holds only
 tensors: loading them runs no code. Format version 1 (cascademl 0.1: scikit-learn stages
 always pickled) is still read.
@@ -104,7 +108,6 @@ from cascademl._io_format import (
     _decode_policy,
     _encode_abstain_label,
     _encode_classes,
-    _encode_float,
     _json_weights,
     _parse_config,
 )
@@ -115,7 +118,9 @@ from cascademl._io_stages import (
     _stage_spec,
     _StageBuilder,
 )
+from cascademl._json_floats import _encode_float
 from cascademl.cascade import CascadeClassifier
+from cascademl.certify._certificate import Certificate
 from cascademl.exceptions import CascadeMLError, NotFittedError, SerializationError
 
 __all__ = [
@@ -246,6 +251,9 @@ def _serialize(cascade: CascadeClassifier, sklearn_format: SklearnFormat) -> dic
         "stages": stages,
         "files": files,
     }
+    certificate = getattr(cascade, "certificate_", None)
+    if isinstance(certificate, Certificate):
+        config["certificate"] = certificate.to_dict()
     try:
         text = json.dumps(config, indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -340,7 +348,10 @@ def _load(folder: Path, options: _LoadOptions) -> CascadeClassifier:
         except (CascadeMLError, TypeError, ValueError, AttributeError) as exc:
             msg = f"{where}: invalid configuration: {exc}"
             raise SerializationError(msg) from exc
-    return _adopt(cascade, classes, n_features, feature_names, where)
+    adopted = _adopt(cascade, classes, n_features, feature_names, where)
+    if config.get("certificate") is not None:
+        adopted.certificate_ = Certificate.from_dict(config["certificate"], f"{where}: certificate")
+    return adopted
 
 
 def _adopt(

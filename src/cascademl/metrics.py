@@ -25,7 +25,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from cascademl._typing import FloatArray, IntArray, LabelArray
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import PolicyError
 from cascademl.results import CascadeResult
+
+if TYPE_CHECKING:
+    from cascademl.certify import Certificate
 
 __all__ = [
     "CascadeReport",
@@ -418,12 +421,15 @@ class CascadeReport:
             stage probabilities were not given).
         mcnemar: McNemar's test of the cascade (first) against each stage (second), by name.
         routing: where samples ended, and the cost.
+        certificate: the cascade's [`Certificate`][cascademl.certify.Certificate] (its
+            guarantee, bound and cost share on the calibration data), or ``None``.
     """
 
     cascade: ClassificationMetrics
     stages: Mapping[str, ClassificationMetrics]
     mcnemar: Mapping[str, McNemarResult]
     routing: RoutingSummary
+    certificate: Certificate | None = None
 
 
 def cascade_report(
@@ -435,6 +441,7 @@ def cascade_report(
     confidence_level: float = 0.95,
     random_state: int | None = 0,
     mcnemar_method: McNemarMethod = "auto",
+    certificate: Certificate | None = None,
 ) -> CascadeReport:
     """Build the report from a routing result and, optionally, every stage's probabilities.
 
@@ -448,6 +455,8 @@ def cascade_report(
         confidence_level: see `classification_metrics`.
         random_state: see `classification_metrics`; each metric set uses the same seed.
         mcnemar_method: see [`mcnemar_test`][cascademl.metrics.mcnemar_test].
+        certificate: the certificate of the cascade that produced ``result`` (its
+            ``certificate_``), shown in the report beside the metrics measured here.
 
     Returns:
         The report.
@@ -476,7 +485,7 @@ def cascade_report(
             tests[name] = mcnemar_test(
                 y_true, result.labels, labels, classes=classes, method=mcnemar_method
             )
-    return CascadeReport(overall, per_stage, tests, routing_summary(result))
+    return CascadeReport(overall, per_stage, tests, routing_summary(result), certificate)
 
 
 def evaluate_cascade(
@@ -494,6 +503,7 @@ def evaluate_cascade(
 
     With ``compare_stages=True`` every stage also runs once on every test sample (for the
     per-stage metrics and McNemar's tests): that is extra model calls, for the report only.
+    A certified cascade's ``certificate_`` is carried into the report.
 
     Args:
         cascade: a fitted cascade.
@@ -530,4 +540,5 @@ def evaluate_cascade(
         confidence_level=confidence_level,
         random_state=random_state,
         mcnemar_method=mcnemar_method,
+        certificate=getattr(cascade, "certificate_", None),
     )

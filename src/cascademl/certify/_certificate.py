@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from cascademl._io_format import _decode_float, _encode_float
+from cascademl._json_floats import _decode_float, _encode_float
 from cascademl.exceptions import CascadeMLError, SerializationError
 from cascademl.policies import RoutingRule
 
@@ -186,8 +186,9 @@ class Certificate:
         target = _percent(self.target, 1)
         if not self.certified:
             bound = "" if math.isnan(self.bound) else f"; its lower bound is {self.bound:.4f}"
+            quantity = "selective accuracy" if self.guarantee == "selective" else self.guarantee
             return (
-                f"not certified: no setting reached {self.guarantee} of {target} with {conf} "
+                f"not certified: no setting reached {quantity} of {target} with {conf} "
                 f"confidence ({n}); falls back to {last} alone{bound}"
             )
         cost = f"{self.cost_share_last:.0%}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from scipy.stats import beta, binom
+from scipy.special import bdtr, betaincinv
 
 __all__ = ["binomial_p_value", "lower_confidence_bound", "required_test_size"]
 
@@ -12,9 +12,10 @@ __all__ = ["binomial_p_value", "lower_confidence_bound", "required_test_size"]
 def binomial_p_value(errors: int, n: int, alpha: float) -> float:
     """P-value of the null hypothesis "the risk is at least ``alpha``" after ``errors`` in ``n``.
 
-    It is ``P(Binom(n, alpha) <= errors)``: exact for any ``n`` (no normal approximation),
-    and super-uniform under the null, so rejecting when it is at most ``delta`` has error
-    probability at most ``delta``. With no samples there is no evidence: the p-value is 1.
+    It is ``P(Binom(n, alpha) <= errors)`` (``scipy.special.bdtr``): exact for any ``n``
+    (no normal approximation), and super-uniform under the null, so rejecting when it is at
+    most ``delta`` has error probability at most ``delta``. With no samples there is no
+    evidence: the p-value is 1.
 
     Examples:
         >>> round(binomial_p_value(0, 59, 0.05), 4)  # 0.95 ** 59
@@ -24,11 +25,13 @@ def binomial_p_value(errors: int, n: int, alpha: float) -> float:
     """
     if n <= 0:
         return 1.0
-    return float(binom.cdf(errors, n, alpha))
+    return float(bdtr(errors, n, alpha))
 
 
 def lower_confidence_bound(successes: int, n: int, delta: float) -> float:
     """One-sided Clopper-Pearson lower bound of a success probability at level ``1 - delta``.
+
+    The ``delta`` quantile of ``Beta(successes, n - successes + 1)`` (``scipy.special.betaincinv``).
 
     The bound is at or above ``target`` exactly when ``binomial_p_value(n - successes, n,
     1 - target) <= delta``: the test and the bound are the same statement. 0 when no sample
@@ -42,7 +45,7 @@ def lower_confidence_bound(successes: int, n: int, delta: float) -> float:
     """
     if n <= 0 or successes <= 0:
         return 0.0
-    return float(beta.ppf(delta, successes, n - successes + 1))
+    return float(betaincinv(successes, n - successes + 1, delta))
 
 
 def required_test_size(target: float, delta: float) -> int:
