@@ -16,12 +16,16 @@ def test_demo_figures_are_consistent():
     assert 0.0 < figures["calls_saved"] < 1.0
     assert figures["accuracy"] > 0.95
     assert -1.0 <= figures["mcc"] <= 1.0
+    # Certified on one half of the held-out quarter, checked on the other half.
+    assert "agrees with forest on at least 90.0%" in figures["certificate"]
+    assert figures["certified_agreement"] >= 0.9
+    assert 1 / 3 - 1e-9 <= figures["certified_calls_share"] <= 1.0
 
 
 def test_main_prints_the_table(capsys):
     assert main(["demo", "--threshold", "0.95", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    for text in ("cascade accuracy", "cascade MCC", "cascade kappa", "stage calls saved", "forest"):
+    for text in ("cascade accuracy", "cascade MCC", "stage calls saved", "forest", "certified "):
         assert text in out
 
 

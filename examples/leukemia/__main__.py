@@ -6,6 +6,7 @@ python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV]
 python -m examples.leukemia evaluate --model OUT/cascade --data-root DIR
 python -m examples.leukemia audit --data-root DIR --preset cpu --out DIR
 python -m examples.leukemia seeds --data-root DIR --preset cpu --seeds 0,1,2 --out DIR
+python -m examples.leukemia certify RUN... --certify agreement=0.99 [--delta 0.05]
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from cascademl.exceptions import CascadeMLError
 from . import distributed
 from .audit import run_audit
 from .budget import DEFAULT_TIME_BUDGETS
+from .certification import certify_finished_run, parse_certify_spec
 from .data import BadImageError, LeukemiaDataError, load_rgb
 from .experiment import run_experiment
-from .ordering import ORDER_RULES
+from .ordering import ORDER_RULES, RECOMMENDED
 from .predict import Predictor, evaluate_folder, load_predictor, prepare_image, read_images
 from .presets import PRESETS, get_preset
 from .runlock import OutputFolderBusyError
@@ -65,71 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the whole experiment: split, train, tune, test, report")
-    run.add_argument("--data-root", required=True, type=Path, help="Kaggle ALL folder")
-    run.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="settings (cpu)")
-    run.add_argument("--out", required=True, type=Path, help="results folder")
-    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps or auto")
-    run.add_argument("--seed", type=int, default=None, help="seed (overrides the preset's)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset setting, e.g. epochs=3 or resnet50.lr=5e-4 (repeatable)",
-    )
-    run.add_argument(
-        "--no-pretrained",
-        action="store_true",
-        help="train from scratch (the cpu and smoke presets always do)",
-    )
-    run.add_argument(
-        "--checkpoint",
-        action="append",
-        default=[],
-        type=_name_and_path,
-        metavar="NAME=PATH",
-        help="local pretrained weights for a backbone (timm or display name), for offline use",
-    )
-    run.add_argument(
-        "--download-weights",
-        action="store_true",
-        help="let timm download ImageNet weights that are neither given nor cached "
-        "(pretrained presets; without it such a run stops at once and says what is missing)",
-    )
-    run.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
-    run.add_argument(
-        "--max-cost-ratio",
-        type=_cost_ratio,
-        default=0.35,
-        help="cost budget of the tuned cascade, share of running all backbones (0.35)",
-    )
-    run.add_argument(
-        "--order",
-        choices=ORDER_RULES,
-        default="accuracy",
-        help="stage order: by validation accuracy as in the paper (accuracy), cheapest first "
-        "(cost), or the paper's order keeping only the backbones that pay on validation "
-        "(selected); the report shows all three",
-    )
-    run.add_argument(
-        "--scoring",
-        type=_scorer_name,
-        default="neg_log_loss",
-        help="what the thresholds optimise on validation: a scikit-learn scorer name such as "
-        "neg_log_loss (default) or accuracy",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument(
-        "--time-budget",
-        type=_minutes,
-        default=None,
-        metavar="MINUTES",
-        help="plan epochs and input sizes on this machine so the whole run fits MINUTES "
-        "(default: 60 for the cpu preset, none for the others; 0: the preset's fixed "
-        "epochs; --set epochs=N also fixes them)",
-    )
-
+    _add_run_options(run)
     audit = sub.add_parser(
         "audit",
         help="the model that sees no cell: colour statistics on the run's split (seconds)",
@@ -179,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     seeds.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    _add_certify_command(sub, run)
+
     predict = sub.add_parser("predict", help="label image files or folders with a saved cascade")
     predict.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
@@ -208,6 +148,74 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--data-root", required=True, type=Path, help="Kaggle ALL folder")
+    run.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="settings (cpu)")
+    run.add_argument("--out", required=True, type=Path, help="results folder")
+    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps or auto")
+    run.add_argument("--seed", type=int, default=None, help="seed (overrides the preset's)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting, e.g. epochs=3 or resnet50.lr=5e-4 (repeatable)",
+    )
+    run.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="train from scratch (the cpu and smoke presets always do)",
+    )
+    run.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        type=_name_and_path,
+        metavar="NAME=PATH",
+        help="local pretrained weights for a backbone (timm or display name), for offline use",
+    )
+    run.add_argument(
+        "--download-weights",
+        action="store_true",
+        help="let timm download ImageNet weights that are neither given nor cached "
+        "(pretrained presets; without it such a run stops at once and says what is missing)",
+    )
+    run.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
+    run.add_argument(
+        "--max-cost-ratio",
+        type=_cost_ratio,
+        default=0.35,
+        help="cost budget of the tuned cascade, share of running all backbones (0.35)",
+    )
+    run.add_argument(
+        "--order",
+        choices=(RECOMMENDED, *ORDER_RULES),
+        default=RECOMMENDED,
+        help="stage order of the saved model: the one whose tuned cascade scores best on "
+        "validation (recommended, the default), by validation accuracy as in the paper "
+        "(accuracy), cheapest first (cost), or the paper's order keeping only the backbones "
+        "that pay on validation (selected); the report shows all three",
+    )
+    run.add_argument(
+        "--scoring",
+        type=_scorer_name,
+        default="neg_log_loss",
+        help="what the thresholds optimise on validation: a scikit-learn scorer name such as "
+        "neg_log_loss (default) or accuracy",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--time-budget",
+        type=_minutes,
+        default=None,
+        metavar="MINUTES",
+        help="plan epochs and input sizes on this machine so the whole run fits MINUTES "
+        "(default: 60 for the cpu preset, none for the others; 0: the preset's fixed "
+        "epochs; --set epochs=N also fixes them)",
+    )
+
+
 def _add_predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--device", default=None, help="torch device (default: as saved)")
     predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
@@ -221,6 +229,50 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument(
         "--ray-actors", type=int, default=1, metavar="N", help="actors with --ray (1)"
     )
+
+
+def _add_certify_command(sub: Any, run: argparse.ArgumentParser) -> None:
+    """``--certify``/``--delta`` on ``run``, and the ``certify`` command."""
+    _add_certify_options(run)
+    certify = sub.add_parser(
+        "certify",
+        help="certify finished runs' saved order on validation from their probabilities "
+        "(no model, no training), and check each certificate on test",
+    )
+    certify.add_argument("runs", nargs="+", type=Path, help="finished run folders (OUT)")
+    _add_certify_options(certify, required=True)
+
+
+def _add_certify_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument(
+        "--certify",
+        action="append",
+        default=[],
+        required=required,
+        type=parse_certify_spec,
+        metavar="GUARANTEE=TARGET",
+        help="certify on the validation split: agreement=0.99 (agrees with the last stage), "
+        "accuracy=0.95 or selective=0.97 (accuracy of the decided images, with the reject "
+        "option); repeatable; the first certified one routes the saved model",
+    )
+    parser.add_argument(
+        "--delta",
+        type=_unit,
+        default=0.05,
+        help="allowed probability that a certificate is wrong (0.05: 95%% confidence)",
+    )
+
+
+def _unit(value: str) -> float:
+    """Parse ``--delta``: a number in (0, 1)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number < 1:
+        msg = f"expected a number in (0, 1), e.g. 0.05; got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
 
 
 def _name_and_path(value: str) -> tuple[str, str]:
@@ -333,6 +385,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             scoring=args.scoring,
             progress=not args.no_progress,
             time_budget=_time_budget(args),
+            certify=args.certify,
+            delta=args.delta,
         )
     if not distributed.from_environment().main:
         return 0  # rank 0 prints the summary
@@ -406,6 +460,26 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
     summary = run_seeds(args.seeds, args.out, run, None if args.summarize_only else differences)
     print(seeds_markdown(summary))
     print(f"saved to {args.out / SUMMARY_MARKDOWN}")
+    return 0
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    for run in args.runs:
+        results = certify_finished_run(run, args.certify, delta=args.delta)
+        print(f"{run}:")
+        for r in results:
+            c = r.certificate
+            if c is None:
+                print(f"  {r.summary}")
+                continue
+            status = "certified" if c.certified else "NOT certified"
+            print(
+                f"  {r.spec} (delta {c.delta:g}): {status}, bound {c.bound:.4f} on "
+                f"{c.n_calibration} validation images; test agreement {r.test_agreement:.2%}, "
+                f"accuracy {r.test_accuracy:.2%}, coverage {r.test_coverage:.1%}, cost "
+                f"{r.test_cost_share_last:.1%} of the last stage"
+            )
+        print(f"  saved to {run / 'certification.json'} (and metrics.json, report.md)")
     return 0
 
 
@@ -590,6 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _cmd_run,
         "audit": _cmd_audit,
         "seeds": _cmd_seeds,
+        "certify": _cmd_certify,
         "predict": _cmd_predict,
         "evaluate": _cmd_evaluate,
     }

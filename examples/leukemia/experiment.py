@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from cascademl import CascadeClassifier, CascadeResult, _files
+from cascademl.certify import apply_certificate
 from cascademl.cost import CostReport
 from cascademl.inference import resolve_device
 from cascademl.metrics import (
@@ -59,8 +60,17 @@ from .backbones import (
     warn_if_slow_precision,
 )
 from .budget import PLAN_FILE, BudgetPlanner, Workload, plan_markdown
+from .certification import CertifiedResult, CertifySpec, certify_probabilities
 from .data import DatasetScan, LeukemiaDataError, SplitManifest, mask_bottom_strip, prepare_split
-from .ordering import ORDER_RULES, OrderResult, TunedOrder, evaluate_order, order_and_tune
+from .ordering import (
+    ORDER_RULES,
+    RECOMMENDED,
+    OrderResult,
+    TunedOrder,
+    evaluate_order,
+    order_and_tune,
+    recommended_order,
+)
 from .predict import _save_model, images_to_tensor
 from .presets import Preset
 from .results import CASCADE, CostSummary, ExperimentResults, ExperimentSummary
@@ -111,10 +121,12 @@ def run_experiment(
     checkpoints: Mapping[str, str] | None = None,
     allow_download: bool = False,
     max_cost_ratio: float = 0.35,
-    order: str = "accuracy",
+    order: str = RECOMMENDED,
     scoring: str = "neg_log_loss",
     progress: bool = False,
     time_budget: float | None = None,
+    certify: Sequence[CertifySpec] = (),
+    delta: float = 0.05,
 ) -> ExperimentSummary:
     """Run the paper's experiment end to end and write the results folder.
 
@@ -150,7 +162,9 @@ def run_experiment(
             before any work when a backbone's weights are missing (see
             :func:`check_pretrained_weights`).
         max_cost_ratio: Cost budget of the tuned cascade, as a share of all backbones.
-        order: ``"accuracy"`` (the paper) or ``"cost"``.
+        order: ``"recommended"`` (the rule whose tuned cascade scores best on validation,
+            :func:`.ordering.recommended_order`), ``"accuracy"`` (the paper), ``"cost"`` or
+            ``"selected"``. Every rule is tuned and reported; this one is saved.
         scoring: What the thresholds maximise on validation: a scikit-learn scorer name
             (``"neg_log_loss"``, ``"accuracy"``, ``"balanced_accuracy"``...).
         progress: Show progress bars.
@@ -158,6 +172,11 @@ def run_experiment(
             are planned for this machine to fit them (see :mod:`.budget`; ``OUT/plan.json``).
             ``None``: the preset's fixed epochs. Ignored, with a warning, under several
             processes.
+        certify: Guarantees to certify for the saved order on the validation split
+            (:mod:`.certification`); each is reported beside the tuned cascade with what
+            it reached on test, and the first one that is certified routes the saved
+            model.
+        delta: The allowed probability that a certificate is wrong.
 
     Returns:
         The headline numbers.
@@ -197,10 +216,12 @@ def run_experiment(
         trained.stages,
         scores,
         data,
-        first=order,
+        first=order if order in ORDER_RULES else ORDER_RULES[0],
         max_cost_ratio=max_cost_ratio,
         scoring=scoring,
     )
+    asked, order = order, recommended_order(tuned) if order == RECOMMENDED else order
+    tuned = {order: tuned[order], **{r: t for r, t in tuned.items() if r != order}}
     chosen = tuned[order]
     tested = route_test_split(chosen, scores, data)
     shortcuts = shortcut_audit(
@@ -214,7 +235,14 @@ def run_experiment(
         classes=data.classes,
     )
     test = score_on_test(trained.stages, scores, tuned, tested, shortcuts=shortcuts, data=data)
-    save_model(chosen.cascade, preset, data, out / "cascade")
+    certified = _certify(certify, delta, chosen, scores, data)
+    saved = next((r for r in certified if r.certified), None)
+    save_model(
+        chosen.cascade if saved is None else _certified(chosen.cascade, saved),
+        preset,
+        data,
+        out / "cascade",
+    )
     figures = write_figures(
         out / "figures",
         histories=trained.histories,
@@ -246,9 +274,55 @@ def run_experiment(
         shortcuts=shortcuts,
         seconds=time.perf_counter() - started,
         time_budget=planner.to_json(time.perf_counter() - started) if planner else None,
+        order_choice={
+            "asked": asked,
+            "saved": order,
+            "val_score": {rule: t.tuning.score for rule, t in tuned.items()},
+            "certified_rule_saved": None if saved is None else str(saved.spec),
+            "tuned_test_agreement": float(
+                np.mean(
+                    tested.routed.labels
+                    == data.classes[np.argmax(scores.test_proba[chosen.ordering[-1]], axis=1)]
+                )
+            ),
+        },
+        certification=tuple(certified),
     )
     write_results(results, out, figures)
     return distributed.share(results.summary(out), ExperimentSummary)
+
+
+def _certified(cascade: CascadeClassifier, result: CertifiedResult) -> CascadeClassifier:
+    """The cascade routing with ``result``'s certified rule (the certificate saved with it)."""
+    if result.certificate is None:
+        msg = f"{result.spec} has no certificate"
+        raise ValueError(msg)
+    return apply_certificate(cascade, result.certificate)
+
+
+def _certify(
+    specs: Sequence[CertifySpec],
+    delta: float,
+    chosen: TunedOrder,
+    scores: BackboneScores,
+    data: SplitData,
+) -> list[CertifiedResult]:
+    """Certify the saved order on validation; measure each certified rule on test."""
+    if not specs:
+        return []
+    ordering = list(chosen.ordering)
+    return certify_probabilities(
+        specs,
+        val_proba=np.asarray(scores.val_proba, dtype=np.float64)[ordering],
+        test_proba=np.asarray(scores.test_proba, dtype=np.float64)[ordering],
+        y_val=data.y["val"],
+        y_test=data.y["test"],
+        classes=data.classes,
+        flops=[scores.flops[i] for i in ordering],
+        stage_names=[scores.names[i] for i in ordering],
+        total_flops=float(sum(scores.flops)),
+        delta=delta,
+    )
 
 
 @dataclass(frozen=True)

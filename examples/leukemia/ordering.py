@@ -31,10 +31,12 @@ from cascademl.tuning import (
 
 __all__ = [
     "ORDER_RULES",
+    "RECOMMENDED",
     "OrderResult",
     "TunedOrder",
     "evaluate_order",
     "order_and_tune",
+    "recommended_order",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,18 @@ class TunedOrder(NamedTuple):
 #: The ways the stages are ordered: the paper's (least accurate on validation first), the
 #: cheapest first, and stage selection (the paper's order, keeping only the stages that pay).
 ORDER_RULES: Final = ("accuracy", "cost", "selected")
+#: ``--order`` default: the rule whose tuned cascade scores best on validation.
+RECOMMENDED: Final = "recommended"
+
+
+def recommended_order(tuned: Mapping[str, TunedOrder]) -> str:
+    """The ordering rule the report recommends: the best tuning score on validation.
+
+    The score is the tuning objective (the validation log-loss by default), within the
+    same budget for every rule; ties go to the earlier rule of :data:`ORDER_RULES` (the
+    paper's order first). The test split plays no part.
+    """
+    return max(ORDER_RULES, key=lambda rule: (tuned[rule].tuning.score, -ORDER_RULES.index(rule)))
 
 
 def order_and_tune(

@@ -16,6 +16,7 @@ from typing import Any
 from cascademl.metrics import ClassificationMetrics, McNemarResult
 
 from .backbones import BackboneTraining
+from .certification import CertifiedResult
 from .data import DatasetScan
 from .ordering import OrderResult, TunedOrder
 from .predict import metrics_json
@@ -117,6 +118,9 @@ class ExperimentResults:
         seconds: Wall time of the run.
         time_budget: The time budget's plan and what it took (:mod:`.budget`), or ``None``
             for a run with the preset's fixed epochs.
+        order_choice: Which ordering rule was asked (``"recommended"`` by default) and
+            saved, with every rule's validation score.
+        certification: The certificates asked for (``--certify``), with their test numbers.
     """
 
     preset: Preset
@@ -141,6 +145,8 @@ class ExperimentResults:
     shortcuts: ShortcutAudit
     seconds: float
     time_budget: Mapping[str, Any] | None = None
+    order_choice: Mapping[str, Any] | None = None
+    certification: tuple[CertifiedResult, ...] = ()
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -201,6 +207,12 @@ class ExperimentResults:
             "shortcut_audit": self.shortcuts.to_json(),
             # Per-sample test labels of every cascade configuration, for summaries over seeds.
             "test_predictions": dict(self.shortcuts.test_predictions),
+            **({"order_choice": dict(self.order_choice)} if self.order_choice else {}),
+            **(
+                {"certification": [r.to_json() for r in self.certification]}
+                if self.certification
+                else {}
+            ),
             "seconds": self.seconds,
             # Only with a time budget, so that a fixed run's file is as before.
             **({"time_budget": dict(self.time_budget)} if self.time_budget is not None else {}),

@@ -9,7 +9,8 @@ from typing import Any, Final
 from cascademl.metrics import ClassificationMetrics
 
 from . import report
-from .ordering import OrderResult, TunedOrder
+from .certification import certification_markdown
+from .ordering import RECOMMENDED, OrderResult, TunedOrder
 from .results import ExperimentResults
 
 __all__ = [
@@ -100,9 +101,25 @@ def report_sections(results: ExperimentResults) -> dict[str, str]:
     ]
     best_name = results.best_backbone
     train_seconds = sum(t.train_seconds for t in results.training.values())
+    certified = (
+        {
+            "Certified cascades": certification_markdown(
+                results.certification,
+                tuned={
+                    "test_accuracy": cascade.accuracy,
+                    "test_agreement": (results.order_choice or {}).get(
+                        "tuned_test_agreement", float("nan")
+                    ),
+                    "cost_share_all": cost.cascade_flops_ratio_all,
+                },
+            )
+        }
+        if results.certification
+        else {}
+    )
     return {
         "Cascade": (
-            f"Order ({order_rule}): {order}.\n\n"
+            f"Order ({order_rule}): {order}.{_choice_sentence(results)}\n\n"
             f"Thresholds (max probability), tuned for {objective}: {thresholds} "
             f"(validation accuracy {results.tuned.val_accuracy:.2%}). "
             f"{_validation_sentence(results.tuned.val_accuracy, results.val_accuracy)}\n\n"
@@ -115,6 +132,7 @@ def report_sections(results: ExperimentResults) -> dict[str, str]:
             f"{cost.cascade_flops_ratio_all:.1%} of running every backbone, "
             f"{cost.cascade_flops_ratio_last:.1%} of the last stage alone."
         ),
+        **certified,
         **{
             _RULE_HEADING[rule]: _alternative_section(alt)
             for rule, alt in results.alternatives.items()
@@ -136,6 +154,25 @@ def report_sections(results: ExperimentResults) -> dict[str, str]:
             " min."
         ),
     }
+
+
+def _choice_sentence(results: ExperimentResults) -> str:
+    """Why this order is the saved one, and how to get the paper's."""
+    choice = results.order_choice
+    if not choice or choice.get("asked") != RECOMMENDED:
+        return ""
+    scores = ", ".join(f"{rule} {score:.4g}" for rule, score in choice["val_score"].items())
+    paper = (
+        " It is the paper's order."
+        if results.order_rule == "accuracy"
+        else " The paper's order is reported below and saved with `--order accuracy`."
+    )
+    certified = choice.get("certified_rule_saved")
+    routed = f" The saved model routes with the certified rule ({certified})." if certified else ""
+    return (
+        f" Saved for `predict` as the order recommended from validation: the best tuning "
+        f"score of the three orders ({scores}).{paper}{routed}"
+    )
 
 
 def validation_check(payload: Mapping[str, Any]) -> str:

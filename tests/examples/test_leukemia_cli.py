@@ -27,6 +27,12 @@ def smoke_run(tmp_path_factory, leukemia_root):
                 "--out",
                 str(out),
                 "--no-progress",
+                "--order",
+                "accuracy",
+                "--certify",
+                "agreement=0.9",
+                "--delta",
+                "0.2",
             ]
         )
     assert status == 0
@@ -129,6 +135,8 @@ def test_metrics_json_keeps_the_keys_that_earlier_runs_have(smoke_run):
         "cost",
         "shortcut_audit",
         "test_predictions",
+        "order_choice",
+        "certification",
         "seconds",
     ]
     assert list(metrics["training"]["TestResNet"]) == [
@@ -238,7 +246,25 @@ def _check_shortcut_audit(out, metrics):
     assert "no patient ids" in report
 
 
+def test_run_certifies_on_validation_and_says_what_it_covers(smoke_run):
+    """--certify on a split too small for the target: no rule is certified, and it says why."""
+    out, _ = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    n_val = sum(metrics["split_counts"]["val"].values())
+    (entry,) = metrics["certification"]
+    assert entry["asked"] == "agreement=0.9"
+    assert entry["delta"] == 0.2
+    assert entry["certified"] is False
+    assert f"on {n_val} validation images" in entry["summary"]
+    assert metrics["order_choice"]["asked"] == "accuracy"
+    assert metrics["order_choice"]["certified_rule_saved"] is None
+    report = (out / "report.md").read_text()
+    assert "## Certified cascades" in report
+    assert "says nothing about another lab's images" in report
+
+
 def test_rerun_reuses_split_and_checkpoints(smoke_run, leukemia_root, caplog):
+    """A rerun with the default --order saves the order recommended from validation."""
     out, _ = smoke_run
     before = (out / "split.csv").read_text()
     with caplog.at_level(logging.INFO), redirect_stdout(io.StringIO()):
@@ -260,6 +286,16 @@ def test_rerun_reuses_split_and_checkpoints(smoke_run, leukemia_root, caplog):
     assert (out / "split.csv").read_text() == before
     assert "reusing split" in caplog.text
     assert "after epoch 1" in caplog.text  # resumed or reused, not retrained
+    metrics = json.loads((out / "metrics.json").read_text())
+    choice = metrics["order_choice"]
+    assert choice["asked"] == "recommended"
+    assert set(choice["val_score"]) == {"accuracy", "cost", "selected"}
+    best = max(choice["val_score"].values())
+    assert choice["saved"] == metrics["order_rule"]
+    assert choice["val_score"][choice["saved"]] == best
+    assert metrics["tuning"]["val_score"] == pytest.approx(best)
+    assert set(metrics["alternatives"]) == {"accuracy", "cost", "selected"} - {choice["saved"]}
+    assert "order recommended from validation" in (out / "report.md").read_text()
 
 
 def test_saved_cascade_loads_and_predicts(smoke_run, leukemia_root, tmp_path):
