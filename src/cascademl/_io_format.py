@@ -202,8 +202,22 @@ def _check_spec(spec: object, key: str, where: str, files: Mapping[str, str], de
             raise SerializationError(msg)
     elif kind == "torch":
         _check_torch_config(spec.get("config"), f"{key}.config", where)
+    elif kind == "onnx":
+        filename = _check_name(spec.get("file"), f"{key}.file", where)
+        if filename not in files:
+            msg = (
+                f"{where}: {key}.file {filename!r} is not listed (with its checksum) under "
+                "'files'; refusing to read it"
+            )
+            raise SerializationError(msg)
+        if spec.get("output") not in ("logits", "probabilities"):
+            msg = f"{where}: {key}.output must be 'logits' or 'probabilities', got {spec.get('output')!r}"
+            raise SerializationError(msg)
     else:
-        msg = f"{where}: {key}.kind must be 'sklearn', 'torch' or 'temperature', got {kind!r}"
+        msg = (
+            f"{where}: {key}.kind must be 'sklearn', 'torch', 'onnx' or 'temperature', "
+            f"got {kind!r}"
+        )
         raise SerializationError(msg)
 
 
