@@ -7,6 +7,7 @@ does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import tempfile
@@ -37,7 +38,6 @@ from cascademl.onnx import (
     StageExport,
     _image_array,
     _report_bytes,
-    _softmax,
 )
 from cascademl.stages import SklearnStage
 from cascademl.torch_stage import Preprocessing, TorchStage
@@ -81,7 +81,9 @@ def _resize_aa(mode: str, cubic_coeff: float) -> Any:
 
     def symbolic(g: Any, x: Any, output_size: Any, align_corners: Any, scales: Any) -> Any:
         del align_corners, scales  # the stages resize with align_corners=False, to a size
-        height, width = symbolic_helper._get_const(output_size, "is", "output_size")  # noqa: SLF001
+        height, width = symbolic_helper._get_const(  # type: ignore[no-untyped-call]  # noqa: SLF001
+            output_size, "is", "output_size"
+        )
         src_h, src_w = x.type().varyingSizes()[2:]
         # Scales, not sizes: with a dynamic batch, only constant scales let ONNX infer the
         # output's height and width, which the nodes after it (adaptive pooling) need.
@@ -106,30 +108,66 @@ def _resize_aa(mode: str, cubic_coeff: float) -> Any:
 def _scale(source: int, target: int) -> float:
     """The float32 factor whose product with ``source`` floors to ``target``."""
     factor = np.float32(target / source)
-    while np.floor(np.float32(source) * factor) < target or np.floor(source * float(factor)) < target:
+    while min(np.floor(np.float32(source) * factor), np.floor(source * float(factor))) < target:
         factor = np.nextafter(factor, np.float32(np.inf))
     return float(factor)
 
 
-def _register_symbolics(opset: int) -> None:
-    register = torch.onnx.register_custom_op_symbolic
-    register("aten::_upsample_bilinear2d_aa", _resize_aa("linear", -0.75), opset)
+def _nearest(g: Any, x: Any, output_size: Any, scales: Any) -> Any:
+    """The ``nearest`` resize of torch as two ``Gather`` of the source rows and columns.
+
+    The indices are torch's own (``floor(dst * (src / dst_size))`` in float32): exact,
+    where ``Resize``'s float coordinates can land on the other side of an integer.
+    """
+    del scales
+    height, width = symbolic_helper._get_const(  # type: ignore[no-untyped-call]  # noqa: SLF001
+        output_size, "is", "output_size"
+    )
+    src_h, src_w = x.type().varyingSizes()[2:]
+    for axis, source, target in ((2, src_h, int(height)), (3, src_w, int(width))):
+        scale = np.float32(source) / np.float32(target)
+        index = np.minimum(np.floor(np.arange(target, dtype=np.float32) * scale), source - 1)
+        x = g.op(
+            "Gather",
+            x,
+            g.op("Constant", value_t=torch.from_numpy(index.astype(np.int64))),
+            axis_i=axis,
+        )
+    return x
+
+
+_SYMBOLICS = {
+    "aten::_upsample_bilinear2d_aa": _resize_aa("linear", -0.75),
     # torch's antialiased bicubic uses a = -0.5 (as Pillow), not the -0.75 of plain bicubic.
-    register("aten::_upsample_bicubic2d_aa", _resize_aa("cubic", -0.5), opset)
+    "aten::_upsample_bicubic2d_aa": _resize_aa("cubic", -0.5),
+    "aten::upsample_nearest2d": _nearest,
+}
+
+
+@contextlib.contextmanager
+def _symbolics(opset: int) -> Iterator[None]:
+    """Our resize symbolics, registered for one export only (then torch's own again)."""
+    onnx_api: Any = torch.onnx
+    for name, function in _SYMBOLICS.items():
+        onnx_api.register_custom_op_symbolic(name, function, opset)
+    try:
+        yield
+    finally:
+        for name in _SYMBOLICS:
+            onnx_api.unregister_custom_op_symbolic(name, opset)
 
 
 def _trace(module: nn.Module, example: torch.Tensor, opset: int, name: str) -> bytes:
-    _register_symbolics(opset)
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with _symbolics(opset), warnings.catch_warnings():
             # The TorchScript exporter warns that it is deprecated, and its tracer notes
             # Python values it bakes in (the image sizes, fixed by design).
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # a file object works, as documented
                 dynamo=False,
                 opset_version=opset,
                 input_names=["images"],
@@ -228,9 +266,7 @@ def _replace(report: StageExport, **changes: Any) -> StageExport:
     return StageExport(**values)
 
 
-def _export_torch(
-    stage: TorchStage, name: str, index: int, x: Any, options: Options
-) -> _Exported:
+def _export_torch(stage: TorchStage, name: str, index: int, x: Any, options: Options) -> _Exported:
     prep = stage.preprocessing_
     images = np.asarray(x)
     if images.ndim != _IMAGE_NDIM:
@@ -239,15 +275,6 @@ def _export_torch(
     module = copy.deepcopy(stage.module_).to("cpu", torch.float32).eval()
     graph_module = _Graph(module, prep).eval()
     example = torch.from_numpy(_unit_float(images[:2]))
-    try:
-        with torch.inference_mode():
-            graph_module(example)
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's module, named
-        msg = (
-            f"stage {name!r}: the stage cannot run on the sample of shape {images.shape} "
-            f"({type(exc).__name__}: {exc})"
-        )
-        raise SerializationError(msg) from exc
     graph = _trace(graph_module, example, options.opset, name)
     exported = OnnxStage(
         graph,
@@ -337,7 +364,8 @@ def _convert_sklearn(estimator: Any, name: str, features: Any, opset: int) -> by
             graph = bytes(model.SerializeToString())
             ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
         except (RuntimeError, ValueError, TypeError, NotImplementedError, KeyError) as exc:
-            errors.append(f"{tensor_type.__name__}: {type(exc).__name__}: {exc}")
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            errors.append(f"{tensor_type.__name__}: {type(exc).__name__}: {first_line}")
             continue
         return graph
     msg = (

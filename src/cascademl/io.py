@@ -113,8 +113,14 @@ from cascademl._io_stages import (
     _stage_spec,
     _StageBuilder,
 )
+from cascademl._validation import check_positive_int
 from cascademl.cascade import CascadeClassifier
-from cascademl.exceptions import CascadeMLError, NotFittedError, SerializationError
+from cascademl.exceptions import (
+    CascadeMLError,
+    DeviceUnavailableError,
+    NotFittedError,
+    SerializationError,
+)
 
 if TYPE_CHECKING:  # loading a cascade without torch stages (an ONNX export) imports no torch
     import torch
@@ -319,6 +325,8 @@ def load_cascade(
             torch architecture that loading would fetch from elsewhere.
     """
     folder = Path(path)
+    if intra_op_num_threads is not None:
+        intra_op_num_threads = check_positive_int(intra_op_num_threads, "intra_op_num_threads")
     options = _LoadOptions(
         allow_pickle=allow_pickle,
         trusted=tuple(trusted),
@@ -365,8 +373,8 @@ def _load(folder: Path, options: _LoadOptions) -> CascadeClassifier:
         except KeyError as exc:
             msg = f"{where}: missing key {exc.args[0]!r}"
             raise SerializationError(msg) from exc
-        except SerializationError:
-            raise
+        except (SerializationError, DeviceUnavailableError):
+            raise  # a provider of load_cascade's that is not installed: not the folder's fault
         except (CascadeMLError, TypeError, ValueError, AttributeError) as exc:
             msg = f"{where}: invalid configuration: {exc}"
             raise SerializationError(msg) from exc

@@ -217,9 +217,7 @@ class OnnxStage:
             raise PolicyError(msg)
         batch_size = check_positive_int(batch_size, "batch_size")
         if intra_op_num_threads is not None:
-            intra_op_num_threads = check_positive_int(
-                intra_op_num_threads, "intra_op_num_threads"
-            )
+            intra_op_num_threads = check_positive_int(intra_op_num_threads, "intra_op_num_threads")
         self.model = model
         self.classes = classes
         self.output = output
@@ -262,7 +260,7 @@ class OnnxStage:
         outputs = session.get_outputs()
         if len(inputs) != 1 or not outputs:
             msg = (
-                f"{self._origin}: an ONNX stage's graph has one input and a first output of "
+                f"{self._origin}: an ONNX stage's graph has one input and an output of "
                 f"class scores; this one has inputs {[i.name for i in inputs]}"
             )
             raise StageInterfaceError(msg)
@@ -283,7 +281,10 @@ class OnnxStage:
             raise StageInterfaceError(msg)
         self._session = session
         self._input_name = str(graph_input.name)
-        self._output_name = str(outputs[0].name)
+        # The class scores: the first output of rank 2 (skl2onnx's graphs give the labels
+        # first, then the probabilities).
+        scores = next((o for o in outputs if len(o.shape or ()) == _FEATURES_NDIM), outputs[0])
+        self._output_name = str(scores.name)
         self._dtype = dtype
         self.input_shape_: tuple[int, ...] = tuple(int(v) for v in shape[1:])
         self.input_kind_: Literal["images", "features"] = (
@@ -387,7 +388,7 @@ class OnnxStage:
 
 
 def _image_array(X: Any, channels: int) -> np.ndarray[Any, Any]:
-    """Images as a numpy array (n, c, h, w), read as `TorchStage` reads them (a view when it can)."""
+    """Images as a numpy array (n, c, h, w), read as `TorchStage` reads them."""
     data = _to_numpy(_stack_images(X, channels) if isinstance(X, (list, tuple)) else X)
     if data.ndim == _IMAGE_NDIM and data.shape[1] != channels and data.shape[3] == channels:
         data = data.transpose(0, 3, 1, 2)
@@ -659,4 +660,3 @@ def _spec(stage: OnnxStage) -> dict[str, Any]:
 
 def _report_bytes(report: dict[str, Any]) -> bytes:
     return (json.dumps(report, indent=2, allow_nan=False) + "\n").encode("utf-8")
-
