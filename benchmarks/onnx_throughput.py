@@ -104,7 +104,8 @@ def bench_backbones(sizes: list[str], repeats: int, tmp: Path) -> list[dict[str,
             stages["onnxruntime fp32"] = _onnx_of(eager, x, tmp / f"{spec.timm_name}-{size}")
             export_s = time.perf_counter() - started
             times = _median_times(
-                {name: (lambda s=s: s.predict_proba(x)) for name, s in stages.items()}, repeats
+                {name: (lambda s=s, x=x: s.predict_proba(x)) for name, s in stages.items()},
+                repeats,
             )
             reference = eager.predict_proba(x)
             diffs = {
