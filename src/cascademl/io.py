@@ -323,6 +323,9 @@ def load_cascade(
             the folder or unlisted, of another format or format version, holds pickled
             stages without ``allow_pickle=True`` or skops types not trusted, or names a
             torch architecture that loading would fetch from elsewhere.
+        DeviceUnavailableError: if ``providers`` names an ONNX Runtime execution provider
+            the installed onnxruntime does not have.
+        PolicyError: if ``intra_op_num_threads`` is not a positive integer.
     """
     folder = Path(path)
     if intra_op_num_threads is not None:
