@@ -65,8 +65,10 @@ def _median_times(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str,
 
 def _stage(name: str, size: int, **options: Any) -> TorchStage:
     torch.manual_seed(0)
+    spec = next(s for s in CPU.backbones if s.timm_name == name)
     return TorchStage.from_timm(
         name,
+        **spec.model_kwargs,
         num_classes=4,
         classes=CLASSES,
         input_size=(3, size, size),
@@ -269,12 +271,14 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine_lines()}
     with tempfile.TemporaryDirectory(prefix="onnx-bench-") as folder:
         tmp = Path(folder)
-        if "backbones" in parts:
-            results["backbones"] = bench_backbones(args.sizes.split(","), args.repeats, tmp)
         if "cascade" in parts or "coldstart" in parts:
             results["cascade"] = bench_cascade(args, tmp)
         if "coldstart" in parts:
             results["coldstart"] = bench_coldstart(tmp, args.repeats)
+        args.output.write_text(json.dumps(results, indent=1))
+        if "backbones" in parts:
+            results["backbones"] = bench_backbones(args.sizes.split(","), args.repeats, tmp)
+        args.output.write_text(json.dumps(results, indent=1))
     args.output.write_text(json.dumps(results, indent=1))
     print(f"saved to {args.output}")
 

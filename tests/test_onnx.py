@@ -220,6 +220,24 @@ def test_resize_up_and_down_matches_torch(tmp_path):
         assert report.stages[0].max_abs_diff < PROBA_ATOL
 
 
+def test_adaptive_pooling_to_sizes_that_do_not_divide_the_input(tmp_path):
+    """As timm's VGG head at small inputs: a 2x2 map pooled up to 3x3 (torch's exporter refuses)."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=4),
+        torch.nn.AdaptiveAvgPool2d(3),
+        torch.nn.Flatten(),
+        torch.nn.Linear(36, 3),
+    )
+    stage = TorchStage(net, classes=CLASSES, input_size=(3, 9, 9), device="cpu")
+    cascade = CascadeClassifier.from_fitted([("only", stage)], classes=CLASSES)
+    x = _images(5, size=9)
+    report = export_cascade(cascade, tmp_path / "pool", sample=x)
+    got = load_cascade(tmp_path / "pool").stages_[0].predict_proba(x)
+    np.testing.assert_allclose(got, stage.predict_proba(x), atol=PROBA_ATOL)
+    assert report.stages[0].max_abs_diff < PROBA_ATOL
+
+
 def test_quantized_export_reports_its_change(tmp_path):
     cascade = _torch_cascade()
     x = _images(24)

@@ -136,7 +136,36 @@ def _nearest(g: Any, x: Any, output_size: Any, scales: Any) -> Any:
     return x
 
 
+def _pool_matrix(source: int, target: int) -> np.ndarray[Any, Any]:
+    """(target, source): row i averages torch's adaptive-pooling bin i of ``source`` values."""
+    matrix = np.zeros((target, source), dtype=np.float32)
+    for i in range(target):
+        start = (i * source) // target
+        end = -((-(i + 1) * source) // target)  # ceil
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def _adaptive_avg_pool(g: Any, x: Any, output_size: Any) -> Any:
+    """Adaptive average pooling to a static size, also to sizes that do not divide the input.
+
+    Global pooling stays ``GlobalAveragePool``; other sizes (timm's VGG head pools a 1x1 map
+    up to 7x7 at small inputs, which torch's exporter refuses) become two ``MatMul`` with
+    the bins' averaging matrices.
+    """
+    height, width = symbolic_helper._get_const(  # type: ignore[no-untyped-call]  # noqa: SLF001
+        output_size, "is", "output_size"
+    )
+    if (int(height), int(width)) == (1, 1):
+        return g.op("GlobalAveragePool", x)
+    src_h, src_w = x.type().varyingSizes()[2:]
+    rows = g.op("Constant", value_t=torch.from_numpy(_pool_matrix(src_h, int(height))))
+    cols = g.op("Constant", value_t=torch.from_numpy(_pool_matrix(src_w, int(width)).T.copy()))
+    return g.op("MatMul", rows, g.op("MatMul", x, cols))
+
+
 _SYMBOLICS = {
+    "aten::adaptive_avg_pool2d": _adaptive_avg_pool,
     "aten::_upsample_bilinear2d_aa": _resize_aa("linear", -0.75),
     # torch's antialiased bicubic uses a = -0.5 (as Pillow), not the -0.75 of plain bicubic.
     "aten::_upsample_bicubic2d_aa": _resize_aa("cubic", -0.5),
