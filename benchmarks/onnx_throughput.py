@@ -50,17 +50,21 @@ CLASSES = ["Benign", "Early", "Pre", "Pro"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _median_times(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Seconds per call of each function: one warm-up each, then interleaved repeats."""
-    for run in runs.values():
-        run()
+def _median_times(
+    runs: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Seconds per call of each function, and each function's last result.
+
+    One warm-up call each, then ``repeats`` rounds that call every function in turn.
+    """
+    outputs = {name: run() for name, run in runs.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             start = time.perf_counter()
-            run()
+            outputs[name] = run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistics.median(values) for name, values in times.items()}, outputs
 
 
 def _stage(name: str, size: int, **options: Any) -> TorchStage:
@@ -105,15 +109,12 @@ def bench_backbones(sizes: list[str], repeats: int, tmp: Path) -> list[dict[str,
             started = time.perf_counter()
             stages["onnxruntime fp32"] = _onnx_of(eager, x, tmp / f"{spec.timm_name}-{size}")
             export_s = time.perf_counter() - started
-            times = _median_times(
+            times, outputs = _median_times(
                 {name: (lambda s=s, x=x: s.predict_proba(x)) for name, s in stages.items()},
                 repeats,
             )
-            reference = eager.predict_proba(x)
-            diffs = {
-                name: float(np.abs(s.predict_proba(x) - reference).max())
-                for name, s in stages.items()
-            }
+            reference = outputs["torch fp32"]
+            diffs = {name: float(np.abs(p - reference).max()) for name, p in outputs.items()}
             row = {
                 "model": spec.timm_name,
                 "size": size,
@@ -138,8 +139,17 @@ def _split_images(data_root: Path, run: Path, split: str, n: int) -> tuple[Any, 
 
 
 def _random_cascade(x: np.ndarray[Any, Any]) -> CascadeClassifier:
-    """The cpu preset's five backbones, random weights; thresholds spread the exits."""
+    """The cpu preset's five backbones, random weights; thresholds spread the exits.
+
+    timm starts some heads at zero (every image then gets the uniform distribution): the
+    heads get random normal weights here, so that the stages disagree as trained ones do.
+    """
     stages = [(spec.name, _stage(spec.timm_name, spec.image_size)) for spec in CPU.backbones]
+    generator = torch.Generator().manual_seed(0)
+    for _, stage in stages:
+        head = stage.module_.get_classifier()
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.5)
     thresholds = []
     for _, stage in stages[:-1]:  # about a third of what reaches a stage leaves there
         confidence = stage.predict_proba(x[:64]).max(axis=1)
