@@ -194,14 +194,10 @@ def bench_cascade(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     runs.update(
         {f"onnxruntime {n}": (lambda c=c: c.route(x, keep="none")) for n, c in loaded.items()}
     )
-    times = _median_times(runs, args.repeats)
-    reference = cascade.route(x)
+    times, routes = _median_times(runs, args.repeats)
+    reference = routes["torch fp32"]
     results = {}
-    for name, model in [
-        ("torch fp32", cascade),
-        *((f"onnxruntime {n}", c) for n, c in loaded.items()),
-    ]:
-        routed = model.route(x)
+    for name, routed in routes.items():
         results[name] = {
             "seconds": times[name],
             "speedup": times["torch fp32"] / times[name],
