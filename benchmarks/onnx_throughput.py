@@ -141,15 +141,23 @@ def _split_images(data_root: Path, run: Path, split: str, n: int) -> tuple[Any, 
 def _random_cascade(x: np.ndarray[Any, Any]) -> CascadeClassifier:
     """The cpu preset's five backbones, random weights; thresholds spread the exits.
 
-    timm starts some heads at zero (every image then gets the uniform distribution): the
-    heads get random normal weights here, so that the stages disagree as trained ones do.
+    Random heads over random features give saturated softmaxes (every image certain at the
+    first stage); each head is drawn here so that its logits have a standard deviation of
+    about 1.5 on these images, so that the stages hesitate and disagree as trained ones do.
     """
     stages = [(spec.name, _stage(spec.timm_name, spec.image_size)) for spec in CPU.backbones]
     generator = torch.Generator().manual_seed(0)
     for _, stage in stages:
-        head = stage.module_.get_classifier()
+        module = stage.module_
+        head = module.get_classifier()
+        with torch.inference_mode():
+            batch = stage.preprocessing_(torch.from_numpy(x[:16]))
+            features = module.forward_head(module.forward_features(batch), pre_logits=True)
+        rms = float(features.pow(2).mean().sqrt())
+        scale = 1.5 / (rms * features.shape[1] ** 0.5 + 1e-12)
         with torch.no_grad():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.5)
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * scale)
+            head.bias.zero_()
     thresholds = []
     for _, stage in stages[:-1]:  # about a third of what reaches a stage leaves there
         confidence = stage.predict_proba(x[:64]).max(axis=1)
