@@ -1,9 +1,10 @@
-"""Command line of the leukemia example: ``run``, ``predict`` and ``evaluate``.
+"""Command line of the leukemia example: ``run``, ``predict``, ``evaluate`` and ``export``.
 
 python -m examples.leukemia run --data-root DIR --preset cpu --out DIR
 torchrun --nproc-per-node N -m examples.leukemia run ...   (N training processes)
 python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV] [--ray local]
 python -m examples.leukemia evaluate --model OUT/cascade --data-root DIR
+python -m examples.leukemia export --model OUT/cascade --out OUT/onnx [--quantize dynamic]
 python -m examples.leukemia audit --data-root DIR --preset cpu --out DIR
 python -m examples.leukemia seeds --data-root DIR --preset cpu --seeds 0,1,2 --out DIR
 python -m examples.leukemia certify RUN... --certify agreement=0.99 [--delta 0.05]
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     seeds.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     _add_certify_command(sub, run)
+    _add_export_parser(sub)
 
     predict = sub.add_parser("predict", help="label image files or folders with a saved cascade")
     predict.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
@@ -214,6 +216,37 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
         "(default: 60 for the cpu preset, none for the others; 0: the preset's fixed "
         "epochs; --set epochs=N also fixes them)",
     )
+
+
+def _add_export_parser(sub: Any) -> None:
+    export = sub.add_parser(
+        "export",
+        help="the cascade as ONNX graphs, which predict and evaluate take as --model "
+        "(needs cascademl[onnx]; loading them needs no torch)",
+    )
+    export.add_argument("--model", required=True, type=Path, help="OUT/cascade of a run")
+    export.add_argument("--out", required=True, type=Path, help="the exported folder")
+    export.add_argument(
+        "--quantize", choices=("dynamic", "static"), help="int8 graphs (default: float32)"
+    )
+    export.add_argument(
+        "--check",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="IMAGES",
+        help="images or folders to compare the graphs with the cascade on (default: 16 "
+        "random images); in class folders, they also give int8's accuracy change",
+    )
+    export.add_argument(
+        "--calibration",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="IMAGES",
+        help="images or folders for --quantize static (apart from --check)",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def _add_predict_options(predict: argparse.ArgumentParser) -> None:
@@ -603,6 +636,35 @@ def _evaluate_output(model: Path, data_root: Path) -> Path:
     return model.parent / f"evaluate-{name}.json"
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model  # noqa: PLC0415 - only this command needs cascademl.onnx
+
+    report = export_model(
+        args.model,
+        args.out,
+        quantize=args.quantize,
+        check=_expand(args.check),
+        calibration=_expand(args.calibration),
+        overwrite=args.overwrite,
+    )
+    print(f"exported {len(report.stages)} stages to {report.folder} (opset {report.opset})")
+    for stage in report.stages:
+        print(f"  {stage.name:<16} {stage.file}  max |p - p_torch| {stage.max_abs_diff:.2g}")
+    print(
+        f"on {report.n_check} {'random' if report.synthetic_check else 'given'} images: "
+        f"labels {report.label_agreement:.2%} and exits {report.exit_agreement:.2%} as the "
+        "torch cascade's"
+    )
+    q = report.quantization
+    if q is not None:
+        change = f", accuracy {q.accuracy_change:+.2f} points" if q.accuracy_change else ""
+        print(
+            f"int8 ({q.mode}): labels {q.label_agreement:.2%} and exits "
+            f"{q.exit_agreement:.2%} as float32's{change}"
+        )
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     output = args.output or _evaluate_output(args.model, args.data_root)
     _check_output(output)
@@ -667,6 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "certify": _cmd_certify,
         "predict": _cmd_predict,
         "evaluate": _cmd_evaluate,
+        "export": _cmd_export,
     }
     try:
         _check_processes(args.command)

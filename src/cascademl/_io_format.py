@@ -186,8 +186,29 @@ def _check_spec(spec: object, key: str, where: str, files: Mapping[str, str], de
             raise SerializationError(msg)
     elif kind == "torch":
         _check_torch_config(spec.get("config"), f"{key}.config", where)
+    elif kind == "onnx":
+        _check_onnx_spec(spec, key, where, files)
     else:
-        msg = f"{where}: {key}.kind must be 'sklearn', 'torch' or 'temperature', got {kind!r}"
+        msg = (
+            f"{where}: {key}.kind must be 'sklearn', 'torch', 'onnx' or 'temperature', got {kind!r}"
+        )
+        raise SerializationError(msg)
+
+
+def _check_onnx_spec(
+    spec: Mapping[str, Any], key: str, where: str, files: Mapping[str, str]
+) -> None:
+    """An exported stage (`cascademl.onnx`): its graph's file is listed, its output known."""
+    filename = _check_name(spec.get("file"), f"{key}.file", where)
+    if filename not in files:
+        msg = (
+            f"{where}: {key}.file {filename!r} is not listed (with its checksum) under "
+            "'files'; refusing to read it"
+        )
+        raise SerializationError(msg)
+    output = spec.get("output")
+    if output not in ("logits", "probabilities"):
+        msg = f"{where}: {key}.output must be 'logits' or 'probabilities', got {output!r}"
         raise SerializationError(msg)
 
 

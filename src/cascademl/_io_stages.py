@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from cascademl._io_format import TENSORS_FILE, SklearnFormat
+from cascademl._io_format import TENSORS_FILE, SklearnFormat, _decode_classes
 from cascademl._json_floats import _decode_float
 from cascademl._optional import require
 from cascademl.calibration import TemperatureScaledStage
-from cascademl.exceptions import SerializationError
+from cascademl.exceptions import SerializationError, StageInterfaceError
 from cascademl.stages import SklearnStage
+
+if TYPE_CHECKING:  # torch is imported only for torch stages (see _torch_stage_class)
+    import torch
+    from torch import nn
 
 #: Errors unpickling a corrupt or incompatible file can raise (no bare ``except``).
 _UNPICKLE_ERRORS = (
@@ -62,12 +64,20 @@ class _LoadOptions:
     trusted: tuple[str, ...]
     modules: Mapping[str, nn.Module]
     device: str | torch.device | None
+    providers: Sequence[Any] | str | None = None
+    intra_op_num_threads: int | None = None
 
 
 def _torch_stage_class() -> type[Any]:
     from cascademl.torch_stage import TorchStage  # noqa: PLC0415 - imported on use
 
     return TorchStage
+
+
+def _onnx_stage_class() -> type[Any]:
+    from cascademl.onnx import OnnxStage  # noqa: PLC0415 - numpy only until a stage runs
+
+    return OnnxStage
 
 
 def _require_safetensors() -> Any:
@@ -115,8 +125,15 @@ def _stage_spec(
             "estimator": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
             "cost_per_sample": stage.cost_per_sample,
         }
-    torch_stage = _torch_stage_class()
-    if isinstance(stage, torch_stage):
+    if isinstance(stage, _onnx_stage_class()):
+        from cascademl.onnx import _spec  # noqa: PLC0415
+
+        filename = f"stage_{index}.onnx"
+        blobs[filename] = bytes(stage.model_bytes_)
+        return {**_spec(stage), "file": filename}
+    # Without torch imported, the stage cannot be a TorchStage: do not import it to check.
+    torch_stage = _torch_stage_class() if "torch" in sys.modules else None
+    if torch_stage is not None and isinstance(stage, torch_stage):
         prefix = f"stage_{index}."
         for key, value in stage.state_dict().items():
             tensors[prefix + key] = value.detach().to("cpu").contiguous().clone()
@@ -185,7 +202,28 @@ class _StageBuilder:
             return SklearnStage(
                 self._estimator(spec, name), cost_per_sample=spec["cost_per_sample"]
             )
+        if kind == "onnx":
+            return self._onnx(spec, name)
         return self._torch(spec, name)
+
+    def _onnx(self, spec: Mapping[str, Any], name: str) -> Any:
+        filename = str(spec["file"])
+        path = self.folder / filename
+        try:
+            stage = _onnx_stage_class()(
+                self.blobs[filename],
+                classes=_decode_classes(spec["classes"], f"{path}: stage {name!r}"),
+                output=spec["output"],
+                batch_size=spec["batch_size"],
+                providers=self.options.providers,
+                intra_op_num_threads=self.options.intra_op_num_threads,
+                cost_per_sample=spec["cost_per_sample"],
+            )
+        except (SerializationError, StageInterfaceError) as exc:
+            msg = f"{path}: stage {name!r}: {exc}"
+            raise SerializationError(msg) from exc
+        stage._origin = str(path)  # noqa: SLF001 - errors name the file
+        return stage
 
     def _estimator(self, spec: Mapping[str, Any], name: str) -> Any:
         filename = str(spec["file"])

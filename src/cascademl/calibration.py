@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from cascademl._labels import label_indices
 from cascademl._probabilities import stage_probabilities
@@ -31,6 +30,9 @@ from cascademl._validation import check_fitted, warn_data_ignored
 from cascademl.cascade import CascadeClassifier
 from cascademl.exceptions import PolicyError
 from cascademl.stages import check_stage
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CalibrationReport",
@@ -55,8 +57,11 @@ def _log_proba(proba: ProbaArray) -> FloatArray:
 
 
 def _softmax(logits: FloatArray) -> FloatArray:
-    t = torch.as_tensor(logits, dtype=torch.float64)
-    return np.asarray(torch.softmax(t, dim=1).numpy(), dtype=np.float64)
+    # numpy, not torch: routing a loaded cascade through a temperature stage must not import
+    # torch (an exported ONNX cascade routes without it).
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(z / z.sum(axis=1, keepdims=True))
 
 
 def apply_temperature(
@@ -98,11 +103,15 @@ def _check_temperature(value: object, name: str) -> float:
 
 
 def _nll(logits: FloatArray, y_idx: IntArray, temperature: float) -> float:
+    import torch  # noqa: PLC0415 - fitting needs torch; loading and routing do not
+
     t = torch.as_tensor(logits, dtype=torch.float64) / temperature
     return float(torch.nn.functional.cross_entropy(t, torch.as_tensor(y_idx)))
 
 
 def _minimise_nll(logits: FloatArray, y_idx: IntArray, low: float, high: float) -> float:
+    import torch  # noqa: PLC0415 - fitting needs torch; loading and routing do not
+
     z = torch.as_tensor(logits, dtype=torch.float64)
     target = torch.as_tensor(y_idx, dtype=torch.long)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -181,6 +190,8 @@ def fit_temperature(
         )
         raise PolicyError(msg)
     logits = p if from_logits else _log_proba(p)
+    import torch  # noqa: PLC0415 - fitting needs torch; loading and routing do not
+
     with torch.enable_grad():
         return _minimise_nll(logits, y_idx, low, high)
 
@@ -208,6 +219,7 @@ def expected_calibration_error(
     """
     # Imported here: torchmetrics (and the torchvision it loads) take seconds to import, and
     # every process that loads a saved cascade imports this module (each Ray actor, say).
+    import torch  # noqa: PLC0415
     from torchmetrics.functional.classification import (  # noqa: PLC0415
         multiclass_calibration_error,
     )

@@ -78,11 +78,9 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from cascademl import _files
 from cascademl._io_folder import (
@@ -119,9 +117,19 @@ from cascademl._io_stages import (
     _StageBuilder,
 )
 from cascademl._json_floats import _encode_float
+from cascademl._validation import check_positive_int
 from cascademl.cascade import CascadeClassifier
 from cascademl.certify._certificate import Certificate
-from cascademl.exceptions import CascadeMLError, NotFittedError, SerializationError
+from cascademl.exceptions import (
+    CascadeMLError,
+    DeviceUnavailableError,
+    NotFittedError,
+    SerializationError,
+)
+
+if TYPE_CHECKING:  # loading a cascade without torch stages (an ONNX export) imports no torch
+    import torch
+    from torch import nn
 
 __all__ = [
     "CONFIG_FILE",
@@ -180,6 +188,18 @@ def save_cascade(
         >>> bool((loaded.predict(X) == cascade.predict(X)).all())
         True
     """
+    return _save(cascade, path, overwrite=overwrite, sklearn_format=sklearn_format)
+
+
+def _save(
+    cascade: CascadeClassifier,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    sklearn_format: SklearnFormat,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """`save_cascade`, with more files (listed and checksummed) for `cascademl.onnx`."""
     if not hasattr(cascade, "stages_"):
         msg = f"this {type(cascade).__name__} is not fitted yet; call fit before save_cascade"
         raise NotFittedError(msg)
@@ -194,7 +214,7 @@ def save_cascade(
     if config_path.exists() and not overwrite:
         msg = f"{config_path} exists; pass overwrite=True to replace it"
         raise FileExistsError(msg)
-    blobs = _serialize(cascade, sklearn_format)
+    blobs = _serialize(cascade, sklearn_format, extra_files or {})
     folder.parent.mkdir(parents=True, exist_ok=True)
     new = _files.temporary_sibling(folder, "new")
     new.mkdir(mode=0o777)
@@ -210,10 +230,14 @@ def save_cascade(
     return folder
 
 
-def _serialize(cascade: CascadeClassifier, sklearn_format: SklearnFormat) -> dict[str, bytes]:
+def _serialize(
+    cascade: CascadeClassifier,
+    sklearn_format: SklearnFormat,
+    extra_files: Mapping[str, bytes],
+) -> dict[str, bytes]:
     """Every file of the saved cascade, ``cascade.json`` last, as bytes (nothing written)."""
     tensors: dict[str, torch.Tensor] = {}
-    blobs: dict[str, bytes] = {}
+    blobs: dict[str, bytes] = dict(extra_files)
     stages = []
     for i, (name, stage) in enumerate(cascade.named_stages_.items()):
         spec = _stage_spec(
@@ -271,6 +295,8 @@ def load_cascade(
     trusted: Sequence[str] = (),
     modules: Mapping[str, nn.Module] | None = None,
     device: str | torch.device | None = None,
+    providers: Sequence[Any] | str | None = None,
+    intra_op_num_threads: int | None = None,
 ) -> CascadeClassifier:
     """Load a cascade saved by [`save_cascade`][cascademl.io.save_cascade], ready to predict.
 
@@ -289,7 +315,12 @@ def load_cascade(
             for decision trees; the error for an untrusted type lists what to pass.
         modules: for torch stages that were not built from timm, a freshly built module
             per stage name (the weights are then loaded into it).
-        device: overrides the saved device of torch stages (e.g. ``"cpu"``).
+        device: overrides the saved device of torch stages (e.g. ``"cpu"``); ONNX stages
+            ignore it (they run on ``providers``).
+        providers: ONNX Runtime execution providers of the ONNX stages of a cascade
+            exported by [`export_cascade`][cascademl.onnx.export_cascade] (``None``: the
+            CPU; see [`OnnxStage`][cascademl.onnx.OnnxStage]).
+        intra_op_num_threads: threads of each ONNX stage (``None``: ONNX Runtime's choice).
 
     Returns:
         A fitted cascade that predicts exactly as the saved one did.
@@ -300,10 +331,20 @@ def load_cascade(
             the folder or unlisted, of another format or format version, holds pickled
             stages without ``allow_pickle=True`` or skops types not trusted, or names a
             torch architecture that loading would fetch from elsewhere.
+        DeviceUnavailableError: if ``providers`` names an ONNX Runtime execution provider
+            the installed onnxruntime does not have.
+        PolicyError: if ``intra_op_num_threads`` is not a positive integer.
     """
     folder = Path(path)
+    if intra_op_num_threads is not None:
+        intra_op_num_threads = check_positive_int(intra_op_num_threads, "intra_op_num_threads")
     options = _LoadOptions(
-        allow_pickle=allow_pickle, trusted=tuple(trusted), modules=modules or {}, device=device
+        allow_pickle=allow_pickle,
+        trusted=tuple(trusted),
+        modules=modules or {},
+        device=device,
+        providers=providers,
+        intra_op_num_threads=intra_op_num_threads,
     )
     for _ in range(_LOAD_ATTEMPTS):
         with contextlib.suppress(_FolderReplacedError):
@@ -343,8 +384,8 @@ def _load(folder: Path, options: _LoadOptions) -> CascadeClassifier:
         except KeyError as exc:
             msg = f"{where}: missing key {exc.args[0]!r}"
             raise SerializationError(msg) from exc
-        except SerializationError:
-            raise
+        except (SerializationError, DeviceUnavailableError):
+            raise  # a provider of load_cascade's that is not installed: not the folder's fault
         except (CascadeMLError, TypeError, ValueError, AttributeError) as exc:
             msg = f"{where}: invalid configuration: {exc}"
             raise SerializationError(msg) from exc
