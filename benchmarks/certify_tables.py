@@ -112,6 +112,7 @@ def figures(rows: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]], out
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     mpl.rcParams["svg.fonttype"] = "none"
+    mpl.rcParams["svg.hashsalt"] = "cascademl-docs"  # the same bytes on a rerun
     out.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(5.2, 3.4))
     ax = fig.add_subplot()
@@ -132,7 +133,7 @@ def figures(rows: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]], out
     ax.set_ylim(-0.02, 1.0)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "certification-miss-rate.svg")
+    fig.savefig(out / "certification-miss-rate.svg", metadata={"Date": None})
 
     fig = Figure(figsize=(5.2, 3.4))
     ax = fig.add_subplot()
@@ -147,7 +148,7 @@ def figures(rows: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]], out
     ax.set_ylabel("mean cost / last stage alone")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "certification-cost.svg")
+    fig.savefig(out / "certification-cost.svg", metadata={"Date": None})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
