@@ -4,7 +4,7 @@ A pool is the probabilities of k fitted scikit-learn stages (several model famil
 cheap ones seeing fewer features) on rows they were not trained on: generated data from
 ``make_classification`` (nothing is downloaded). The router replays a
 [`RoutingRule`][cascademl.RoutingRule] on the cached probabilities with cascademl's own
-pieces (``RoutingRule.confidence``/``exits`` and ``combine_votes``), so the truth a
+replay (``cascademl._replay.replay``: the rule's exit test and ``combine_votes``), so the truth a
 benchmark measures on the rest of a pool is the cascade's own routing; :func:`check_router`
 compares it once with ``score_thresholds``.
 """
@@ -30,9 +30,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from cascademl import RoutingRule
-from cascademl.abstention import abstain_mask
+from cascademl._replay import replay
 from cascademl.tuning import score_thresholds
-from cascademl.voting import combine_votes
 
 __all__ = ["Pool", "Routed", "check_router", "make_pool", "route"]
 
@@ -197,28 +196,9 @@ def route(
     reject_threshold: float | None = None,
 ) -> Routed:
     """Labels, decided mask (the reject option) and cost of every row under ``rule``."""
-    k, n, _ = proba.shape
-    exit_stage = np.full(n, k - 1)
-    pending = np.ones(n, dtype=bool)
-    for s in range(k - 1):
-        stop = pending & rule.exits(rule.confidence(proba[s]), s)
-        exit_stage[stop] = s
-        pending &= ~stop
-    visited = np.arange(k)[:, None] <= exit_stage[None, :]
-    final = combine_votes(
-        proba,
-        visited,
-        exit_stage,
-        method=rule.combine,
-        escalation_weight=rule.escalation_weights,
-    )
-    decided = (
-        np.ones(n, dtype=bool)
-        if not reject_threshold
-        else ~abstain_mask(final, reject_threshold, measure=rule.measure)
-    )
-    cost = np.cumsum(np.asarray(stage_cost))[exit_stage]
-    return Routed(np.argmax(final, axis=1), decided, cost, final)
+    replayed = replay(proba, rule, reject_threshold)
+    cost = np.cumsum(np.asarray(stage_cost))[replayed.exit_stage]
+    return Routed(replayed.label_index, replayed.decided, cost, replayed.final)
 
 
 def check_router(pool: Pool, rule: RoutingRule) -> None:

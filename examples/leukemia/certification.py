@@ -24,14 +24,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from cascademl import RoutingRule, _files
-from cascademl.abstention import abstain_mask
+from cascademl import _files
+from cascademl._replay import replay
 from cascademl.certify import (
     Certificate,
     certify_cascade_from_proba,
     required_calibration_size,
 )
-from cascademl.voting import combine_votes
 
 from .backbones import PROBABILITIES_FILE
 
@@ -164,27 +163,6 @@ class CertifiedResult:
         }
 
 
-def _replay(
-    proba: np.ndarray[Any, Any], rule: RoutingRule, reject_threshold: float | None
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Class index, decided mask and exit stage of each row under ``rule`` (cached outputs)."""
-    k, n, _ = proba.shape
-    exit_stage = np.full(n, k - 1)
-    pending = np.ones(n, dtype=bool)
-    for s in range(k - 1):
-        stop = pending & rule.exits(rule.confidence(proba[s]), s)
-        exit_stage[stop] = s
-        pending &= ~stop
-    visited = np.arange(k)[:, None] <= exit_stage[None, :]
-    final = combine_votes(
-        proba, visited, exit_stage, method=rule.combine, escalation_weight=rule.escalation_weights
-    )
-    decided = np.ones(n, dtype=bool)
-    if reject_threshold:
-        decided = ~abstain_mask(final, reject_threshold, measure=rule.measure)
-    return np.argmax(final, axis=1), decided, exit_stage
-
-
 def certify_probabilities(
     specs: Sequence[CertifySpec],
     *,
@@ -238,7 +216,12 @@ def certify_probabilities(
                 stage_cost=list(flops),
                 stage_names=list(stage_names),
             )
-        labels, decided, exit_stage = _replay(test_proba, cert.rule, cert.reject_threshold)
+        replayed = replay(test_proba, cert.rule, cert.reject_threshold)
+        labels, decided, exit_stage = (
+            replayed.label_index,
+            replayed.decided,
+            replayed.exit_stage,
+        )
         cost = np.cumsum(np.asarray(flops, dtype=np.float64))[exit_stage]
         results.append(
             CertifiedResult(
