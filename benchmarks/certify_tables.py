@@ -1,6 +1,6 @@
 """Markdown tables and SVG figures from the certification benchmarks' JSON files.
 
-Reads ``docs/benchmarks/data/certification_validity_k*.json`` (``certify_validity.py``) and
+Reads ``docs/benchmarks/data/certification_validity_*.json`` (``certify_validity.py``) and
 ``docs/benchmarks/data/certification_bargain.json`` (``certify_vs_bargain.py``); prints the
 tables of ``docs/benchmarks/certification.md`` and, with ``--figures DIR``, writes
 ``certification-miss-rate.svg`` (miss rate against delta) and
@@ -26,12 +26,20 @@ def _load_validity() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[s
     rows: list[dict[str, Any]] = []
     sweep: list[dict[str, Any]] = []
     commands = []
-    for path in sorted(DATA.glob("certification_validity_k*.json")):
+    for path in sorted(DATA.glob("certification_validity_*.json")):
         payload = json.loads(path.read_text(encoding="utf-8"))
         rows.extend(payload["validity"])
         sweep.extend(payload["cost_against_target"]["rows"])
         commands.append(f"{payload['command']}  # {payload['seconds'] / 60:.0f} min")
+    # generated pools first (by k, then n), then the leukemia runs' pools
+    rows.sort(key=lambda r: (r["pool"].startswith("leukemia"), r["k"], r["n"]))
     return rows, sweep, commands
+
+
+def _pool(row: dict[str, Any]) -> str:
+    if row["pool"].startswith("leukemia-"):
+        return f"leukemia {row['pool'].removeprefix('leukemia-')}, k = {row['k']}"
+    return f"generated, k = {row['k']}"
 
 
 def _share(value: float | None) -> str:
@@ -42,7 +50,7 @@ def validity_table(rows: Sequence[dict[str, Any]]) -> str:
     """One row per pool, guarantee, delta and n: certified against uncertified."""
     lines = [
         (
-            "| k | guarantee (target) | delta | n | draws | certified | misses (95% CI) | "
+            "| pool | guarantee (target) | delta | n | draws | certified | misses (95% CI) | "
             "cost, share of last | uncertified: returned | misses | cost |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -51,7 +59,7 @@ def validity_table(rows: Sequence[dict[str, Any]]) -> str:
         c, u = r["certified"], r["uncertified"]
         low, high = c["miss_rate_ci95"]
         lines.append(
-            f"| {r['k']} | {r['guarantee']} ({r['target']}) | {r['delta']} | {r['n']:,} | "
+            f"| {_pool(r)} | {r['guarantee']} ({r['target']}) | {r['delta']} | {r['n']:,} | "
             f"{c['draws']} | {c['claimed'] / c['draws']:.0%} | {c['misses']} "
             f"({low:.3f}-{high:.3f}) | {_share(c['mean_cost_share_last'])} | "
             f"{u['claimed'] / u['draws']:.0%} | **{u['misses']}** ({u['miss_rate']:.0%}) | "
@@ -114,24 +122,38 @@ def figures(rows: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]], out
     mpl.rcParams["svg.fonttype"] = "none"
     mpl.rcParams["svg.hashsalt"] = "cascademl-docs"  # the same bytes on a rerun
     out.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(5.2, 3.4))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(8.4, 3.4))
+    full, zoom = fig.subplots(1, 2)
     deltas = sorted({r["delta"] for r in rows})
-    ax.plot([0, max(deltas) * 1.1], [0, max(deltas) * 1.1], "k--", lw=1, label="miss rate = delta")
-    for i, r in enumerate(rows):
-        c = r["certified"]
-        x = r["delta"] + (i % 12 - 6) * 0.002
-        low, high = c["miss_rate_ci95"]
-        ax.errorbar(
-            x, c["miss_rate"], yerr=[[c["miss_rate"] - low], [high - c["miss_rate"]]],
-            fmt="o", ms=3, color="C0", lw=0.8, label="certified" if i == 0 else None,
-        )  # fmt: skip
-        ax.plot(x, r["uncertified"]["miss_rate"], "x", ms=4, color="C3",
-                label="uncertified tuner" if i == 0 else None)  # fmt: skip
-    ax.set_xlabel("delta (allowed miss rate)")
-    ax.set_ylabel("share of draws that missed")
-    ax.set_ylim(-0.02, 1.0)
-    ax.legend(fontsize=8)
+    spread = 0.012
+    for ax in (full, zoom):
+        ax.hlines(deltas, [d - spread for d in deltas], [d + spread for d in deltas],
+                  colors="k", linestyles="--", lw=1, label="allowed: delta")  # fmt: skip
+    per_delta = {d: [r for r in rows if r["delta"] == d] for d in deltas}
+    first = True
+    for delta, cells in per_delta.items():
+        for j, r in enumerate(cells):
+            c = r["certified"]
+            x = delta + spread * (2 * j / max(len(cells) - 1, 1) - 1)
+            low, high = c["miss_rate_ci95"]
+            for ax in (full, zoom):
+                ax.errorbar(
+                    x, c["miss_rate"], yerr=[[c["miss_rate"] - low], [high - c["miss_rate"]]],
+                    fmt="o", ms=3, color="C0", lw=0.8,
+                    label="certified (95% CI)" if first else None,
+                )  # fmt: skip
+            full.plot(x, r["uncertified"]["miss_rate"], "x", ms=4, color="C3",
+                      label="uncertified tuner" if first else None)  # fmt: skip
+            first = False
+    full.set_ylim(-0.02, 1.0)
+    full.set_title("every cell, beside the uncertified tuner", fontsize=9)
+    zoom.set_ylim(0, max(0.15, max(r["certified"]["miss_rate_ci95"][1] for r in rows) + 0.01))
+    zoom.set_title("certified only (zoomed)", fontsize=9)
+    for ax in (full, zoom):
+        ax.set_xticks(deltas)
+        ax.set_xlabel("delta (allowed miss rate)")
+    full.set_ylabel("share of draws that missed")
+    full.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "certification-miss-rate.svg", metadata={"Date": None})
 

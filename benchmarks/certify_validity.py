@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -384,7 +385,7 @@ def _write(  # noqa: PLR0917 - main's state, written after every cell
     if not args.out:
         return
     payload = {
-        "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(
+        "command": "python benchmarks/" + Path(__file__).name + " " + shlex.join(
             sys.argv[1:] if argv is None else argv
         ),
         "machine": machine_lines(),
