@@ -56,6 +56,7 @@ class Options:
     sklearn: str
     tolerance: float
     overwrite: bool
+    keep_float32: frozenset[str] = frozenset()
 
 
 class _Graph(nn.Module):
@@ -566,8 +567,17 @@ def export(
     float_result = float_cascade.route(x)
     labels, exits, proba_diff = _agreement(cascade.route(x), float_result)
     final, quantization = float_cascade, None
+    changes: dict[str, tuple[float, float]] = {}
     if options.quantize is not None:
-        final, n_calibration = _quantized(cascade, names, exported, options.quantize, calibration)
+        final, n_calibration, changes = _quantized(
+            cascade,
+            names,
+            exported,
+            mode=options.quantize,
+            calibration=calibration,
+            keep_float32=options.keep_float32,
+            x=x,
+        )
         int8_result = final.route(x)
         q_labels, q_exits, q_diff = _agreement(float_result, int8_result)
         quantization = QuantizationReport(
@@ -581,10 +591,15 @@ def export(
             accuracy_int8=_accuracy(int8_result, sample_labels),
         )
     stages = tuple(
-        _replace(e.report, quantized=options.quantize)
-        if e.float_graph is not None and options.quantize
+        _replace(
+            e.report,
+            quantized=options.quantize,
+            int8_label_agreement=changes[name][0],
+            int8_max_abs_diff=changes[name][1],
+        )
+        if name in changes
         else e.report
-        for e in exported
+        for name, e in zip(names, exported, strict=True)
     )
     report = ExportReport(
         folder=folder,
@@ -620,10 +635,18 @@ def _quantized(
     cascade: CascadeClassifier,
     names: list[str],
     exported: list[_Exported],
+    *,
     mode: str,
     calibration: Any,
-) -> tuple[CascadeClassifier, int]:
-    """The cascade with its torch stages' graphs in int8, and the calibration count."""
+    keep_float32: frozenset[str],
+    x: Any,
+) -> tuple[CascadeClassifier, int, dict[str, tuple[float, float]]]:
+    """The cascade with its torch stages' graphs in int8 (but those kept), and more.
+
+    Also the count of calibration samples (0 for dynamic quantization), and for each
+    quantized stage its int8 graph's label agreement and largest probability difference
+    with its float32 graph on the check inputs ``x``.
+    """
     images = None
     if mode == "static":
         channels = _channels(cascade)
@@ -631,8 +654,9 @@ def _quantized(
             _image_array(calibration, channels) if channels else np.asarray(calibration)
         )
     stages = []
-    for entry in exported:
-        if entry.float_graph is None:
+    changes: dict[str, tuple[float, float]] = {}
+    for name, entry in zip(names, exported, strict=True):
+        if entry.float_graph is None or name in keep_float32:
             stages.append(entry.stage)
             continue
         base = _base(entry.stage)
@@ -643,8 +667,11 @@ def _quantized(
             batch_size=base.batch_size,
             cost_per_sample=base.cost_per_sample,
         )
+        float_p, int8_p = base.predict_proba(x), stage.predict_proba(x)
+        agreement = float(np.mean(np.argmax(float_p, axis=1) == np.argmax(int8_p, axis=1)))
+        changes[name] = (agreement, _max_diff(float_p, int8_p))
         if isinstance(entry.stage, TemperatureScaledStage):
             stage = TemperatureScaledStage(stage, entry.stage.temperature)
         stages.append(stage)
     final = _rebuild(cascade, list(zip(names, stages, strict=True)))
-    return final, 0 if images is None else int(images.shape[0])
+    return final, 0 if images is None else int(images.shape[0]), changes
