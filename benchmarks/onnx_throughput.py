@@ -14,6 +14,8 @@ every repeat (the median is reported):
   dynamic int8 with ``--dynamic``), with accuracy and agreement with torch float32
   (labels, exits, every stage's probabilities); then each stage alone on a batch of 64
   in every engine, with ONNX Runtime's profile of each graph (time share per operator);
+* ``resize``: the in-graph resize alone (onnxruntime's antialiased ``Resize``, the two
+  ``MatMul`` the export writes, torch), and the uint8 scaling before a graph;
 * ``coldstart``: process start to the first routed batch of 64, a saved torch cascade
   against its export (fresh subprocesses, alternated).
 
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -410,6 +413,79 @@ def bench_coldstart(tmp: Path, repeats: int) -> dict[str, Any]:
     return result
 
 
+def bench_resize(repeats: int) -> dict[str, Any]:
+    """The in-graph resize alone: 64 images of 224 px to 32 and 64 px, four ways.
+
+    onnxruntime's antialiased ``Resize`` (what the export wrote before), the two ``MatMul``
+    it writes now, torch's ``F.interpolate``; and the uint8-to-float32 scaling `OnnxStage`
+    does before a graph, and onnxruntime copying the float32 batch (``Identity``).
+    """
+    import onnxruntime as ort  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    from cascademl._onnx_export import resize_matrix  # noqa: PLC0415
+
+    size = 224
+    images = np.random.default_rng(0).integers(0, 256, (BATCH, 3, size, size), np.uint8)
+    x = np.multiply(images, np.float32(1 / 255), dtype=np.float32)
+
+    def session(nodes: list[Any], constants: dict[str, np.ndarray[Any, Any]]) -> Any:
+        graph = helper.make_graph(
+            nodes,
+            "resize",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, size, size])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(v, k) for k, v in constants.items()],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    runs: dict[str, Callable[..., Any]] = {}
+    for out in (32, 64):
+        matrix = resize_matrix(size, out, "bilinear")
+        scales = np.array([1, 1, out / size, out / size], np.float32)
+        aa = session(
+            [
+                helper.make_node(
+                    "Resize",
+                    ["x", "", "scales"],
+                    ["y"],
+                    mode="linear",
+                    antialias=1,
+                    exclude_outside=1,
+                    coordinate_transformation_mode="half_pixel",
+                )
+            ],
+            {"scales": scales},
+        )
+        matmul = session(
+            [
+                helper.make_node("MatMul", ["x", "cols"], ["t"]),
+                helper.make_node("MatMul", ["rows", "t"], ["y"]),
+            ],
+            {"rows": matrix, "cols": np.ascontiguousarray(matrix.T)},
+        )
+        runs[f"onnxruntime Resize antialias to {out}"] = partial(aa.run, None, {"x": x})
+        runs[f"onnxruntime two MatMul to {out}"] = partial(matmul.run, None, {"x": x})
+        runs[f"torch F.interpolate antialias to {out}"] = partial(
+            torch.nn.functional.interpolate,
+            torch.from_numpy(x),
+            size=(out, out),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+    identity = session([helper.make_node("Identity", ["x"], ["y"])], {})
+    runs["onnxruntime Identity (copy)"] = partial(identity.run, None, {"x": x})
+    runs["numpy uint8 to float32 scaled"] = partial(
+        np.multiply, images, np.float32(1 / 255), dtype=np.float32
+    )
+    times, _ = _median_times(runs, repeats)
+    result = {name: round(1000 * value, 1) for name, value in times.items()}
+    print(json.dumps({"resize_ms": result}, indent=1), flush=True)
+    return result
+
+
 def main() -> None:
     """Run the parts asked for and write their results as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -448,6 +524,8 @@ def main() -> None:
         if "coldstart" in parts:
             results["coldstart"] = bench_coldstart(tmp, args.repeats)
         args.output.write_text(json.dumps(results, indent=1))
+        if "resize" in parts:
+            results["resize_ms"] = bench_resize(args.repeats)
         if "backbones" in parts:
             results["backbones"] = bench_backbones(args.sizes.split(","), args.repeats, tmp)
         args.output.write_text(json.dumps(results, indent=1))
