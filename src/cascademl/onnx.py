@@ -602,7 +602,8 @@ def export_cascade(
     Raises:
         NotFittedError: if the cascade is not fitted.
         PolicyError: for an invalid ``opset``, ``quantize``, ``sklearn`` or
-            ``tolerance``, or ``quantize="static"`` without ``calibration``.
+            ``tolerance``, ``quantize="static"`` without ``calibration``, or
+            ``keep_float32`` naming no stage of the cascade or given without ``quantize``.
         SerializationError: naming the stage, when it cannot be exported or its graph is
             not within ``tolerance`` of it.
         ImportError: if torch, onnx, onnxruntime or skl2onnx (for scikit-learn stages)
