@@ -89,8 +89,10 @@ def resize_matrix(source: int, target: int, mode: str) -> np.ndarray[Any, Any]:
         mode: ``"bilinear"`` or ``"bicubic"``.
 
     Examples:
-        >>> resize_matrix(4, 2, "bilinear").round(3).tolist()
-        [[0.375, 0.375, 0.25, 0.0], [0.0, 0.25, 0.375, 0.375]]
+        Halving 4 values: each output weighs the triangle filter's taps (3, 3, 1) / 7.
+
+        >>> (7 * resize_matrix(4, 2, "bilinear")).round(4).tolist()
+        [[3.0, 3.0, 1.0, 0.0], [0.0, 1.0, 3.0, 3.0]]
     """
     eye = torch.eye(source, dtype=torch.float64).view(source, 1, 1, source)
     with torch.no_grad():
