@@ -17,7 +17,11 @@ for scikit-learn stages): ``pip install 'cascademl[onnx]'``.
 
 What an exported image stage takes: the graph's input is float32 images in ``[0, 1]`` of
 one source size, ``(n, channels, height, width)``, which is the size of the ``sample`` given
-to the export (or the model's own input size without one). `OnnxStage` reads the same
+to the export (or the model's own input size without one); the export's report records it
+(``StageExport.input_shape``, in ``onnx_export.json``) and the loaded stage has it as
+``input_shape_``. Because the source size is fixed, the stage's antialiased resize is a
+fixed linear map of each axis, written as two ``MatMul`` with matrices read off torch's
+own resize (exact to float32 rounding). `OnnxStage` reads the same
 inputs as `TorchStage` (numpy arrays or torch tensors, ``uint8`` in ``[0, 255]`` or float in
 ``[0, 1]``, channels first or last, lists of same-size PIL images) and scales ``uint8`` to
 ``[0, 1]`` before the graph; an image of another size or channel count is refused with an
@@ -30,7 +34,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -65,8 +69,8 @@ __all__ = [
     "export_cascade",
 ]
 
-#: The ONNX opset of exported graphs: 18 is the first whose ``Resize`` antialiases, as
-#: the stages' downsampling does.
+#: The ONNX opset of exported graphs, and the oldest the export is checked with (the
+#: stages' antialiased resizes are written as matrix products, which any opset has).
 DEFAULT_OPSET = 18
 #: Largest absolute difference allowed, at export, between a float32 graph's
 #: probabilities and the source stage's (run in float32) on the check inputs.
@@ -347,7 +351,8 @@ class OnnxStage:
 
     def _run(self, batch: np.ndarray[Any, Any]) -> ProbaArray:
         if batch.dtype == np.uint8 and self.input_kind_ == "images":
-            feed = batch.astype(np.float32) * _UINT8_SCALE
+            # One pass, no intermediate float copy of the (uint8) batch.
+            feed = np.multiply(batch, _UINT8_SCALE, dtype=np.float32)
         else:
             feed = np.ascontiguousarray(batch, dtype=self._dtype)
         out = np.asarray(self._session.run([self._output_name], {self._input_name: feed})[0])
@@ -438,6 +443,12 @@ class StageExport:
         torch_precision: the source `TorchStage`'s ``precision`` (the graph is float32
             whatever it is), or ``None``.
         quantized: ``"dynamic"``, ``"static"`` or ``None``.
+        int8_label_agreement: for a quantized stage, the share of the check inputs its
+            int8 graph labels as its float32 graph does (the stage alone, every input,
+            whatever the routing): which stage int8 changes, to keep it float32 with
+            ``keep_float32``.
+        int8_max_abs_diff: the largest absolute difference of those two graphs'
+            probabilities on the check inputs.
     """
 
     name: str
@@ -447,6 +458,8 @@ class StageExport:
     max_abs_diff: float
     torch_precision: str | None = None
     quantized: str | None = None
+    int8_label_agreement: float | None = None
+    int8_max_abs_diff: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,6 +553,7 @@ def export_cascade(
     opset: int | None = None,
     quantize: Literal["dynamic", "static"] | None = None,
     calibration: Any = None,
+    keep_float32: Collection[str] = (),
     sklearn: Literal["convert", "keep"] = "convert",
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
@@ -569,9 +583,13 @@ def export_cascade(
         sample_labels: true labels of ``sample``, to report accuracy with ``quantize``.
         opset: ONNX opset of the graphs (at least 18, the default).
         quantize: ``"dynamic"`` (weights int8, activations quantized at run time) or
-            ``"static"`` (activations calibrated on ``calibration``), or ``None``.
+            ``"static"`` (QDQ: per-channel int8 weights, uint8 activations calibrated on
+            ``calibration``; the in-graph preprocessing stays float32), or ``None``.
         calibration: inputs for static quantization's calibration (required with
             ``quantize="static"``); keep them apart from ``sample`` to measure honestly.
+        keep_float32: names of torch stages whose graphs stay float32 with ``quantize``
+            (a network that int8 changes too much, or speeds up too little); their
+            `StageExport.quantized` is ``None``.
         sklearn: ``"convert"`` scikit-learn stages with skl2onnx (an estimator it cannot
             convert raises an error naming the stage) or ``"keep"`` them in the skops
             file `save_cascade` writes (loading then needs skops).
@@ -584,7 +602,8 @@ def export_cascade(
     Raises:
         NotFittedError: if the cascade is not fitted.
         PolicyError: for an invalid ``opset``, ``quantize``, ``sklearn`` or
-            ``tolerance``, or ``quantize="static"`` without ``calibration``.
+            ``tolerance``, ``quantize="static"`` without ``calibration``, or
+            ``keep_float32`` naming no stage of the cascade or given without ``quantize``.
         SerializationError: naming the stage, when it cannot be exported or its graph is
             not within ``tolerance`` of it.
         ImportError: if torch, onnx, onnxruntime or skl2onnx (for scikit-learn stages)
@@ -596,6 +615,7 @@ def export_cascade(
         msg = f"this {type(cascade).__name__} is not fitted yet; call fit before export_cascade"
         raise NotFittedError(msg)
     opset = _check_options(opset, quantize, calibration, sklearn, tolerance)
+    kept = _check_keep_float32(keep_float32, quantize, [str(n) for n in cascade.named_stages_])
     return _onnx_export.export(
         cascade,
         Path(folder),
@@ -605,6 +625,7 @@ def export_cascade(
             sklearn=sklearn,
             tolerance=float(tolerance),
             overwrite=overwrite,
+            keep_float32=kept,
         ),
         sample=sample,
         sample_labels=sample_labels,
@@ -623,8 +644,8 @@ def _check_options(
         opset = DEFAULT_OPSET
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < DEFAULT_OPSET:
         msg = (
-            f"opset must be an integer >= {DEFAULT_OPSET} (the first with an antialiasing "
-            f"Resize, as the stages resize), got {opset!r}"
+            f"opset must be an integer >= {DEFAULT_OPSET} (the oldest the export is checked "
+            f"with), got {opset!r}"
         )
         raise PolicyError(msg)
     if quantize not in (None, "dynamic", "static"):
@@ -643,6 +664,21 @@ def _check_options(
         msg = f"tolerance must be a number in (0, 1), got {tolerance!r}"
         raise PolicyError(msg)
     return opset
+
+
+def _check_keep_float32(names: object, quantize: object, stages: list[str]) -> frozenset[str]:
+    if isinstance(names, str) or not isinstance(names, Collection):
+        msg = f"keep_float32 must be a collection of stage names, got {names!r}"
+        raise PolicyError(msg)
+    kept = frozenset(str(name) for name in names)
+    if kept and quantize is None:
+        msg = f"keep_float32={sorted(kept)} is given without quantize: nothing is quantized"
+        raise PolicyError(msg)
+    unknown = sorted(kept - set(stages))
+    if unknown:
+        msg = f"keep_float32 names no stage of the cascade: {unknown}; its stages are {stages}"
+        raise PolicyError(msg)
+    return kept
 
 
 def _spec(stage: OnnxStage) -> dict[str, Any]:
