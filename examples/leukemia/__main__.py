@@ -4,7 +4,7 @@ python -m examples.leukemia run --data-root DIR --preset cpu --out DIR
 torchrun --nproc-per-node N -m examples.leukemia run ...   (N training processes)
 python -m examples.leukemia predict --model OUT/cascade IMAGES... [--output CSV] [--ray local]
 python -m examples.leukemia evaluate --model OUT/cascade --data-root DIR
-python -m examples.leukemia export --model OUT/cascade --out OUT/onnx [--quantize dynamic]
+python -m examples.leukemia export --model OUT/cascade --out OUT/onnx [--quantize static]
 python -m examples.leukemia audit --data-root DIR --preset cpu --out DIR
 python -m examples.leukemia seeds --data-root DIR --preset cpu --seeds 0,1,2 --out DIR
 python -m examples.leukemia certify RUN... --certify agreement=0.99 [--delta 0.05]
@@ -245,6 +245,14 @@ def _add_export_parser(sub: Any) -> None:
         default=[],
         metavar="IMAGES",
         help="images or folders for --quantize static (apart from --check)",
+    )
+    export.add_argument(
+        "--keep-float32",
+        nargs="+",
+        default=[],
+        metavar="STAGE",
+        help="stages whose graphs stay float32 with --quantize (those whose int8 labels "
+        "agree least with float32 in a first export's report)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -645,11 +653,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         check=_expand(args.check),
         calibration=_expand(args.calibration),
+        keep_float32=args.keep_float32,
         overwrite=args.overwrite,
     )
     print(f"exported {len(report.stages)} stages to {report.folder} (opset {report.opset})")
     for stage in report.stages:
-        print(f"  {stage.name:<16} {stage.file}  max |p - p_torch| {stage.max_abs_diff:.2g}")
+        int8 = (
+            ""
+            if stage.int8_label_agreement is None
+            else f"  int8 labels as float32 {stage.int8_label_agreement:.0%}"
+        )
+        print(f"  {stage.name:<16} {stage.file}  max |p - p_torch| {stage.max_abs_diff:.2g}{int8}")
     print(
         f"on {report.n_check} {'random' if report.synthetic_check else 'given'} images: "
         f"labels {report.label_agreement:.2%} and exits {report.exit_agreement:.2%} as the "

@@ -34,6 +34,7 @@ def export_model(
     quantize: Literal["dynamic", "static"] | None = None,
     check: Sequence[Path] = (),
     calibration: Sequence[Path] = (),
+    keep_float32: Sequence[str] = (),
     overwrite: bool = False,
 ) -> ExportReport:
     """Export a run's ``cascade`` folder to ``out``, with its settings file.
@@ -46,6 +47,8 @@ def export_model(
             inside a folder named after a class (the data set's layout) also give the
             accuracy change of ``quantize``. Without them: random images.
         calibration: Image files static quantization is calibrated on.
+        keep_float32: Stage names whose graphs stay float32 with ``quantize`` (those whose
+            int8 labels agree least with float32, see the report of a first export).
         overwrite: Replace an existing ``out``.
 
     Returns:
@@ -79,6 +82,7 @@ def export_model(
             sample_labels=labels,
             quantize=quantize,
             calibration=images,
+            keep_float32=keep_float32,
         )
         shutil.copyfile(source / SETTINGS_FILE, new / SETTINGS_FILE)
         _files.replace_folder(new, target)

@@ -108,9 +108,11 @@ def _resize_aa(mode: str) -> Any:
     The source size is fixed in the graph (only the batch is free), so the resize is a
     linear map of each axis: ``rows @ x @ cols.T`` with the matrices of
     [`resize_matrix`][cascademl._onnx_export.resize_matrix]. That is exact to float32
-    rounding (about 1e-6 on ``[0, 1]`` images) where ONNX ``Resize`` with antialiasing
-    only approximates torch's border handling, and it runs as two small matrix products,
-    several times faster than onnxruntime's antialiased ``Resize``.
+    rounding (about 1e-6 on ``[0, 1]`` images), runs on every execution provider (antialiased
+    ``Resize`` does not) and stays float32 when the network is quantized. It is not faster:
+    the dense matrices multiply mostly zeros, so it takes about twice the time of
+    onnxruntime's antialiased ``Resize`` (docs/benchmarks/onnx.md), a few percent of a
+    stage's time.
     """
 
     def symbolic(g: Any, x: Any, output_size: Any, align_corners: Any, scales: Any) -> Any:

@@ -87,3 +87,28 @@ def test_export_then_predict_and_evaluate(run_cascade, leukemia_root, tmp_path):
     assert (out.parent / "evaluate-data.json").is_file()
     with redirect_stdout(io.StringIO()):
         assert main(["export", "--model", str(run_cascade), "--out", str(out)]) == 2  # exists
+
+
+def test_export_static_int8_keeps_named_stages_float32(
+    run_cascade, leukemia_root, tmp_path, caplog
+):
+    out = tmp_path / "int8"
+    args = ["export", "--model", str(run_cascade), "--out", str(out), "--quantize", "static"]
+    args += ["--calibration", str(leukemia_root / "Pro"), "--keep-float32", "TestEfficientNet"]
+    with redirect_stdout(io.StringIO()) as printed:
+        assert main(args) == 0, printed.getvalue()
+    lines = printed.getvalue().splitlines()
+    resnet = next(line for line in lines if line.lstrip().startswith("TestResNet"))
+    effnet = next(line for line in lines if line.lstrip().startswith("TestEfficientNet"))
+    assert "int8 labels as float32" in resnet
+    assert "int8" not in effnet
+    report = json.loads((out / "onnx_export.json").read_text())
+    kinds = {s["name"]: s.get("int8_label_agreement") for s in report["stages"]}
+    assert kinds["TestResNet"] is not None
+    assert kinds["TestEfficientNet"] is None
+    with redirect_stdout(io.StringIO()) as printed:
+        bad = [*args[:-1], "NoSuchStage"]
+        bad[bad.index(str(out))] = str(tmp_path / "other")
+        assert main(bad) == 2
+    assert "NoSuchStage" in caplog.text
+    assert not (tmp_path / "other").exists()
