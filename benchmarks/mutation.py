@@ -35,6 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.txt"
 
+_CERTIFY_TESTS = ["tests/test_certify.py"]
+_TUNING_TESTS = [
+    "tests/test_tuning.py",
+    "tests/test_tuning_weights.py",
+    "tests/test_tuning_combine.py",
+]
+
 # module key -> (files to mutate, fast tests that exercise them)
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "_routing": (
@@ -61,12 +68,16 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "abstention": (["src/cascademl/abstention.py"], ["tests/test_abstention.py"]),
     "tuning._search": (
         ["src/cascademl/tuning/_search.py"],
-        ["tests/test_tuning.py", "tests/test_tuning_weights.py"],
+        _TUNING_TESTS,
     ),
     "tuning._thresholds": (
         ["src/cascademl/tuning/_thresholds.py"],
-        ["tests/test_tuning.py", "tests/test_tuning_weights.py"],
+        _TUNING_TESTS,
     ),
+    "certify._core": (["src/cascademl/certify/_core.py"], _CERTIFY_TESTS),
+    "certify._stats": (["src/cascademl/certify/_stats.py"], _CERTIFY_TESTS),
+    "certify._apply": (["src/cascademl/certify/_apply.py"], _CERTIFY_TESTS),
+    "certify._certificate": (["src/cascademl/certify/_certificate.py"], _CERTIFY_TESTS),
 }
 
 STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault")
@@ -127,6 +138,10 @@ def _equivalent(extra: list[str]) -> set[str]:
 def run_module(key: str, base: Path, max_children: int, equivalent: set[str]) -> dict[str, object]:
     """Run mutmut on one module; return its counts, score and surviving mutants."""
     files, tests = MODULES[key]
+    # Tests written to kill mutants of a module (tests/test_mutation_*.py) run for every one.
+    tests = tests + sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_mutation_*.py")
+    )
     workdir = base / key
     _prepare(workdir, files, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
