@@ -80,7 +80,16 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "certify._certificate": (["src/cascademl/certify/_certificate.py"], _CERTIFY_TESTS),
 }
 
-STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault")
+STATUSES = (
+    "killed",
+    "survived",
+    "timeout",
+    "suspicious",
+    "no tests",
+    "skipped",
+    "segfault",
+    "not checked",
+)
 
 
 def _toml_list(values: list[str]) -> str:
@@ -135,19 +144,34 @@ def _equivalent(extra: list[str]) -> set[str]:
     return names
 
 
-def run_module(key: str, base: Path, max_children: int, equivalent: set[str]) -> dict[str, object]:
-    """Run mutmut on one module; return its counts, score and surviving mutants."""
+def run_module(
+    key: str, base: Path, max_children: int, equivalent: set[str], *, survivors: bool = False
+) -> dict[str, object]:
+    """Run mutmut on one module; return its counts, score and surviving mutants.
+
+    With ``survivors``, reuse the working copy of an earlier run of the module: copy the
+    current tests into it and rerun only the mutants that survived there (or that no test
+    reached). Tests are only ever added, so a mutant killed before stays killed.
+    """
     files, tests = MODULES[key]
-    # Tests written to kill mutants of a module (tests/test_mutation_*.py) run for every one.
-    tests = tests + sorted(
-        str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_mutation_*.py")
-    )
     workdir = base / key
-    _prepare(workdir, files, tests)
+    rerun: list[str] = []
+    if survivors and (workdir / "mutants").is_dir():
+        before = _counts(workdir)
+        rerun = [
+            n
+            for n in before["survived"] + before["no tests"] + before["not checked"]
+            if n not in equivalent
+        ]
+        shutil.rmtree(workdir / "tests")
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+        shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    else:
+        _prepare(workdir, files, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(workdir / "src")  # the copy, never an installed cascademl
     command = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run"]
-    command += ["--max-children", str(max_children)]
+    command += ["--max-children", str(max_children), *rerun]
     start = time.perf_counter()
     subprocess.run(command, cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)  # noqa: S603
     seconds = time.perf_counter() - start
@@ -178,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at once")
     parser.add_argument("--workdir", type=Path, help="where the copies go (default: a temp dir)")
     parser.add_argument("--equivalent", nargs="*", default=[], help="equivalent mutant names")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="rerun only the survivors of an earlier run in --workdir, with the current tests",
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if args.list or not args.modules:
@@ -191,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     equivalent = _equivalent(args.equivalent)
     results = []
     for key in args.modules:
-        result = run_module(key, base, args.max_children, equivalent)
+        result = run_module(key, base, args.max_children, equivalent, survivors=args.survivors)
         results.append(result)
         print(
             f"{key}: {result['killed']} killed / ({result['total']} total - "
