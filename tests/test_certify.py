@@ -77,6 +77,51 @@ def test_bound_and_test_agree():
             assert passes == (lower_confidence_bound(n - k, n, 0.05) >= target - 1e-12)
 
 
+@pytest.mark.parametrize(("n", "alpha"), [(1, 0.3), (7, 0.05), (59, 0.05), (200, 0.01)])
+def test_binomial_p_value_is_the_binomial_lower_tail(n, alpha):
+    """Closed forms: P(X <= 0) = (1 - a)^n, P(X <= 1) adds n a (1 - a)^(n - 1), P(X <= n) = 1."""
+    assert binomial_p_value(0, n, alpha) == pytest.approx((1 - alpha) ** n, rel=1e-12)
+    one = (1 - alpha) ** n + n * alpha * (1 - alpha) ** (n - 1)
+    assert binomial_p_value(1, n, alpha) == pytest.approx(one, rel=1e-12)
+    assert binomial_p_value(n, n, alpha) == pytest.approx(1.0, abs=1e-12)
+    assert type(binomial_p_value(0, n, alpha)) is float
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_no_samples_give_no_evidence(n):
+    assert binomial_p_value(0, n, 0.05) == 1.0
+    assert lower_confidence_bound(0, n, 0.05) == 0.0
+    assert lower_confidence_bound(1, n, 0.05) == 0.0
+
+
+@pytest.mark.parametrize(("successes", "n"), [(1, 1), (100, 100), (95, 100), (1, 40), (37, 40)])
+def test_lower_bound_solves_the_clopper_pearson_equation(successes, n):
+    """At the bound p, P(Binom(n, p) >= successes) = delta (the defining equation)."""
+    from scipy.stats import binom
+
+    delta = 0.05
+    bound = lower_confidence_bound(successes, n, delta)
+    assert type(bound) is float
+    assert 0 < bound < successes / n or bound == pytest.approx(delta ** (1 / n))
+    assert binom.sf(successes - 1, n, bound) == pytest.approx(delta, rel=1e-9)
+    if successes == n:
+        assert bound == pytest.approx(delta ** (1 / n), rel=1e-12)
+
+
+def test_no_success_gives_a_zero_bound():
+    assert lower_confidence_bound(0, 10, 0.05) == 0.0
+    assert lower_confidence_bound(-1, 10, 0.05) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("target", "delta", "n"),
+    [(0.95, 0.05, 59), (0.99, 0.05, 299), (0.9, 0.1, 22), (0.5, 0.5, 1), (0.5, 0.25, 2)],
+)
+def test_required_test_size_known_values(target, delta, n):
+    """The smallest n with target ** n <= delta: ceil(log delta / log target), computed here."""
+    assert required_test_size(target, delta) == n == math.ceil(math.log(delta) / math.log(target))
+
+
 def test_fixed_sequence_stops_at_first_failure():
     assert _fixed_sequence([0.01, 0.02, 0.2, 0.01, 0.0], 0.05) == [True, True, False, False, False]
     assert _fixed_sequence([0.5, 0.0], 0.05) == [False, False]
