@@ -478,3 +478,76 @@ def test_cascade_report_shows_the_certificate(digits_cascade):
     assert "certificate" not in cascade.summary()
     certified.set_params(combine="mean")
     assert "no longer in force" in certified.summary()
+
+
+# --------------------------------------------------------------------------- certify_cascade
+def _table_cascade(costs):
+    """A fitted cascade over make_pool's tables; stage i costs costs[i] (None: no hook)."""
+    tables, y = make_pool(3, 600)
+    stages = table_stages(tables)
+    for (_, stage), cost in zip(stages, costs, strict=True):
+        if cost is not None:
+            stage.cost_per_sample = cost
+    ids = np.arange(600).reshape(-1, 1)
+    cascade = CascadeClassifier.from_fitted(stages)
+    return cascade, tables, ids, cascade.classes_[y]
+
+
+def test_certify_cascade_is_certify_from_proba_on_the_stage_tables():
+    cascade, tables, ids, y = _table_cascade([2.0, None, 7.5])
+    cert = certify_cascade(cascade, ids, y, target=0.8, delta=0.1, guarantee="accuracy")
+    proba = stage_probabilities(cascade, ids)  # the tables, to the last bit of rounding
+    np.testing.assert_allclose(proba, tables, rtol=1e-12)
+    direct = certify_cascade_from_proba(
+        proba,
+        classes=cascade.classes_,
+        target=0.8,
+        delta=0.1,
+        guarantee="accuracy",
+        y=y,
+        stage_cost=[2.0, 1.0, 7.5],  # a stage without cost_per_sample costs 1 per call
+        stage_names=("s0", "s1", "s2"),
+    )
+    assert cert.to_dict() == direct.to_dict()
+    assert cert.stage_cost == (2.0, 1.0, 7.5)
+    assert cert.stage_names == ("s0", "s1", "s2")
+
+
+def test_certify_cascade_passes_every_option_on():
+    cascade, tables, ids, y = _table_cascade([None, None, None])
+    rule = RoutingRule.from_params(ConfidencePolicy("margin", 0.5), n_stages=3, combine="mean")
+    options = {"target": 0.75, "delta": 0.2, "path_fraction": 0.4, "random_state": 3}
+    cert = certify_cascade(
+        cascade, ids, y, guarantee="selective", rule=rule, stage_cost=[1, 2, 3], **options
+    )
+    proba = stage_probabilities(cascade, ids)  # the tables, to the last bit of rounding
+    np.testing.assert_allclose(proba, tables, rtol=1e-12)
+    direct = certify_cascade_from_proba(
+        proba,
+        classes=cascade.classes_,
+        guarantee="selective",
+        y=y,
+        rule=rule,
+        stage_cost=[1.0, 2.0, 3.0],
+        stage_names=("s0", "s1", "s2"),
+        **options,
+    )
+    assert cert.to_dict() == direct.to_dict()
+    assert (cert.delta, cert.target, cert.guarantee) == (0.2, 0.75, "selective")
+
+
+def test_apply_certificate_needs_a_certificate(digits_cascade):
+    cascade, _, _ = digits_cascade
+    with pytest.raises(PolicyError, match=r"^certificate must be a Certificate, got dict$"):
+        apply_certificate(cascade, {"rule": None})
+
+
+def test_apply_certificate_keeps_the_reject_threshold_unless_selective(digits_cascade):
+    cascade, X, y = digits_cascade
+    cascade = cascade.set_params(reject_threshold=0.3)
+    try:
+        cert = certify_cascade(cascade, X, y, target=0.8, guarantee="accuracy")
+        assert cert.certified
+        assert apply_certificate(cascade, cert).reject_threshold == 0.3
+    finally:
+        cascade.set_params(reject_threshold=None)
