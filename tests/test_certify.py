@@ -551,3 +551,253 @@ def test_apply_certificate_keeps_the_reject_threshold_unless_selective(digits_ca
         assert apply_certificate(cascade, cert).reject_threshold == 0.3
     finally:
         cascade.set_params(reject_threshold=None)
+
+
+# --------------------------------------------------------------------------- the certificate
+def _hand_certificate(**changes):
+    """A certificate written by hand (no certifier involved), two path points."""
+    from cascademl.certify import CertificatePoint
+
+    rule = RoutingRule("margin", (0.4, math.inf), "mean", (0.25, 0.5))
+    path = (
+        CertificatePoint((math.inf, math.inf), "last", 11.0, 1.0, 0.0, passed=True),
+        CertificatePoint(
+            (0.4, math.inf),
+            "mean",
+            4.5,
+            0.96,
+            0.01,
+            passed=True,
+            coverage=0.8,
+            reject_threshold=0.3,
+        ),
+    )
+    fields = {
+        "rule": rule,
+        "guarantee": "selective",
+        "target": 0.925,
+        "delta": 0.05,
+        "certified": True,
+        "bound": 0.93,
+        "estimate": 0.96,
+        "n_calibration": 12345,
+        "n_path": 3704,
+        "n_test": 8641,
+        "mean_cost": 4.5,
+        "cost_share_last": 0.45,
+        "cost_share_all": 4.5 / 11.0,
+        "coverage": 0.8,
+        "reject_threshold": 0.3,
+        "method": "by hand",
+        "stage_names": ("cheap", "strong"),
+        "stage_cost": (1.0, 10.0),
+        "path": path,
+        "chosen_index": 1,
+    }
+    fields.update(changes)
+    return Certificate(**fields)
+
+
+HAND_DICT = {
+    "format": "cascademl.Certificate",
+    "version": 1,
+    "rule": {
+        "measure": "margin",
+        "thresholds": [0.4, "inf"],
+        "combine": "mean",
+        "escalation_weights": [0.25, 0.5],
+    },
+    "guarantee": "selective",
+    "target": 0.925,
+    "delta": 0.05,
+    "certified": True,
+    "bound": 0.93,
+    "estimate": 0.96,
+    "n_calibration": 12345,
+    "n_path": 3704,
+    "n_test": 8641,
+    "mean_cost": 4.5,
+    "cost_share_last": 0.45,
+    "cost_share_all": 4.5 / 11.0,
+    "coverage": 0.8,
+    "reject_threshold": 0.3,
+    "method": "by hand",
+    "stage_names": ["cheap", "strong"],
+    "stage_cost": [1.0, 10.0],
+    "path": [
+        {
+            "thresholds": ["inf", "inf"],
+            "combine": "last",
+            "mean_cost": 11.0,
+            "estimate": 1.0,
+            "p_value": 0.0,
+            "passed": True,
+            "coverage": 1.0,
+            "reject_threshold": None,
+        },
+        {
+            "thresholds": [0.4, "inf"],
+            "combine": "mean",
+            "mean_cost": 4.5,
+            "estimate": 0.96,
+            "p_value": 0.01,
+            "passed": True,
+            "coverage": 0.8,
+            "reject_threshold": 0.3,
+        },
+    ],
+    "chosen_index": 1,
+}
+
+
+def test_certificate_dict_is_the_documented_one_and_comes_back():
+    cert = _hand_certificate()
+    assert cert.to_dict() == HAND_DICT
+    back = Certificate.from_dict(json.loads(json.dumps(HAND_DICT)))
+    assert back.to_dict() == HAND_DICT
+    for name in Certificate.__dataclass_fields__:
+        assert getattr(back, name) == getattr(cert, name), name
+    assert type(back.n_calibration) is int
+    assert type(back.stage_names) is tuple
+    assert type(back.path[0].thresholds) is tuple
+
+
+def test_a_point_without_reject_threshold_and_nan_bound_come_back():
+    cert = _hand_certificate(reject_threshold=None, bound=math.nan, chosen_index=None)
+    data = json.loads(json.dumps(cert.to_dict()))
+    assert data["reject_threshold"] is None
+    assert data["bound"] == "nan"
+    assert data["chosen_index"] is None
+    back = Certificate.from_dict(data)
+    assert back.reject_threshold is None
+    assert math.isnan(back.bound)
+    assert back.chosen_index is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.update(format="x"), r"^C: not a certificate \(format 'x', expected 'cascad"),
+        (lambda d: d.pop("format"), r"^C: not a certificate \(format None, expected"),
+        (lambda d: d.update(version=2), r"^C: certificate version 2 is not supported$"),
+        (lambda d: d.update(guarantee="x"), r"^C: guarantee must be one of \('agreement', 'ac"),
+        (lambda d: d.update(chosen_index=True), r"^C: chosen_index must be null or an integer, g"),
+        (lambda d: d.update(chosen_index=1.0), r"^C: chosen_index must be null .* got 1\.0$"),
+        (lambda d: d.pop("rule"), r"^C: missing key 'rule'$"),
+        (lambda d: d["rule"].pop("combine"), r"^C: missing key 'combine'$"),
+        (lambda d: d.pop("reject_threshold"), r"^C: missing key 'reject_threshold'$"),
+        (lambda d: d.pop("stage_cost"), r"^C: missing key 'stage_cost'$"),
+        (lambda d: d.update(n_test=-1), r"^C\.n_test must be a non-negative integer, got -1$"),
+        (lambda d: d.update(n_path=True), r"^C\.n_path must be a non-negative integer, got True"),
+        (lambda d: d.update(n_calibration=2.0), r"^C\.n_calibration must be a non-negative int"),
+        (lambda d: d.update(certified=1), r"^C\.certified must be true or false, got 1$"),
+        (lambda d: d.update(delta="x"), r"^C\.delta"),
+        (lambda d: d["rule"].update(measure="x"), r"^C: invalid certificate \("),
+        (lambda d: d.update(stage_names=5), r"^C: invalid certificate \("),
+        (lambda d: d["path"][1].pop("coverage"), r"^C\.path\[1\]: missing key 'coverage'$"),
+        (lambda d: d["path"][0].update(passed=0), r"^C\.path\[0\]\.passed must be true or false"),
+        (lambda d: d["path"][1].update(thresholds=3), r"^C\.path\[1\]: invalid entry \("),
+        (lambda d: d["path"][1].update(reject_threshold="a"), r"^C\.path\[1\]\.reject_threshold"),
+    ],
+)
+def test_broken_certificate_dicts_name_the_key(change, expected):
+    data = json.loads(json.dumps(HAND_DICT))
+    change(data)
+    with pytest.raises(SerializationError, match=expected):
+        Certificate.from_dict(data, "C")
+
+
+def test_not_a_mapping_is_not_a_certificate():
+    with pytest.raises(SerializationError, match=r"^certificate: not a certificate \(format 'lis"):
+        Certificate.from_dict([1])
+    from cascademl.certify import CertificatePoint
+
+    with pytest.raises(SerializationError, match=r"^path point: missing key 'reject_threshold'$"):
+        CertificatePoint.from_dict({})
+
+
+@pytest.mark.parametrize(
+    ("changes", "text"),
+    [
+        (
+            {"guarantee": "agreement", "target": 0.9, "coverage": 1.0},
+            (
+                "agrees with strong on at least 90.0% of samples with 95% confidence, at 45% of "
+                "its cost (n=12,345 calibration samples)"
+            ),
+        ),
+        (
+            {"guarantee": "accuracy", "delta": 0.1},
+            (
+                "is at least 92.5% accurate with 90% confidence, at 45% of the cost of strong "
+                "(n=12,345 calibration samples)"
+            ),
+        ),
+        (
+            {},
+            (
+                "is at least 92.5% accurate on the samples it decides (80% of calibration "
+                "samples) with 95% confidence, at 45% of the cost of strong (n=12,345 "
+                "calibration samples)"
+            ),
+        ),
+        (
+            {"certified": False, "bound": 0.91234, "guarantee": "accuracy"},
+            (
+                "not certified: no setting reached accuracy of 92.5% with 95% confidence "
+                "(n=12,345 calibration samples); falls back to strong alone; its lower bound is "
+                "0.9123"
+            ),
+        ),
+        (
+            {"certified": False, "bound": math.nan, "delta": 0.005},
+            (
+                "not certified: no setting reached selective accuracy of 92.5% with 99.5% "
+                "confidence (n=12,345 calibration samples); falls back to strong alone"
+            ),
+        ),
+        (
+            {"certified": False, "bound": math.nan, "guarantee": "agreement", "target": 0.99},
+            (
+                "not certified: no setting reached agreement of 99.0% with 95% confidence "
+                "(n=12,345 calibration samples); falls back to strong alone"
+            ),
+        ),
+    ],
+)
+def test_summary_sentences(changes, text):
+    assert _hand_certificate(**changes).summary() == text
+
+
+def test_percent_keeps_only_the_decimals_needed():
+    from cascademl.certify._certificate import _percent
+
+    assert _percent(0.95, 0) == "95%"
+    assert _percent(0.995, 0) == "99.5%"
+    assert _percent(0.9, 1) == "90.0%"
+    assert _percent(0.12345, 0) == "12.345%"
+    assert _percent(1 / 3, 0) == "33.333%"
+    assert _percent(math.nan, 1) == "nan%"
+
+
+class _Routed:
+    """Just what matches() reads from a cascade."""
+
+    def __init__(self, names, rule, reject_threshold=None):
+        self.named_stages_ = dict.fromkeys(names)
+        self.routing_rule_ = rule
+        self.reject_threshold = reject_threshold
+
+
+def test_matches_needs_same_stages_rule_and_selective_reject_threshold():
+    cert = _hand_certificate()
+    rule = cert.rule
+    assert cert.matches(_Routed(["cheap", "strong"], rule, 0.3))
+    assert not cert.matches(_Routed(["cheap", "strong"], rule, 0.31))
+    assert not cert.matches(_Routed(["strong", "cheap"], rule, 0.3))
+    other = RoutingRule("margin", (0.41, math.inf), "mean", (0.25, 0.5))
+    assert not cert.matches(_Routed(["cheap", "strong"], other, 0.3))
+    assert not cert.matches(object())
+    accuracy = _hand_certificate(guarantee="accuracy")
+    assert accuracy.matches(_Routed(["cheap", "strong"], rule, 0.31))
+    assert accuracy.matches(_Routed(["cheap", "strong"], rule, None))
