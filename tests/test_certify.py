@@ -122,6 +122,21 @@ def test_required_test_size_known_values(target, delta, n):
     assert required_test_size(target, delta) == n == math.ceil(math.log(delta) / math.log(target))
 
 
+@pytest.mark.parametrize(
+    "delta",
+    [
+        2.0**-29,  # the closed-form start overshoots (30) by rounding: the search comes down
+        float(np.nextafter(2.0**-4, 0)),  # the start (4) falls short: the search goes up
+        float(np.nextafter(2.0**-9, 0)),
+        0.3,
+    ],
+)
+def test_required_test_size_survives_rounding_of_the_closed_form(delta):
+    """For target 0.5, 0.5 ** n is exact in floating point: the answer is found by counting."""
+    expected = next(n for n in range(1, 100) if 0.5**n <= delta)
+    assert required_test_size(0.5, delta) == expected
+
+
 def test_fixed_sequence_stops_at_first_failure():
     assert _fixed_sequence([0.01, 0.02, 0.2, 0.01, 0.0], 0.05) == [True, True, False, False, False]
     assert _fixed_sequence([0.5, 0.0], 0.05) == [False, False]
