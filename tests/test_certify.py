@@ -90,6 +90,7 @@ def test_binomial_p_value_is_the_binomial_lower_tail(n, alpha):
 @pytest.mark.parametrize("n", [0, -1])
 def test_no_samples_give_no_evidence(n):
     assert binomial_p_value(0, n, 0.05) == 1.0
+    assert binomial_p_value(3, n, 0.05) == 1.0  # as documented (scipy gives NaN for 3 of 0)
     assert lower_confidence_bound(0, n, 0.05) == 0.0
     assert lower_confidence_bound(1, n, 0.05) == 0.0
 
