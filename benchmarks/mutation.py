@@ -15,6 +15,10 @@ is too slow for CI all the same; run it by hand::
     python benchmarks/mutation.py _routing voting policies --max-children 2
     python benchmarks/mutation.py --list
 
+mutmut runs under ``nice -n 10`` (the script adds it). ``--workdir DIR`` keeps the working
+copies; ``--survivors`` then reruns only the mutants that survived there, with the current
+tests (after new tests were written), instead of every mutant again.
+
 Needs the ``mutation`` dependency group (``pip install --group mutation .``, or
 ``pip install mutmut``).
 """

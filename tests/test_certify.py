@@ -817,3 +817,16 @@ def test_matches_needs_same_stages_rule_and_selective_reject_threshold():
     accuracy = _hand_certificate(guarantee="accuracy")
     assert accuracy.matches(_Routed(["cheap", "strong"], rule, 0.31))
     assert accuracy.matches(_Routed(["cheap", "strong"], rule, None))
+
+
+def test_unfitted_cascades_are_refused_naming_the_call():
+    from cascademl import NotFittedError
+
+    unfitted = CascadeClassifier([("nb", GaussianNB())])
+    with pytest.raises(NotFittedError, match=r"not fitted yet; call fit before certify_cascade "):
+        certify_cascade(unfitted, np.zeros((3, 2)), target=0.9)
+    cert = _hand_certificate()
+    with pytest.raises(
+        NotFittedError, match=r"not fitted yet; call fit before apply_certificate \("
+    ):
+        apply_certificate(unfitted, cert)
