@@ -475,6 +475,15 @@ def test_nested_temperature_stages_are_bounded(tmp_path, iris):
 # or files, so every rule of the format gets a fast case that fails if the rule is broken.
 
 SHA = "0" * 64
+NOT_A_NAME = (
+    r"^W: S\.file '/a\.skops' is not the name of a file inside the folder \(a saved cascade's "
+    r"files are plain names: no folders, absolute paths, '\.\.' or hidden names\); refusing to "
+    r"read it$"
+)
+UNLISTED = (
+    r"^W: S\.file 'h\.onnx' is not listed \(with its checksum\) under 'files'; refusing to read "
+    r"it$"
+)
 
 
 def _timm_config(**arch):
@@ -559,13 +568,14 @@ def test_walk_visits_every_value_with_its_path():
     [
         ({"kind": "onnx", "file": "g.onnx", "output": "logits"}, None),
         ({"kind": "onnx", "file": "g.onnx", "output": "probabilities"}, None),
-        ({"kind": "onnx", "file": "h.onnx", "output": "logits"}, r"^W: S\.file 'h\.onnx' is not"),
+        ({"kind": "onnx", "file": "h.onnx", "output": "logits"}, UNLISTED),
         ({"kind": "onnx", "file": "../g.onnx", "output": "logits"}, r"^W: S\.file '\.\./g\.onnx'"),
         ({"kind": "onnx", "file": "g.onnx"}, r"^W: S\.output must be 'logits' or .*, got None$"),
         ({"kind": "onnx", "file": "g.onnx", "output": "x"}, r"^W: S\.output .* got 'x'$"),
     ],
 )
 def test_onnx_specs_list_their_graph_and_output(spec, expected):
+    """An ONNX stage's graph must be listed with a checksum; its output kind must be known."""
     files = {"g.onnx": SHA}
     if expected is None:
         assert fmt._check_spec(spec, "S", "W", files, depth=0) is None
@@ -742,8 +752,8 @@ def test_files_map_names_to_sha256_digests():
         ({"kind": "temperature", "stage": {"kind": "sklearn", "file": "a.skops"}}, None),
         ({"kind": "torch", "config": {"architecture": {"source": "module"}}}, None),
         ("x", r"^W: S must be an object, got 'x'$"),
-        ({"kind": "sklearn", "file": "b.skops"}, r"^W: S\.file 'b\.skops' is not listed"),
-        ({"kind": "sklearn", "file": "/a.skops"}, r"^W: S\.file '/a\.skops' is not the name"),
+        ({"kind": "sklearn", "file": "h.onnx"}, UNLISTED),
+        ({"kind": "sklearn", "file": "/a.skops"}, NOT_A_NAME),
         (
             {"kind": "sklearn", "file": "a.skops", "serializer": "json"},
             r"^W: S\.serializer must be 'skops' or 'pickle', got 'json'$",
