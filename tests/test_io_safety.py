@@ -518,6 +518,12 @@ def test_torch_config_name_message_says_why():
 
 def test_a_valid_timm_config_passes():
     assert fmt._check_torch_config(_timm_config(kwargs={"drop_rate": 0.1}), "K", "W") is None
+    one_class = _timm_config(num_classes=1)
+    one_class["classes"] = ["only"]
+    assert fmt._check_torch_config(one_class, "K", "W") is None
+    no_kwargs = _timm_config()
+    del no_kwargs["architecture"]["kwargs"]
+    assert fmt._check_torch_config(no_kwargs, "K", "W") is None
 
 
 @pytest.mark.parametrize(
@@ -548,7 +554,11 @@ def test_torch_config_kwargs_must_be_an_object():
     ],
 )
 def test_forbidden_kwargs_are_found_at_any_depth_and_named(kwargs, path):
-    with pytest.raises(SerializationError, match=rf"^W: {path} = .* tensors\.safetensors$"):
+    why = (
+        "would make loading read weights from elsewhere or download them; a saved stage's "
+        "weights come only from tensors.safetensors"
+    )
+    with pytest.raises(SerializationError, match=rf"^W: {path} = .* {re.escape(why)}$"):
         fmt._check_torch_config(_timm_config(kwargs=kwargs), "K", "W")
 
 
