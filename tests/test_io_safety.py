@@ -694,8 +694,10 @@ def test_policies_decode_one_or_per_stage_thresholds():
     per_stage = fmt._decode_policy({"measure": "entropy", "thresholds": [0.5, "Infinity"]}, "W")
     assert per_stage.measure == "entropy"
     assert per_stage.thresholds == (0.5, float("inf"))
-    with pytest.raises(SerializationError, match=r"^W: thresholds"):
-        fmt._decode_policy({"measure": "max", "thresholds": ["high"]}, "W")
+    with pytest.raises(SerializationError, match=r"^W: thresholds must be a number, got 'hi'$"):
+        fmt._decode_policy({"measure": "max", "thresholds": [0.5, "hi"]}, "W")
+    with pytest.raises(SerializationError, match=r"^W: thresholds must be a number, got 'hi'$"):
+        fmt._decode_policy({"measure": "max", "thresholds": "hi"}, "W")
 
 
 def _config_bytes(**changes):
