@@ -849,3 +849,12 @@ def test_stage_lists_are_checked_entry_by_entry():
         fmt._check_stages([good, "x"], "W", {"a.skops": SHA})
     with pytest.raises(SerializationError, match=r"^W: stages\[1\]\.spec\.file 'b' is not listed"):
         fmt._check_stages([good, {"spec": {"kind": "sklearn", "file": "b"}}], "W", {"a.skops": SHA})
+
+
+def test_stage_lists_start_counting_temperature_wrappers_at_zero(monkeypatch):
+    monkeypatch.setattr(fmt, "_MAX_WRAPPERS", 1)
+    wrapped = {"kind": "temperature", "stage": {"kind": "sklearn", "file": "a.skops"}}
+    assert fmt._check_stages([{"spec": wrapped}], "W", {"a.skops": SHA}) == [{"spec": wrapped}]
+    twice = {"kind": "temperature", "stage": wrapped}
+    with pytest.raises(SerializationError, match=r"^W: stages\[0\]\.spec\.stage nests more than 1"):
+        fmt._check_stages([{"spec": twice}], "W", {"a.skops": SHA})
