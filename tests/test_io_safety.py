@@ -617,6 +617,9 @@ def test_object_classes_round_trip_as_objects():
     decoded = fmt._decode_classes(fmt._encode_classes(classes), "W")
     assert decoded.dtype == object
     assert decoded.tolist() == ["a", 1, None]
+    pairs = fmt._decode_classes({"dtype": "|O", "values": [[1, 2], [3, 4]]}, "W")
+    assert pairs.shape == (2,)  # one label per entry, even when a label is a list
+    assert pairs[1] == [3, 4]
 
 
 @pytest.mark.parametrize(
