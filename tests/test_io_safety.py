@@ -627,6 +627,10 @@ def test_object_classes_round_trip_as_objects():
     [
         (np.array([1 + 2j]), r"^class labels of dtype complex128 cannot be saved as JSON$"),
         (np.array([float("nan")]), r"^class labels \[nan\]\.\.\. are not JSON-able: "),
+        (
+            np.array([0, 1, 2, 3, 4, float("nan")]),  # the message shows the first five
+            r"^class labels \[0\.0, 1\.0, 2\.0, 3\.0, 4\.0\]\.\.\. are not JSON-able: ",
+        ),
         (np.array([{1, 2}], dtype=object), r"^class labels \[\{1, 2\}\]\.\.\. are not JSON-able"),
     ],
 )
