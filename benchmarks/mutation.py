@@ -149,7 +149,13 @@ def _equivalent(extra: list[str]) -> set[str]:
 
 
 def run_module(
-    key: str, base: Path, max_children: int, equivalent: set[str], *, survivors: bool = False
+    key: str,
+    base: Path,
+    max_children: int,
+    equivalent: set[str],
+    *,
+    survivors: bool = False,
+    timeout_multiplier: float | None = None,
 ) -> dict[str, object]:
     """Run mutmut on one module; return its counts, score and surviving mutants.
 
@@ -172,6 +178,9 @@ def run_module(
         shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
     else:
         _prepare(workdir, files, tests)
+    if timeout_multiplier is not None:  # [tool.mutmut] is the file's last section
+        with (workdir / "pyproject.toml").open("a", encoding="utf-8") as settings:
+            settings.write(f"timeout_multiplier = {float(timeout_multiplier)}\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(workdir / "src")  # the copy, never an installed cascademl
     command = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run"]
@@ -211,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rerun only the survivors of an earlier run in --workdir, with the current tests",
     )
+    parser.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        help="mutmut's timeout_multiplier (default 15): lower it where mutants loop forever",
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if args.list or not args.modules:
@@ -224,7 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     equivalent = _equivalent(args.equivalent)
     results = []
     for key in args.modules:
-        result = run_module(key, base, args.max_children, equivalent, survivors=args.survivors)
+        result = run_module(
+            key,
+            base,
+            args.max_children,
+            equivalent,
+            survivors=args.survivors,
+            timeout_multiplier=args.timeout_multiplier,
+        )
         results.append(result)
         print(
             f"{key}: {result['killed']} killed / ({result['total']} total - "
