@@ -678,6 +678,13 @@ def test_certificate_dict_is_the_documented_one_and_comes_back():
     assert type(back.path[0].thresholds) is tuple
 
 
+def test_zero_counts_are_valid():
+    data = json.loads(json.dumps(HAND_DICT))
+    data.update(n_path=0, n_test=0, n_calibration=0)
+    back = Certificate.from_dict(data)
+    assert (back.n_path, back.n_test, back.n_calibration) == (0, 0, 0)
+
+
 def test_a_point_without_reject_threshold_and_nan_bound_come_back():
     cert = _hand_certificate(reject_threshold=None, bound=math.nan, chosen_index=None)
     data = json.loads(json.dumps(cert.to_dict()))
@@ -714,6 +721,11 @@ def test_a_point_without_reject_threshold_and_nan_bound_come_back():
         (lambda d: d["path"][0].update(passed=0), r"^C\.path\[0\]\.passed must be true or false"),
         (lambda d: d["path"][1].update(thresholds=3), r"^C\.path\[1\]: invalid entry \("),
         (lambda d: d["path"][1].update(reject_threshold="a"), r"^C\.path\[1\]\.reject_threshold"),
+        (lambda d: d["path"][0].update(thresholds=["a"]), r"^C\.path\[0\]\.thresholds must be a"),
+        (lambda d: d["path"][0].update(mean_cost="a"), r"^C\.path\[0\]\.mean_cost must be a"),
+        (lambda d: d["path"][0].update(estimate="a"), r"^C\.path\[0\]\.estimate must be a"),
+        (lambda d: d["path"][0].update(p_value="a"), r"^C\.path\[0\]\.p_value must be a"),
+        (lambda d: d["path"][0].update(coverage="a"), r"^C\.path\[0\]\.coverage must be a"),
     ],
 )
 def test_broken_certificate_dicts_name_the_key(change, expected):
@@ -794,6 +806,7 @@ def test_percent_keeps_only_the_decimals_needed():
     assert _percent(0.12345, 0) == "12.345%"
     assert _percent(1 / 3, 0) == "33.333%"
     assert _percent(math.nan, 1) == "nan%"
+    assert _percent(0.123456, 0) == "12.346%"  # at most three more decimals
 
 
 class _Routed:
