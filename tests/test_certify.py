@@ -721,6 +721,9 @@ def test_a_point_without_reject_threshold_and_nan_bound_come_back():
         (lambda d: d["path"][0].update(passed=0), r"^C\.path\[0\]\.passed must be true or false"),
         (lambda d: d["path"][1].update(thresholds=3), r"^C\.path\[1\]: invalid entry \("),
         (lambda d: d["path"][1].update(reject_threshold="a"), r"^C\.path\[1\]\.reject_threshold"),
+        (lambda d: d["rule"].update(thresholds=["a"]), r"^C\.rule\.thresholds must be a number"),
+        (lambda d: d["rule"].update(escalation_weights=["a"]), r"^C\.rule\.escalation_weights "),
+        (lambda d: d.update(stage_cost=[1, "a"]), r"^C\.stage_cost must be a number, got 'a'$"),
         (lambda d: d["path"][0].update(thresholds=["a"]), r"^C\.path\[0\]\.thresholds must be a"),
         (lambda d: d["path"][0].update(mean_cost="a"), r"^C\.path\[0\]\.mean_cost must be a"),
         (lambda d: d["path"][0].update(estimate="a"), r"^C\.path\[0\]\.estimate must be a"),
@@ -732,6 +735,27 @@ def test_broken_certificate_dicts_name_the_key(change, expected):
     data = json.loads(json.dumps(HAND_DICT))
     change(data)
     with pytest.raises(SerializationError, match=expected):
+        Certificate.from_dict(data, "C")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "target",
+        "delta",
+        "bound",
+        "estimate",
+        "mean_cost",
+        "cost_share_last",
+        "cost_share_all",
+        "coverage",
+        "reject_threshold",
+    ],
+)
+def test_every_number_of_a_certificate_is_named_when_broken(key):
+    data = json.loads(json.dumps(HAND_DICT))
+    data[key] = "a"
+    with pytest.raises(SerializationError, match=rf"^C\.{key} must be a number, got 'a'$"):
         Certificate.from_dict(data, "C")
 
 
