@@ -15,6 +15,10 @@ is too slow for CI all the same; run it by hand::
     python benchmarks/mutation.py _routing voting policies --max-children 2
     python benchmarks/mutation.py --list
 
+mutmut runs under ``nice -n 10`` (the script adds it). ``--workdir DIR`` keeps the working
+copies; ``--survivors`` then reruns only the mutants that survived there, with the current
+tests (after new tests were written), instead of every mutant again.
+
 Needs the ``mutation`` dependency group (``pip install --group mutation .``, or
 ``pip install mutmut``).
 """
@@ -34,6 +38,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.txt"
+
+_CERTIFY_TESTS = ["tests/test_certify.py"]
+_TUNING_TESTS = [
+    "tests/test_tuning.py",
+    "tests/test_tuning_weights.py",
+    "tests/test_tuning_combine.py",
+]
 
 # module key -> (files to mutate, fast tests that exercise them)
 MODULES: dict[str, tuple[list[str], list[str]]] = {
@@ -61,15 +72,28 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "abstention": (["src/cascademl/abstention.py"], ["tests/test_abstention.py"]),
     "tuning._search": (
         ["src/cascademl/tuning/_search.py"],
-        ["tests/test_tuning.py", "tests/test_tuning_weights.py"],
+        _TUNING_TESTS,
     ),
     "tuning._thresholds": (
         ["src/cascademl/tuning/_thresholds.py"],
-        ["tests/test_tuning.py", "tests/test_tuning_weights.py"],
+        _TUNING_TESTS,
     ),
+    "certify._core": (["src/cascademl/certify/_core.py"], _CERTIFY_TESTS),
+    "certify._stats": (["src/cascademl/certify/_stats.py"], _CERTIFY_TESTS),
+    "certify._apply": (["src/cascademl/certify/_apply.py"], _CERTIFY_TESTS),
+    "certify._certificate": (["src/cascademl/certify/_certificate.py"], _CERTIFY_TESTS),
 }
 
-STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault")
+STATUSES = (
+    "killed",
+    "survived",
+    "timeout",
+    "suspicious",
+    "no tests",
+    "skipped",
+    "segfault",
+    "not checked",
+)
 
 
 def _toml_list(values: list[str]) -> str:
@@ -124,15 +148,43 @@ def _equivalent(extra: list[str]) -> set[str]:
     return names
 
 
-def run_module(key: str, base: Path, max_children: int, equivalent: set[str]) -> dict[str, object]:
-    """Run mutmut on one module; return its counts, score and surviving mutants."""
+def run_module(
+    key: str,
+    base: Path,
+    max_children: int,
+    equivalent: set[str],
+    *,
+    survivors: bool = False,
+    timeout_multiplier: float | None = None,
+) -> dict[str, object]:
+    """Run mutmut on one module; return its counts, score and surviving mutants.
+
+    With ``survivors``, reuse the working copy of an earlier run of the module: copy the
+    current tests into it and rerun only the mutants that survived there (or that no test
+    reached). Tests are only ever added, so a mutant killed before stays killed.
+    """
     files, tests = MODULES[key]
     workdir = base / key
-    _prepare(workdir, files, tests)
+    rerun: list[str] = []
+    if survivors and (workdir / "mutants").is_dir():
+        before = _counts(workdir)
+        rerun = [
+            n
+            for n in before["survived"] + before["no tests"] + before["not checked"]
+            if n not in equivalent
+        ]
+        shutil.rmtree(workdir / "tests")
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+        shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    else:
+        _prepare(workdir, files, tests)
+    if timeout_multiplier is not None:  # [tool.mutmut] is the file's last section
+        with (workdir / "pyproject.toml").open("a", encoding="utf-8") as settings:
+            settings.write(f"timeout_multiplier = {float(timeout_multiplier)}\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(workdir / "src")  # the copy, never an installed cascademl
     command = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run"]
-    command += ["--max-children", str(max_children)]
+    command += ["--max-children", str(max_children), *rerun]
     start = time.perf_counter()
     subprocess.run(command, cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)  # noqa: S603
     seconds = time.perf_counter() - start
@@ -163,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at once")
     parser.add_argument("--workdir", type=Path, help="where the copies go (default: a temp dir)")
     parser.add_argument("--equivalent", nargs="*", default=[], help="equivalent mutant names")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="rerun only the survivors of an earlier run in --workdir, with the current tests",
+    )
+    parser.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        help="mutmut's timeout_multiplier (default 15): lower it where mutants loop forever",
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if args.list or not args.modules:
@@ -176,7 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     equivalent = _equivalent(args.equivalent)
     results = []
     for key in args.modules:
-        result = run_module(key, base, args.max_children, equivalent)
+        result = run_module(
+            key,
+            base,
+            args.max_children,
+            equivalent,
+            survivors=args.survivors,
+            timeout_multiplier=args.timeout_multiplier,
+        )
         results.append(result)
         print(
             f"{key}: {result['killed']} killed / ({result['total']} total - "

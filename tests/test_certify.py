@@ -77,6 +77,67 @@ def test_bound_and_test_agree():
             assert passes == (lower_confidence_bound(n - k, n, 0.05) >= target - 1e-12)
 
 
+@pytest.mark.parametrize(("n", "alpha"), [(1, 0.3), (7, 0.05), (59, 0.05), (200, 0.01)])
+def test_binomial_p_value_is_the_binomial_lower_tail(n, alpha):
+    """Closed forms: P(X <= 0) = (1 - a)^n, P(X <= 1) adds n a (1 - a)^(n - 1), P(X <= n) = 1."""
+    assert binomial_p_value(0, n, alpha) == pytest.approx((1 - alpha) ** n, rel=1e-12)
+    one = (1 - alpha) ** n + n * alpha * (1 - alpha) ** (n - 1)
+    assert binomial_p_value(1, n, alpha) == pytest.approx(one, rel=1e-12)
+    assert binomial_p_value(n, n, alpha) == pytest.approx(1.0, abs=1e-12)
+    assert type(binomial_p_value(0, n, alpha)) is float
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_no_samples_give_no_evidence(n):
+    assert binomial_p_value(0, n, 0.05) == 1.0
+    assert binomial_p_value(3, n, 0.05) == 1.0  # as documented (scipy gives NaN for 3 of 0)
+    assert lower_confidence_bound(0, n, 0.05) == 0.0
+    assert lower_confidence_bound(1, n, 0.05) == 0.0
+
+
+@pytest.mark.parametrize(("successes", "n"), [(1, 1), (100, 100), (95, 100), (1, 40), (37, 40)])
+def test_lower_bound_solves_the_clopper_pearson_equation(successes, n):
+    """At the bound p, P(Binom(n, p) >= successes) = delta (the defining equation)."""
+    from scipy.stats import binom
+
+    delta = 0.05
+    bound = lower_confidence_bound(successes, n, delta)
+    assert type(bound) is float
+    assert 0 < bound < successes / n or bound == pytest.approx(delta ** (1 / n))
+    assert binom.sf(successes - 1, n, bound) == pytest.approx(delta, rel=1e-9)
+    if successes == n:
+        assert bound == pytest.approx(delta ** (1 / n), rel=1e-12)
+
+
+def test_no_success_gives_a_zero_bound():
+    assert lower_confidence_bound(0, 10, 0.05) == 0.0
+    assert lower_confidence_bound(-1, 10, 0.05) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("target", "delta", "n"),
+    [(0.95, 0.05, 59), (0.99, 0.05, 299), (0.9, 0.1, 22), (0.5, 0.5, 1), (0.5, 0.25, 2)],
+)
+def test_required_test_size_known_values(target, delta, n):
+    """The smallest n with target ** n <= delta: ceil(log delta / log target), computed here."""
+    assert required_test_size(target, delta) == n == math.ceil(math.log(delta) / math.log(target))
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        2.0**-29,  # the closed-form start overshoots (30) by rounding: the search comes down
+        float(np.nextafter(2.0**-4, 0)),  # the start (4) falls short: the search goes up
+        float(np.nextafter(2.0**-9, 0)),
+        0.3,
+    ],
+)
+def test_required_test_size_survives_rounding_of_the_closed_form(delta):
+    """For target 0.5, 0.5 ** n is exact in floating point: the answer is found by counting."""
+    expected = next(n for n in range(1, 100) if 0.5**n <= delta)
+    assert required_test_size(0.5, delta) == expected
+
+
 def test_fixed_sequence_stops_at_first_failure():
     assert _fixed_sequence([0.01, 0.02, 0.2, 0.01, 0.0], 0.05) == [True, True, False, False, False]
     assert _fixed_sequence([0.5, 0.0], 0.05) == [False, False]
@@ -433,3 +494,376 @@ def test_cascade_report_shows_the_certificate(digits_cascade):
     assert "certificate" not in cascade.summary()
     certified.set_params(combine="mean")
     assert "no longer in force" in certified.summary()
+
+
+# --------------------------------------------------------------------------- certify_cascade
+def _table_cascade(costs):
+    """A fitted cascade over make_pool's tables; stage i costs costs[i] (None: no hook)."""
+    tables, y = make_pool(3, 600)
+    stages = table_stages(tables)
+    for (_, stage), cost in zip(stages, costs, strict=True):
+        if cost is not None:
+            stage.cost_per_sample = cost
+    ids = np.arange(600).reshape(-1, 1)
+    cascade = CascadeClassifier.from_fitted(stages)
+    return cascade, tables, ids, cascade.classes_[y]
+
+
+def test_certify_cascade_is_certify_from_proba_on_the_stage_tables():
+    cascade, tables, ids, y = _table_cascade([2.0, None, 7.5])
+    cert = certify_cascade(cascade, ids, y, target=0.8, delta=0.1, guarantee="accuracy")
+    proba = stage_probabilities(cascade, ids)  # the tables, to the last bit of rounding
+    np.testing.assert_allclose(proba, tables, rtol=1e-12)
+    direct = certify_cascade_from_proba(
+        proba,
+        classes=cascade.classes_,
+        target=0.8,
+        delta=0.1,
+        guarantee="accuracy",
+        y=y,
+        stage_cost=[2.0, 1.0, 7.5],  # a stage without cost_per_sample costs 1 per call
+        stage_names=("s0", "s1", "s2"),
+    )
+    assert cert.to_dict() == direct.to_dict()
+    assert cert.stage_cost == (2.0, 1.0, 7.5)
+    assert cert.stage_names == ("s0", "s1", "s2")
+
+
+def test_certify_cascade_passes_every_option_on():
+    cascade, tables, ids, y = _table_cascade([None, None, None])
+    rule = RoutingRule.from_params(ConfidencePolicy("margin", 0.5), n_stages=3, combine="mean")
+    options = {"target": 0.75, "delta": 0.2, "path_fraction": 0.4, "random_state": 3}
+    cert = certify_cascade(
+        cascade, ids, y, guarantee="selective", rule=rule, stage_cost=[1, 2, 3], **options
+    )
+    proba = stage_probabilities(cascade, ids)  # the tables, to the last bit of rounding
+    np.testing.assert_allclose(proba, tables, rtol=1e-12)
+    direct = certify_cascade_from_proba(
+        proba,
+        classes=cascade.classes_,
+        guarantee="selective",
+        y=y,
+        rule=rule,
+        stage_cost=[1.0, 2.0, 3.0],
+        stage_names=("s0", "s1", "s2"),
+        **options,
+    )
+    assert cert.to_dict() == direct.to_dict()
+    assert (cert.delta, cert.target, cert.guarantee) == (0.2, 0.75, "selective")
+
+
+def test_apply_certificate_needs_a_certificate(digits_cascade):
+    cascade, _, _ = digits_cascade
+    with pytest.raises(PolicyError, match=r"^certificate must be a Certificate, got dict$"):
+        apply_certificate(cascade, {"rule": None})
+
+
+def test_apply_certificate_keeps_the_reject_threshold_unless_selective(digits_cascade):
+    cascade, X, y = digits_cascade
+    cascade = cascade.set_params(reject_threshold=0.3)
+    try:
+        cert = certify_cascade(cascade, X, y, target=0.8, guarantee="accuracy")
+        assert cert.certified
+        assert apply_certificate(cascade, cert).reject_threshold == 0.3
+    finally:
+        cascade.set_params(reject_threshold=None)
+
+
+# --------------------------------------------------------------------------- the certificate
+def _hand_certificate(**changes):
+    """A certificate written by hand (no certifier involved), two path points."""
+    from cascademl.certify import CertificatePoint
+
+    rule = RoutingRule("margin", (0.4, math.inf), "mean", (0.25, 0.5))
+    path = (
+        CertificatePoint((math.inf, math.inf), "last", 11.0, 1.0, 0.0, passed=True),
+        CertificatePoint(
+            (0.4, math.inf),
+            "mean",
+            4.5,
+            0.96,
+            0.01,
+            passed=True,
+            coverage=0.8,
+            reject_threshold=0.3,
+        ),
+    )
+    fields = {
+        "rule": rule,
+        "guarantee": "selective",
+        "target": 0.925,
+        "delta": 0.05,
+        "certified": True,
+        "bound": 0.93,
+        "estimate": 0.96,
+        "n_calibration": 12345,
+        "n_path": 3704,
+        "n_test": 8641,
+        "mean_cost": 4.5,
+        "cost_share_last": 0.45,
+        "cost_share_all": 4.5 / 11.0,
+        "coverage": 0.8,
+        "reject_threshold": 0.3,
+        "method": "by hand",
+        "stage_names": ("cheap", "strong"),
+        "stage_cost": (1.0, 10.0),
+        "path": path,
+        "chosen_index": 1,
+    }
+    fields.update(changes)
+    return Certificate(**fields)
+
+
+HAND_DICT = {
+    "format": "cascademl.Certificate",
+    "version": 1,
+    "rule": {
+        "measure": "margin",
+        "thresholds": [0.4, "inf"],
+        "combine": "mean",
+        "escalation_weights": [0.25, 0.5],
+    },
+    "guarantee": "selective",
+    "target": 0.925,
+    "delta": 0.05,
+    "certified": True,
+    "bound": 0.93,
+    "estimate": 0.96,
+    "n_calibration": 12345,
+    "n_path": 3704,
+    "n_test": 8641,
+    "mean_cost": 4.5,
+    "cost_share_last": 0.45,
+    "cost_share_all": 4.5 / 11.0,
+    "coverage": 0.8,
+    "reject_threshold": 0.3,
+    "method": "by hand",
+    "stage_names": ["cheap", "strong"],
+    "stage_cost": [1.0, 10.0],
+    "path": [
+        {
+            "thresholds": ["inf", "inf"],
+            "combine": "last",
+            "mean_cost": 11.0,
+            "estimate": 1.0,
+            "p_value": 0.0,
+            "passed": True,
+            "coverage": 1.0,
+            "reject_threshold": None,
+        },
+        {
+            "thresholds": [0.4, "inf"],
+            "combine": "mean",
+            "mean_cost": 4.5,
+            "estimate": 0.96,
+            "p_value": 0.01,
+            "passed": True,
+            "coverage": 0.8,
+            "reject_threshold": 0.3,
+        },
+    ],
+    "chosen_index": 1,
+}
+
+
+def test_certificate_dict_is_the_documented_one_and_comes_back():
+    cert = _hand_certificate()
+    assert cert.to_dict() == HAND_DICT
+    back = Certificate.from_dict(json.loads(json.dumps(HAND_DICT)))
+    assert back.to_dict() == HAND_DICT
+    for name in Certificate.__dataclass_fields__:
+        assert getattr(back, name) == getattr(cert, name), name
+    assert type(back.n_calibration) is int
+    assert type(back.stage_names) is tuple
+    assert type(back.path[0].thresholds) is tuple
+
+
+def test_zero_counts_are_valid():
+    data = json.loads(json.dumps(HAND_DICT))
+    data.update(n_path=0, n_test=0, n_calibration=0)
+    back = Certificate.from_dict(data)
+    assert (back.n_path, back.n_test, back.n_calibration) == (0, 0, 0)
+
+
+def test_a_point_without_reject_threshold_and_nan_bound_come_back():
+    cert = _hand_certificate(reject_threshold=None, bound=math.nan, chosen_index=None)
+    data = json.loads(json.dumps(cert.to_dict()))
+    assert data["reject_threshold"] is None
+    assert data["bound"] == "nan"
+    assert data["chosen_index"] is None
+    back = Certificate.from_dict(data)
+    assert back.reject_threshold is None
+    assert math.isnan(back.bound)
+    assert back.chosen_index is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.update(format="x"), r"^C: not a certificate \(format 'x', expected 'cascad"),
+        (lambda d: d.pop("format"), r"^C: not a certificate \(format None, expected"),
+        (lambda d: d.update(version=2), r"^C: certificate version 2 is not supported$"),
+        (lambda d: d.update(guarantee="x"), r"^C: guarantee must be one of \('agreement', 'ac"),
+        (lambda d: d.update(chosen_index=True), r"^C: chosen_index must be null or an integer, g"),
+        (lambda d: d.update(chosen_index=1.0), r"^C: chosen_index must be null .* got 1\.0$"),
+        (lambda d: d.pop("rule"), r"^C: missing key 'rule'$"),
+        (lambda d: d["rule"].pop("combine"), r"^C: missing key 'combine'$"),
+        (lambda d: d.pop("reject_threshold"), r"^C: missing key 'reject_threshold'$"),
+        (lambda d: d.pop("stage_cost"), r"^C: missing key 'stage_cost'$"),
+        (lambda d: d.update(n_test=-1), r"^C\.n_test must be a non-negative integer, got -1$"),
+        (lambda d: d.update(n_path=True), r"^C\.n_path must be a non-negative integer, got True"),
+        (lambda d: d.update(n_calibration=2.0), r"^C\.n_calibration must be a non-negative int"),
+        (lambda d: d.update(certified=1), r"^C\.certified must be true or false, got 1$"),
+        (lambda d: d.update(delta="x"), r"^C\.delta"),
+        (lambda d: d["rule"].update(measure="x"), r"^C: invalid certificate \("),
+        (lambda d: d.update(stage_names=5), r"^C: invalid certificate \("),
+        (lambda d: d["path"][1].pop("coverage"), r"^C\.path\[1\]: missing key 'coverage'$"),
+        (lambda d: d["path"][0].update(passed=0), r"^C\.path\[0\]\.passed must be true or false"),
+        (lambda d: d["path"][1].update(thresholds=3), r"^C\.path\[1\]: invalid entry \("),
+        (lambda d: d["path"][1].update(reject_threshold="a"), r"^C\.path\[1\]\.reject_threshold"),
+        (lambda d: d["rule"].update(thresholds=["a"]), r"^C\.rule\.thresholds must be a number"),
+        (lambda d: d["rule"].update(escalation_weights=["a"]), r"^C\.rule\.escalation_weights "),
+        (lambda d: d.update(stage_cost=[1, "a"]), r"^C\.stage_cost must be a number, got 'a'$"),
+        (lambda d: d["path"][0].update(thresholds=["a"]), r"^C\.path\[0\]\.thresholds must be a"),
+        (lambda d: d["path"][0].update(mean_cost="a"), r"^C\.path\[0\]\.mean_cost must be a"),
+        (lambda d: d["path"][0].update(estimate="a"), r"^C\.path\[0\]\.estimate must be a"),
+        (lambda d: d["path"][0].update(p_value="a"), r"^C\.path\[0\]\.p_value must be a"),
+        (lambda d: d["path"][0].update(coverage="a"), r"^C\.path\[0\]\.coverage must be a"),
+    ],
+)
+def test_broken_certificate_dicts_name_the_key(change, expected):
+    data = json.loads(json.dumps(HAND_DICT))
+    change(data)
+    with pytest.raises(SerializationError, match=expected):
+        Certificate.from_dict(data, "C")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "target",
+        "delta",
+        "bound",
+        "estimate",
+        "mean_cost",
+        "cost_share_last",
+        "cost_share_all",
+        "coverage",
+        "reject_threshold",
+    ],
+)
+def test_every_number_of_a_certificate_is_named_when_broken(key):
+    data = json.loads(json.dumps(HAND_DICT))
+    data[key] = "a"
+    with pytest.raises(SerializationError, match=rf"^C\.{key} must be a number, got 'a'$"):
+        Certificate.from_dict(data, "C")
+
+
+def test_not_a_mapping_is_not_a_certificate():
+    with pytest.raises(SerializationError, match=r"^certificate: not a certificate \(format 'lis"):
+        Certificate.from_dict([1])
+    from cascademl.certify import CertificatePoint
+
+    with pytest.raises(SerializationError, match=r"^path point: missing key 'reject_threshold'$"):
+        CertificatePoint.from_dict({})
+
+
+@pytest.mark.parametrize(
+    ("changes", "text"),
+    [
+        (
+            {"guarantee": "agreement", "target": 0.9, "coverage": 1.0},
+            (
+                "agrees with strong on at least 90.0% of samples with 95% confidence, at 45% of "
+                "its cost (n=12,345 calibration samples)"
+            ),
+        ),
+        (
+            {"guarantee": "accuracy", "delta": 0.1},
+            (
+                "is at least 92.5% accurate with 90% confidence, at 45% of the cost of strong "
+                "(n=12,345 calibration samples)"
+            ),
+        ),
+        (
+            {},
+            (
+                "is at least 92.5% accurate on the samples it decides (80% of calibration "
+                "samples) with 95% confidence, at 45% of the cost of strong (n=12,345 "
+                "calibration samples)"
+            ),
+        ),
+        (
+            {"certified": False, "bound": 0.91234, "guarantee": "accuracy"},
+            (
+                "not certified: no setting reached accuracy of 92.5% with 95% confidence "
+                "(n=12,345 calibration samples); falls back to strong alone; its lower bound is "
+                "0.9123"
+            ),
+        ),
+        (
+            {"certified": False, "bound": math.nan, "delta": 0.005},
+            (
+                "not certified: no setting reached selective accuracy of 92.5% with 99.5% "
+                "confidence (n=12,345 calibration samples); falls back to strong alone"
+            ),
+        ),
+        (
+            {"certified": False, "bound": math.nan, "guarantee": "agreement", "target": 0.99},
+            (
+                "not certified: no setting reached agreement of 99.0% with 95% confidence "
+                "(n=12,345 calibration samples); falls back to strong alone"
+            ),
+        ),
+    ],
+)
+def test_summary_sentences(changes, text):
+    assert _hand_certificate(**changes).summary() == text
+
+
+def test_percent_keeps_only_the_decimals_needed():
+    from cascademl.certify._certificate import _percent
+
+    assert _percent(0.95, 0) == "95%"
+    assert _percent(0.995, 0) == "99.5%"
+    assert _percent(0.9, 1) == "90.0%"
+    assert _percent(0.12345, 0) == "12.345%"
+    assert _percent(1 / 3, 0) == "33.333%"
+    assert _percent(math.nan, 1) == "nan%"
+    assert _percent(0.123456, 0) == "12.346%"  # at most three more decimals
+
+
+class _Routed:
+    """Just what matches() reads from a cascade."""
+
+    def __init__(self, names, rule, reject_threshold=None):
+        self.named_stages_ = dict.fromkeys(names)
+        self.routing_rule_ = rule
+        self.reject_threshold = reject_threshold
+
+
+def test_matches_needs_same_stages_rule_and_selective_reject_threshold():
+    cert = _hand_certificate()
+    rule = cert.rule
+    assert cert.matches(_Routed(["cheap", "strong"], rule, 0.3))
+    assert not cert.matches(_Routed(["cheap", "strong"], rule, 0.31))
+    assert not cert.matches(_Routed(["strong", "cheap"], rule, 0.3))
+    other = RoutingRule("margin", (0.41, math.inf), "mean", (0.25, 0.5))
+    assert not cert.matches(_Routed(["cheap", "strong"], other, 0.3))
+    assert not cert.matches(object())
+    accuracy = _hand_certificate(guarantee="accuracy")
+    assert accuracy.matches(_Routed(["cheap", "strong"], rule, 0.31))
+    assert accuracy.matches(_Routed(["cheap", "strong"], rule, None))
+
+
+def test_unfitted_cascades_are_refused_naming_the_call():
+    from cascademl import NotFittedError
+
+    unfitted = CascadeClassifier([("nb", GaussianNB())])
+    with pytest.raises(NotFittedError, match=r"not fitted yet; call fit before certify_cascade "):
+        certify_cascade(unfitted, np.zeros((3, 2)), target=0.9)
+    cert = _hand_certificate()
+    with pytest.raises(
+        NotFittedError, match=r"not fitted yet; call fit before apply_certificate \("
+    ):
+        apply_certificate(unfitted, cert)

@@ -314,3 +314,125 @@ def test_every_combiner_and_measure_comes_back_and_routes_the_same(
     np.testing.assert_array_equal(after.exit_stage, before.exit_stage)
     np.testing.assert_array_equal(after.labels, before.labels)
     np.testing.assert_allclose(after.proba, before.proba, rtol=0, atol=1e-12)
+
+
+def test_cascade_json_holds_exactly_the_documented_keys(tmp_path, iris):
+    """The saved configuration, written out by hand: a change to any entry is a format change."""
+    import hashlib
+
+    X, y = iris
+    cascade = CascadeClassifier(
+        [("nb", GaussianNB()), ("lr", LogisticRegression(max_iter=500))],
+        policy=ConfidencePolicy("entropy", (0.25, math.inf)),
+        combine="mean",
+        escalation_weight=(0.2, 1),
+        batch_size=9,
+        reject_threshold=0.4,
+        abstain_label=-7,
+    ).fit(X, np.array([3, 5, 9])[y])
+    folder = save_cascade(cascade, tmp_path / "m", sklearn_format="pickle")
+    assert folder == tmp_path / "m"
+    text = (folder / CONFIG_FILE).read_text()
+    assert text.endswith("}\n")
+    assert text.startswith('{\n  "format": "cascademl.CascadeClassifier",\n  "format_version": 2,')
+    config = json.loads(text)
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    del files[CONFIG_FILE]
+    assert config == {
+        "format": "cascademl.CascadeClassifier",
+        "format_version": 2,
+        "classes": {"dtype": "<i8", "values": [3, 5, 9]},
+        "n_features_in": 4,
+        "feature_names_in": None,
+        "params": {
+            "policy": {"measure": "entropy", "thresholds": [0.25, "inf"]},
+            "combine": "mean",
+            "escalation_weight": [0.2, 1.0],
+            "batch_size": 9,
+            "reject_threshold": 0.4,
+            "abstain_label": {"dtype": "<i8", "values": [-7]},
+        },
+        "stages": [
+            {"name": "nb", "spec": config["stages"][0]["spec"]},
+            {"name": "lr", "spec": config["stages"][1]["spec"]},
+        ],
+        "files": files,
+    }
+    assert sorted(files) == ["stage_0.pkl", "stage_1.pkl"]
+    assert [s["spec"]["kind"] for s in config["stages"]] == ["sklearn", "sklearn"]
+    assert [s["spec"]["serializer"] for s in config["stages"]] == ["pickle", "pickle"]
+    loaded = load_cascade(folder, allow_pickle=True)
+    assert loaded.policy_ == ConfidencePolicy("entropy", (0.25, math.inf))
+    assert (loaded.combine, loaded.batch_size, loaded.reject_threshold) == ("mean", 9, 0.4)
+    assert loaded.escalation_weight == [0.2, 1.0]
+    assert loaded.abstain_label == -7
+    assert loaded.n_features_in_ == 4
+    assert not hasattr(loaded, "feature_names_in_")
+    np.testing.assert_array_equal(loaded.classes_, [3, 5, 9])
+    np.testing.assert_array_equal(loaded.predict_or_abstain(X), cascade.predict_or_abstain(X))
+
+
+def test_feature_names_are_saved_and_come_back(tmp_path, iris):
+    pd = pytest.importorskip("pandas")
+    X, y = iris
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    cascade = CascadeClassifier([("nb", GaussianNB())]).fit(frame, y)
+    folder = save_cascade(cascade, tmp_path / "m")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    assert config["feature_names_in"] == ["a", "b", "c", "d"]
+    assert config["n_features_in"] == 4
+    loaded = load_cascade(folder)
+    assert loaded.feature_names_in_.tolist() == ["a", "b", "c", "d"]
+    assert loaded.feature_names_in_.dtype == object
+    assert loaded.n_features_in_ == 4
+
+
+def test_save_and_load_argument_errors(tmp_path, iris):
+    X, y = iris
+    with pytest.raises(NotFittedError, match=r"^this CascadeClassifier is not fitted yet; call"):
+        save_cascade(CascadeClassifier([("nb", GaussianNB())]), tmp_path / "a")
+    cascade = CascadeClassifier([("nb", GaussianNB())]).fit(X, y)
+    with pytest.raises(ValueError, match=r"^sklearn_format must be 'skops' or 'pickle', got 'js"):
+        save_cascade(cascade, tmp_path / "b", sklearn_format="json")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match=r"file exists and is not a folder$"):
+        save_cascade(cascade, tmp_path / "file")
+    folder = save_cascade(cascade, tmp_path / "deep" / "er" / "c")  # parents are created
+    with pytest.raises(FileExistsError, match=r"cascade\.json exists; pass overwrite=True"):
+        save_cascade(cascade, folder)
+    assert not list(tmp_path.joinpath("deep", "er").glob("*new*"))
+    from cascademl import PolicyError
+
+    with pytest.raises(PolicyError, match="intra_op_num_threads"):
+        load_cascade(folder, intra_op_num_threads=0)
+    assert load_cascade(folder, intra_op_num_threads=2).predict(X[:3]).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: c.pop("params"), r"cascade\.json: missing key 'params'$"),
+        (lambda c: c["params"].pop("combine"), r"cascade\.json: missing key 'combine'$"),
+        (lambda c: c.pop("classes"), r"cascade\.json: missing key 'classes'$"),
+        (
+            lambda c: c["params"].update(combine="median"),
+            r"cascade\.json: the saved stages do not form a valid cascade: combine must",
+        ),
+        (
+            lambda c: c["params"]["policy"].update(measure="median"),
+            r"cascade\.json: invalid configuration: .*measure",
+        ),
+        (
+            lambda c: c["classes"].update(values=[0, 1]),
+            r"cascade\.json: the saved stages do not form a valid cascade: ",
+        ),
+    ],
+)
+def test_broken_configurations_name_the_file_and_the_key(tmp_path, iris, change, expected):
+    X, y = iris
+    folder = save_cascade(CascadeClassifier([("nb", GaussianNB())]).fit(X, y), tmp_path / "m")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    change(config)
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SerializationError, match=expected):
+        load_cascade(folder)

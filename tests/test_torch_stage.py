@@ -53,6 +53,71 @@ def test_preprocessing_comes_from_timms_data_config():
         assert prep.crop_pct == cfg["crop_pct"]
 
 
+# timm's own eval transform is the reference: PIL resize of the uint8 image, centre crop,
+# ToTensor, Normalize. PIL resizes in uint8 (rounding) and its antialias filter is not
+# torch's, so the two differ by up to about 2/255 at a pixel (1.9/255 seen for bicubic) and
+# 0.3/255 on average. The bounds below, in units of 1/255 of the unnormalised image, keep
+# that margin and fail for a wrong interpolation (max 3.9/255 or more), a mean off by 0.01
+# (2.5/255 on every pixel), a std off by 5% (max 6.8/255), crop_pct 1 instead of 0.95 or
+# nearest instead of the model's filter (tens of /255): test_timm_bounds_reject_* below.
+TIMM_MAX_DIFF = 2.5  # /255, any pixel
+TIMM_MEAN_DIFF = 0.4  # /255, mean over pixels
+
+
+def smooth_image(height, width, seed=0):
+    """A uint8 RGB image with structure at 8-pixel scale, as photographs have."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8, width // 8, 3)).astype(np.uint8)
+    return np.array(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
+
+
+def timm_eval_difference(stage_or_prep, model, image):
+    """Max and mean |ours - timm's eval transform| in 1/255 of the unnormalised image."""
+    from PIL import Image
+
+    config = timm.data.resolve_model_data_config(model)
+    reference = timm.data.create_transform(**config, is_training=False)(Image.fromarray(image))
+    x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).contiguous()
+    ours = stage_or_prep(x)[0]
+    assert ours.shape == reference.shape
+    pixels = (ours - reference).abs() * torch.tensor(config["std"]).view(3, 1, 1) * 255
+    return pixels.max().item(), pixels.mean().item()
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_vit"])
+@pytest.mark.parametrize(("height", "width"), [(200, 260), (161, 143)])
+def test_preprocessing_matches_timms_eval_transform(name, height, width):
+    """Independent reference: timm.data.create_transform(..., is_training=False) on PIL."""
+    stage = TorchStage.from_timm(name, num_classes=3, device="cpu")
+    worst, mean = timm_eval_difference(
+        stage.preprocessing_, stage.module_, smooth_image(height, width)
+    )
+    assert worst <= TIMM_MAX_DIFF
+    assert mean <= TIMM_MEAN_DIFF
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"interpolation": "bilinear"},  # the model's is bicubic
+        {"interpolation": "nearest"},
+        {"crop_pct": 1.0},  # the model's is 0.95
+        {"mean": (0.495, 0.466, 0.416)},  # each off by 0.01
+        {"std": (0.229 * 1.05, 0.224 * 1.05, 0.225 * 1.05)},
+    ],
+)
+def test_timm_bounds_reject_a_wrong_preprocessing(wrong):
+    """The bounds above are tight enough to catch each plausible mistake."""
+    import dataclasses
+
+    stage = TorchStage.from_timm("test_efficientnet", num_classes=3, device="cpu")
+    prep = dataclasses.replace(stage.preprocessing_, **wrong)
+    worst, mean = timm_eval_difference(prep, stage.module_, smooth_image(161, 143))
+    assert worst > TIMM_MAX_DIFF or mean > TIMM_MEAN_DIFF
+
+
 def test_timm_defaults_differ_between_models():
     """ImageNet statistics are not hard-coded: two test models disagree on mean/std."""
     resnet = TorchStage.from_timm("test_resnet", num_classes=3, device="cpu").preprocessing_
