@@ -72,3 +72,33 @@ def test_unknown_method():
     visited, exit_stage = _full_visit(2, 1)
     with pytest.raises(PolicyError, match="'max'"):
         vote_weights(visited, exit_stage, method="max")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ defaults, zeros and dtype
+def test_the_default_escalation_weight_is_one_half():
+    """Stage 0 escalates with weight 0.5 by default: 0.5 * [0.6, 0.4] + [0.1, 0.9] = [0.4, 1.1]."""
+    proba = np.array([[[0.6, 0.4]], [[0.1, 0.9]]])
+    visited = np.array([[True], [True]])
+    exit_stage = np.array([1])
+    weights = vote_weights(visited, exit_stage, method="vote")
+    np.testing.assert_array_equal(weights, [[0.5], [1.0]])
+    got = combine_votes(proba, visited, exit_stage, method="vote")
+    np.testing.assert_allclose(got, [[0.4 / 1.5, 1.1 / 1.5]])
+
+
+@pytest.mark.parametrize("method", ["vote", "mean", "last"])
+def test_stages_a_sample_did_not_visit_get_weight_zero(method):
+    visited = np.array([[True, True], [False, True], [False, False]])
+    exit_stage = np.array([0, 1])
+    weights = vote_weights(visited, exit_stage, method=method, escalation_weight=0.25)
+    escalating = {"vote": 0.25, "mean": 1.0, "last": 0.0}[method]
+    np.testing.assert_array_equal(weights, [[1.0, escalating], [0.0, 1.0], [0.0, 0.0]])
+
+
+def test_float32_probabilities_combine_to_float64_rows():
+    proba = np.array([[[0.6, 0.4]], [[0.1, 0.9]]], dtype=np.float32)
+    got = combine_votes(
+        proba, np.array([[True], [True]]), np.array([1]), method="mean", escalation_weight=0.5
+    )
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, [[0.35, 0.65]], rtol=1e-6)
