@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cascademl import RoutingRule, _engine
+from cascademl import ConfidencePolicy, RoutingRule, _engine
 from cascademl._routing import check_stage_proba, confidence_scores, exit_mask
 from cascademl.exceptions import PolicyError, StageOutputError
 from strategies import proba_tables
@@ -196,3 +196,43 @@ def test_engine_needs_a_stage():
             stage_names=[],
             classes=np.arange(2),
         )
+
+
+def test_the_negative_message_counts_and_names_the_rows_at_fault():
+    """Only row 1 is negative; row 0 holds a zero and every row values below 1."""
+    proba = np.array([[0.0, 1.0], [-0.1, 1.1], [0.5, 0.5]])
+    with pytest.raises(StageOutputError, match=r"for 1 sample\(s\), first at row 1 \(min -0.1\)"):
+        check_stage_proba(proba, n_samples=3, n_classes=2, stage_name="s")
+
+
+@pytest.mark.parametrize("measure", ["max_proba", "margin", "entropy"])
+def test_one_class_gives_full_confidence_to_every_sample(measure):
+    scores = confidence_scores(np.ones((3, 1)), measure)
+    np.testing.assert_array_equal(scores, [1.0, 1.0, 1.0])
+
+
+def test_float32_rows_are_scored_in_float64():
+    """ConfidencePolicy.confidence passes a user's table through: float32 input is scored in
+    float64, exactly as its float64 copy (float32 arithmetic would differ in the last bits)."""
+    rng = np.random.default_rng(3)
+    p32 = rng.dirichlet(np.ones(5), size=50).astype(np.float32)
+    p32 /= p32.sum(axis=1, keepdims=True)
+    for measure in ("margin", "entropy"):
+        got = ConfidencePolicy(measure, 0.5).confidence(p32)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, confidence_scores(p32.astype(np.float64), measure))
+
+
+@pytest.mark.parametrize(
+    ("row", "margin"),
+    [
+        ([0.1, 0.7, 0.2], 0.5),
+        ([0.7, 0.1, 0.2], 0.5),
+        ([0.2, 0.1, 0.7], 0.5),
+        ([0.4, 0.3, 0.2, 0.1], 0.1),
+        ([0.1, 0.2, 0.3, 0.4], 0.1),
+        ([0.3, 0.1, 0.4, 0.2], 0.1),
+    ],
+)
+def test_margin_is_the_top_probability_minus_the_runner_up(row, margin):
+    np.testing.assert_allclose(confidence_scores(np.array([row]), "margin"), [margin])
