@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cascademl import ConfidencePolicy, PolicyError
+from cascademl import ConfidencePolicy, PolicyError, RoutingRule
 
 
 def test_defaults():
@@ -98,3 +98,54 @@ def test_routing_rule_rejects_bad_fields(kwargs, match):
 
     with pytest.raises(PolicyError, match=match):
         RoutingRule(**kwargs)
+
+
+# --------------------------------------------------- messages, defaults and fields kept
+def test_confidence_policy_messages_name_the_field():
+    with pytest.raises(PolicyError, match=r"^thresholds must not be an empty sequence$"):
+        ConfidencePolicy("max_proba", [])
+    with pytest.raises(PolicyError, match=r"^thresholds must be >= 0 .*got -0.5$"):
+        ConfidencePolicy("max_proba", -0.5)
+    with pytest.raises(PolicyError, match=r"give 2 \(one per non-final stage\) or 3$"):
+        ConfidencePolicy("max_proba", (0.5, 0.5, 0.5, 0.5)).thresholds_for(3)
+
+
+def test_confidence_policy_params_and_copies():
+    policy = ConfidencePolicy("margin", (0.2, 0.4))
+    assert policy.get_params() == {"measure": "margin", "thresholds": (0.2, 0.4)}
+    assert policy.with_thresholds(0.7) == ConfidencePolicy("margin", 0.7)
+    assert policy.with_thresholds([0.1, 0.3]).thresholds == (0.1, 0.3)
+
+
+def test_routing_rule_messages_name_the_field():
+    with pytest.raises(PolicyError, match=r"^thresholds must be a sequence, one number per stage"):
+        RoutingRule("max_proba", 0.5, "vote")
+    with pytest.raises(PolicyError, match=r"^thresholds\[1\] must be >= 0"):
+        RoutingRule("max_proba", (0.5, -1.0), "vote")
+    with pytest.raises(PolicyError, match=r"^a cascade needs at least one stage"):
+        RoutingRule("max_proba", (), "vote")
+    with pytest.raises(PolicyError, match=r"^policy must be a ConfidencePolicy or None"):
+        RoutingRule.from_params("max_proba", n_stages=2)
+    rule = RoutingRule("max_proba", (0.5, 0.5, math.inf), "vote")
+    with pytest.raises(
+        PolicyError, match=r"^thresholds has 4 values but the rule has 3 stages; give 2 or 3$"
+    ):
+        rule.with_thresholds((0.1, 0.2, 0.3, 0.4))
+
+
+def test_from_params_defaults_and_weights():
+    rule = RoutingRule.from_params(None, n_stages=2)
+    assert rule == RoutingRule("max_proba", (0.9, math.inf), "vote", (0.5, 0.5))
+    weighted = RoutingRule.from_params(
+        ConfidencePolicy("margin", 0.3), n_stages=3, escalation_weight=0.25
+    )
+    assert weighted.escalation_weights == (0.25, 0.25, 0.25)
+    assert weighted.with_thresholds((0.1, 0.2)).escalation_weights == (0.25, 0.25, 0.25)
+
+
+def test_only_the_last_stage_of_a_rule_ends_every_sample():
+    rule = RoutingRule("max_proba", (0.8, 0.8, 0.8), "vote")
+    low = np.array([0.3, 0.9])
+    np.testing.assert_array_equal(rule.exits(low, 0), [False, True])
+    np.testing.assert_array_equal(rule.exits(low, 1), [False, True])
+    np.testing.assert_array_equal(rule.exits(low, 2), [True, True])
