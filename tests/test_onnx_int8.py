@@ -9,30 +9,15 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import onnx
-import torch
 
 from cascademl import CascadeClassifier, ConfidencePolicy
 from cascademl.exceptions import PolicyError
 from cascademl.io import load_cascade
 from cascademl.onnx import export_cascade
 from cascademl.torch_stage import TorchStage
+from onnx_nets import conv_net, uint8_images
 
 CLASSES = np.array(["a", "b", "c"])
-
-
-def _net(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(16, 3),
-    ).eval()
-
-
-def _images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3, height, width), dtype=np.uint8)
 
 
 def _graph(folder, index: int):
@@ -41,7 +26,7 @@ def _graph(folder, index: int):
 
 def test_static_int8_keeps_the_preprocessing_in_float32(tmp_path):
     stage = TorchStage(
-        _net(3),
+        conv_net(3),
         classes=CLASSES,
         input_size=(3, 12, 12),
         mean=(0.5,) * 3,
@@ -52,9 +37,9 @@ def test_static_int8_keeps_the_preprocessing_in_float32(tmp_path):
     report = export_cascade(
         cascade,
         tmp_path / "int8",
-        sample=_images(8, 20, 20, seed=1),
+        sample=uint8_images(8, 20, 20, seed=1),
         quantize="static",
-        calibration=_images(8, 20, 20, seed=2),
+        calibration=uint8_images(8, 20, 20, seed=2),
     )
     assert report.quantization is not None
     model = _graph(tmp_path / "int8", 0)
@@ -82,19 +67,19 @@ def test_static_int8_keeps_the_preprocessing_in_float32(tmp_path):
 
 def test_stages_kept_in_float32_and_each_stages_int8_change(tmp_path):
     stages = [
-        (name, TorchStage(_net(seed), classes=CLASSES, input_size=(3, 12, 12), device="cpu"))
+        (name, TorchStage(conv_net(seed), classes=CLASSES, input_size=(3, 12, 12), device="cpu"))
         for seed, name in enumerate(("first", "second"))
     ]
     cascade = CascadeClassifier.from_fitted(
         stages, classes=CLASSES, policy=ConfidencePolicy("max_proba", 0.5)
     )
-    x = _images(12, 12, 12, seed=3)
+    x = uint8_images(12, 12, 12, seed=3)
     report = export_cascade(
         cascade,
         tmp_path / "mixed",
         sample=x,
         quantize="static",
-        calibration=_images(8, 12, 12, seed=4),
+        calibration=uint8_images(8, 12, 12, seed=4),
         keep_float32=["second"],
     )
     first, second = report.stages
@@ -117,9 +102,9 @@ def test_stages_kept_in_float32_and_each_stages_int8_change(tmp_path):
 
 
 def test_keep_float32_errors(tmp_path):
-    stage = TorchStage(_net(5), classes=CLASSES, input_size=(3, 12, 12), device="cpu")
+    stage = TorchStage(conv_net(5), classes=CLASSES, input_size=(3, 12, 12), device="cpu")
     cascade = CascadeClassifier.from_fitted([("only", stage)], classes=CLASSES)
-    x = _images(4, 12, 12)
+    x = uint8_images(4, 12, 12)
     with pytest.raises(PolicyError, match=r"keep_float32 names no stage.*\['other'\].*\['only'\]"):
         export_cascade(
             cascade, tmp_path / "a", sample=x, quantize="dynamic", keep_float32=["other"]

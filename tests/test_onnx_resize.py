@@ -19,24 +19,10 @@ from cascademl.exceptions import StageInterfaceError
 from cascademl.io import load_cascade
 from cascademl.onnx import EXPORT_FILE, export_cascade
 from cascademl.torch_stage import TorchStage
+from onnx_nets import conv_net, uint8_images
 
 CLASSES = np.array(["a", "b", "c"])
 PROBA_ATOL = 1e-5
-
-
-def _net(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(16, 3),
-    ).eval()
-
-
-def _images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3, height, width), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
@@ -72,7 +58,7 @@ def _graph_ops(folder, index: int) -> list[str]:
 )
 def test_exported_resize_is_two_matmuls_and_matches_torch(tmp_path, mode, source, crop_pct):
     stage = TorchStage(
-        _net(1),
+        conv_net(1),
         classes=CLASSES,
         input_size=(3, 20, 20),
         interpolation=mode,
@@ -80,7 +66,7 @@ def test_exported_resize_is_two_matmuls_and_matches_torch(tmp_path, mode, source
         device="cpu",
     )
     cascade = CascadeClassifier.from_fitted([("only", stage)], classes=CLASSES)
-    x = _images(6, *source)
+    x = uint8_images(6, *source)
     report = export_cascade(cascade, tmp_path / "f", sample=x)
     ops = _graph_ops(tmp_path / "f", 0)
     assert "Resize" not in ops
@@ -91,9 +77,9 @@ def test_exported_resize_is_two_matmuls_and_matches_torch(tmp_path, mode, source
 
 
 def test_the_source_size_is_recorded_and_other_sizes_refused(tmp_path):
-    stage = TorchStage(_net(2), classes=CLASSES, input_size=(3, 16, 16), device="cpu")
+    stage = TorchStage(conv_net(2), classes=CLASSES, input_size=(3, 16, 16), device="cpu")
     cascade = CascadeClassifier.from_fitted([("only", stage)], classes=CLASSES)
-    report = export_cascade(cascade, tmp_path / "f", sample=_images(4, 40, 28))
+    report = export_cascade(cascade, tmp_path / "f", sample=uint8_images(4, 40, 28))
     assert report.stages[0].input_shape == (3, 40, 28)
     written = json.loads((tmp_path / "f" / EXPORT_FILE).read_text())
     assert written["stages"][0]["input_shape"] == [3, 40, 28]
@@ -102,4 +88,4 @@ def test_the_source_size_is_recorded_and_other_sizes_refused(tmp_path):
     with pytest.raises(
         StageInterfaceError, match=r"\(n_samples, 3, 40, 28\).*shape \(2, 3, 28, 40\)"
     ):
-        loaded.predict_proba(_images(2, 28, 40))
+        loaded.predict_proba(uint8_images(2, 28, 40))
