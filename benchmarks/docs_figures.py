@@ -71,6 +71,11 @@ def load(name: str) -> dict[str, Any]:
     return data
 
 
+def records(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``rows`` of a result file with ``columns``, each as a column -> value dict."""
+    return [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+
+
 def svg_bytes(fig: Figure) -> bytes:
     """The figure as SVG, without a date, so that a rerun gives the same bytes."""
     buffer = io.BytesIO()
@@ -404,7 +409,7 @@ def leukemia_confusion() -> Figure:
 def engine_overhead() -> Figure:
     """The engine's wall time against the bare forward passes, run by run."""
     data = load("engine_overhead")
-    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+    rows = records(data)
     y = np.arange(len(rows))[::-1]
     fig, ax = plt.subplots(figsize=(7.6, 3.4))
     height = 0.38
@@ -517,7 +522,7 @@ def tuning_vs_skfallback() -> Figure:
 def throughput() -> Figure:
     """Accuracy against images per second: cascades, the ensemble and the largest stage."""
     data = load("throughput")
-    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+    rows = records(data)
     cascades = [row for row in rows if row["configuration"].startswith("cascade")]
     fig, ax = plt.subplots(figsize=(6.8, 4.0))
     ax.plot(
@@ -563,7 +568,7 @@ def throughput() -> Figure:
 def ray_throughput() -> Figure:
     """Rows per second through Ray Data against the in-process engine."""
     data = load("ray_throughput")
-    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+    rows = records(data)
     y = np.arange(len(rows))[::-1]
     fig, ax = plt.subplots(figsize=(7.6, 3.2))
     height = 0.38
@@ -631,7 +636,7 @@ def record_confusion(run: Path, note: str, model: str = "Cascade") -> Path:
 def onnx_cascade() -> Figure:
     """The whole trained cascade on its test split: seconds per engine, with agreement."""
     data = load("onnx_cascade")
-    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+    rows = records(data)
     base = rows[0]["median_s"]
     fig, ax = plt.subplots(figsize=(7.6, 3.2))
     y = np.arange(len(rows))[::-1]
