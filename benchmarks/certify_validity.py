@@ -285,20 +285,7 @@ def sweep(pool: Pool, n: int, draws: int, seed: int) -> list[dict[str, Any]]:
                 cost_share=share,
                 bound=cert.bound,
             )
-            try:
-                result = tune_cascade_from_proba(
-                    pool.proba[:, draw],
-                    pool.last_labels[draw],
-                    classes=pool.classes,
-                    stage_cost=pool.stage_cost,
-                    min_score=target,
-                    escalation_weight_grid=WEIGHT_GRID,
-                )
-            except PolicyError:
-                tuned_tally.add(claimed=False, truth=math.nan, target=target, cost_share=math.nan)
-            else:
-                truth, share, _ = truth_on_rest(pool, rest, result.rule, "agreement", None)
-                tuned_tally.add(claimed=True, truth=truth, target=target, cost_share=share)
+            _tuner(pool, draw, rest, "agreement", target, cert, tuned_tally)
         rows.append(
             {
                 "target": target,
