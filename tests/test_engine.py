@@ -271,3 +271,168 @@ def test_routing_rule_reaches_the_engine_unchanged():
     margin = np.sort(tables[0], axis=1)
     exits_first = (margin[:, -1] - margin[:, -2]) >= 0.3
     np.testing.assert_array_equal(result.exit_stage == 0, exits_first)
+
+
+# --------------------------------------------------------------------------- engine internals
+# The engine's own contract, checked through `_engine.run` with stages written here: what a
+# stage receives for each batch, and every field of the outcome and its cost report.
+from cascademl import _engine  # noqa: E402 - the tests below drive the engine directly
+
+
+class _Recorder:
+    """A stage that answers fixed probabilities by row id and records what it receives."""
+
+    def __init__(self, table, *, clock=None, seconds_per_row=0.0, **attributes):
+        self.table = np.asarray(table, dtype=np.float64)
+        self.received: list = []
+        self.clock = clock
+        self.seconds_per_row = seconds_per_row
+        for name, value in attributes.items():
+            setattr(self, name, value)
+
+    def predict_proba(self, X):
+        self.received.append(X)
+        ids = np.asarray(X)[:, 0].astype(int)
+        if self.clock is not None:
+            self.clock[0] += self.seconds_per_row * ids.size
+        return self.table[ids]
+
+
+class _FrameLike:
+    """The least a frame needs for the engine: ``iloc`` and ``len``; no row ``__getitem__``."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+        self.keys: list = []
+        parent = self
+
+        class _ILoc:
+            def __getitem__(self, key):
+                parent.keys.append(key)
+                return _FrameLike(parent.values[key])
+
+        self.iloc = _ILoc()
+
+    def __len__(self):
+        return len(self.values)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def __getitem__(self, key):
+        msg = f"a frame selects columns with [], not rows: {key!r}"
+        raise TypeError(msg)
+
+
+_TABLE = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.3, 0.7], [0.6, 0.4]])
+
+
+def _run(stages, X, *, thresholds=(0.65, math.inf), batch_size=None, want="result", **rule):
+    return _engine.run(
+        stages,
+        _engine.MemorySource(X, len(X)),
+        rule=RoutingRule(measure="max_proba", thresholds=tuple(thresholds), combine="last", **rule),
+        stage_names=[f"s{s}" for s in range(len(stages))],
+        classes=np.array(["a", "b"]),
+        batch_size=batch_size,
+        want=want,
+    )
+
+
+def test_memory_source_walks_its_rows_in_order_and_has_at_least_one_row_per_batch():
+    assert _engine.MemorySource(np.zeros((0, 1)), 0).default_batch_size == 1
+    assert _engine.MemorySource(np.zeros((1, 1)), 1).default_batch_size == 1
+    assert _engine.MemorySource(np.zeros((7, 1)), 7).default_batch_size == 7
+    assert list(_engine.MemorySource(np.zeros((0, 1)), 0).chunks(4)) == []
+    assert [n for n, _ in _engine.MemorySource(np.zeros((7, 1)), 7).chunks(3)] == [3, 3, 1]
+
+
+def test_one_row_routes_as_one_batch_of_one():
+    first, last = _Recorder(_TABLE), _Recorder(_TABLE)
+    outcome = _run([first, last], np.array([[2]]))
+    assert outcome.result.cost_report.batch_sizes == (1, 1)
+    assert [len(x) for x in first.received] == [1]
+    assert outcome.labels.tolist() == ["a"]
+
+
+def test_an_empty_input_routes_to_empty_outputs():
+    stage = _Recorder(_TABLE)
+    outcome = _run([stage, _Recorder(_TABLE)], np.zeros((0, 1), dtype=int))
+    assert stage.received == []
+    assert outcome.labels.shape == (0,)
+    assert outcome.proba.shape == (0, 2)
+    assert outcome.result.exit_stage.shape == (0,)
+
+
+def test_numpy_batches_are_views_of_the_input_when_their_rows_are_consecutive():
+    X = np.arange(5).reshape(-1, 1)
+    first, last = _Recorder(_TABLE), _Recorder(_TABLE)
+    _run([first, last], X, batch_size=2)
+    assert [x[:, 0].tolist() for x in first.received] == [[0, 1], [2, 3], [4]]
+    assert all(np.shares_memory(x, X) for x in first.received)
+    # rows 2 and 4 escalate (top probabilities 0.55 and 0.6 are below 0.65): the second
+    # stage receives them as one batch of rows that are not consecutive, a copy
+    assert [x[:, 0].tolist() for x in last.received] == [[2, 4]]
+    assert not np.shares_memory(last.received[0], X)
+
+
+def test_lists_are_sliced_and_frames_are_read_with_iloc():
+    rows = [[0], [1], [2], [3], [4]]
+    first, last = _Recorder(_TABLE), _Recorder(_TABLE)
+    _run([first, last], rows, batch_size=2)
+    assert all(isinstance(x, list) for x in first.received + last.received)
+    assert first.received[1] == [[2], [3]]
+
+    frame = _FrameLike(rows)
+    first, last = _Recorder(_TABLE), _Recorder(_TABLE)
+    outcome = _run([first, last], frame, batch_size=2)
+    assert outcome.labels.tolist() == ["a", "b", "a", "b", "a"]
+    # consecutive rows arrive as one slice of iloc (a view for pandas), the rest by index
+    assert frame.keys[:2] == [slice(0, 2), slice(2, 4)]
+    assert any(isinstance(k, np.ndarray) for k in frame.keys)
+
+
+def test_flops_are_counted_for_stages_that_count_them_and_nan_for_the_others():
+    counted = _Recorder(_TABLE, flops_per_sample=lambda example: 1000.0 * len(example))
+    outcome = _run([_Recorder(_TABLE), counted], np.arange(5).reshape(-1, 1))
+    flops = outcome.result.cost_report.flops_per_sample
+    assert math.isnan(flops[0])
+    assert flops[1] == 1000.0  # measured on one example row
+
+
+def test_latency_is_the_stage_time_per_sample_it_ran_on(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(_engine.time, "perf_counter", lambda: clock[0])
+    first = _Recorder(_TABLE, clock=clock, seconds_per_row=2.0)
+    last = _Recorder(_TABLE, clock=clock, seconds_per_row=3.0)
+    never = _Recorder(_TABLE, clock=clock, seconds_per_row=5.0)
+    thresholds = (0.65, 0, math.inf)
+    outcome = _run([first, last, never], np.arange(5).reshape(-1, 1), thresholds=thresholds)
+    report = outcome.result.cost_report
+    assert report.stage_calls == (5, 2, 0)
+    assert report.latency_per_sample[:2] == (2.0, 3.0)
+    assert math.isnan(report.latency_per_sample[2])
+    assert report.wall_time == 2.0 * 5 + 3.0 * 2
+
+
+def test_outcome_reports_devices_costs_and_the_cost_unit():
+    gpu = _Recorder(_TABLE, device_="cuda:1", cost_per_sample=7)
+    outcome = _run([_Recorder(_TABLE), gpu], np.arange(5).reshape(-1, 1))
+    result = outcome.result
+    assert result.cost_report.devices == ("cpu", "cuda:1")
+    assert result.stage_cost.dtype == np.float64
+    assert result.stage_cost.tolist() == [1.0, 7.0]
+    assert result.cost_unit == "stage calls"
+    np.testing.assert_array_equal(outcome.labels, result.labels)
+    assert outcome.labels.tolist() == ["a", "b", "a", "b", "a"]
+
+
+@pytest.mark.parametrize("want", ["labels", "proba"])
+def test_outcome_holds_only_what_was_asked_for(want):
+    outcome = _run([_Recorder(_TABLE), _Recorder(_TABLE)], np.arange(5).reshape(-1, 1), want=want)
+    assert outcome.result is None
+    assert outcome.labels.tolist() == ["a", "b", "a", "b", "a"]
+    if want == "labels":
+        assert outcome.proba is None
+    else:
+        np.testing.assert_array_equal(outcome.proba, _TABLE)
