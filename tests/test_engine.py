@@ -401,7 +401,7 @@ def test_flops_are_counted_for_stages_that_count_them_and_nan_for_the_others():
 
 
 def test_latency_is_the_stage_time_per_sample_it_ran_on(monkeypatch):
-    clock = [0.0]
+    clock = [100.0]  # a clock that does not start at zero: times are differences
     monkeypatch.setattr(_engine.time, "perf_counter", lambda: clock[0])
     first = _Recorder(_TABLE, clock=clock, seconds_per_row=2.0)
     last = _Recorder(_TABLE, clock=clock, seconds_per_row=3.0)
@@ -436,3 +436,37 @@ def test_outcome_holds_only_what_was_asked_for(want):
         assert outcome.proba is None
     else:
         np.testing.assert_array_equal(outcome.proba, _TABLE)
+
+
+def test_stage_confidence_is_kept_for_the_stages_a_sample_visited():
+    result = _run([_Recorder(_TABLE), _Recorder(_TABLE)], np.arange(5).reshape(-1, 1)).result
+    top = _TABLE.max(axis=1)
+    np.testing.assert_array_equal(result.stage_confidence[0], top)
+    np.testing.assert_array_equal(result.stage_confidence[1], [np.nan, np.nan, 0.55, np.nan, 0.6])
+
+
+def test_run_gives_a_full_result_and_no_progress_bar_by_default(capsys):
+    outcome = _engine.run(
+        [_Recorder(_TABLE), _Recorder(_TABLE)],
+        _engine.MemorySource(np.arange(5).reshape(-1, 1), 5),
+        rule=RoutingRule(measure="max_proba", thresholds=(0.65, math.inf), combine="last"),
+        stage_names=["s0", "s1"],
+        classes=np.array(["a", "b"]),
+    )
+    assert outcome.result is not None
+    assert outcome.result.exit_stage.tolist() == [0, 0, 1, 0, 1]
+    assert outcome.result.cost_report.batch_sizes == (5, 5)  # all rows at once in memory
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out == ""
+
+
+def test_invalid_batch_sizes_are_named():
+    X = np.arange(5).reshape(-1, 1)
+    with pytest.raises(PolicyError, match=r"^batch_size must be a positive integer, got 0$"):
+        _run([_Recorder(_TABLE), _Recorder(_TABLE)], X, batch_size=0)
+    stages = [_Recorder(_TABLE), _Recorder(_TABLE, batch_size=-2)]
+    with pytest.raises(
+        PolicyError, match=r"^batch_size of stage 's1' must be a positive integer, got -2$"
+    ):
+        _run(stages, X)
