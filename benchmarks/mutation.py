@@ -107,6 +107,31 @@ STATUSES = (
 )
 
 
+# Written into the working copy's tests: a failing example ends the run at once (no
+# shrinking, which can outlast mutmut's timeout and turn a kill into a "timeout"), and the
+# same examples every run (derandomized, no example database), so a rerun is comparable.
+_HYPOTHESIS_PROFILE = """\
+from hypothesis import Phase, settings
+
+settings.register_profile(
+    "mutation", phases=[Phase.explicit, Phase.generate], derandomize=True, database=None
+)
+settings.load_profile("mutation")
+"""
+
+
+def _copy_tests(workdir: Path) -> None:
+    if (workdir / "tests").exists():
+        shutil.rmtree(workdir / "tests")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    conftest = workdir / "tests" / "conftest.py"
+    if conftest.exists():  # pragma: no cover - the project has none today
+        msg = f"{conftest} exists; merge the mutation profile into it by hand"
+        raise SystemExit(msg)
+    conftest.write_text(_HYPOTHESIS_PROFILE, encoding="utf-8")
+
+
 def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
@@ -117,7 +142,7 @@ def _prepare(workdir: Path, files: list[str], tests: list[str], deselect: list[s
     workdir.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
     shutil.copytree(ROOT / "src", workdir / "src", ignore=ignore)
-    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    _copy_tests(workdir)
     settings = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     settings = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", settings)
     settings += (
@@ -168,27 +193,27 @@ def run_module(
     equivalent: set[str],
     *,
     survivors: bool = False,
+    timeouts: bool = False,
     timeout_multiplier: float | None = None,
 ) -> dict[str, object]:
     """Run mutmut on one module; return its counts, score and surviving mutants.
 
     With ``survivors``, reuse the working copy of an earlier run of the module: copy the
     current tests into it and rerun only the mutants that survived there (or that no test
-    reached). Tests are only ever added, so a mutant killed before stays killed.
+    reached). Tests are only ever added, so a mutant killed before stays killed. With
+    ``timeouts`` too, the mutants that timed out are rerun as well (a timeout counts as
+    killed, but a tight ``timeout_multiplier`` on a busy machine can cut a survivor short).
     """
     files, tests = MODULES[key]
     workdir = base / key
     rerun: list[str] = []
     if survivors and (workdir / "mutants").is_dir():
         before = _counts(workdir)
-        rerun = [
-            n
-            for n in before["survived"] + before["no tests"] + before["not checked"]
-            if n not in equivalent
-        ]
-        shutil.rmtree(workdir / "tests")
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-        shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+        again = before["survived"] + before["no tests"] + before["not checked"]
+        if timeouts:
+            again += before["timeout"]
+        rerun = [n for n in again if n not in equivalent]
+        _copy_tests(workdir)
     else:
         _prepare(workdir, files, tests, DESELECT.get(key, []))
     if timeout_multiplier is not None:  # [tool.mutmut] is the file's last section
@@ -205,19 +230,22 @@ def run_module(
     seconds = time.perf_counter() - start
     by_status = _counts(workdir)
     total = sum(len(v) for v in by_status.values())
-    survived = by_status["survived"] + by_status["no tests"]
-    equiv = sorted(n for n in survived if n in equivalent)
-    killed = len(by_status["killed"]) + len(by_status["timeout"])
+    # An equivalent mutant leaves the score whatever mutmut said of it (a slow equivalent
+    # can time out, which mutmut counts as killed).
+    equiv = sorted(n for names in by_status.values() for n in names if n in equivalent)
+    survived = [n for n in by_status["survived"] + by_status["no tests"] if n not in equivalent]
+    killed = sum(n not in equivalent for n in by_status["killed"] + by_status["timeout"])
     denominator = total - len(equiv)
     return {
         "module": key,
         "total": total,
         "killed": killed,
-        "survived": len(survived) - len(equiv),
+        "timeouts": sum(n not in equivalent for n in by_status["timeout"]),
+        "survived": len(survived),
         "equivalent": len(equiv),
         "score": killed / denominator if denominator else float("nan"),
         "seconds": round(seconds, 1),
-        "survivors": sorted(set(survived) - set(equiv)),
+        "survivors": sorted(survived),
         "other": {s: len(v) for s, v in by_status.items() if s not in {"killed", "survived"}},
     }
 
@@ -234,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         "--survivors",
         action="store_true",
         help="rerun only the survivors of an earlier run in --workdir, with the current tests",
+    )
+    parser.add_argument(
+        "--timeouts",
+        action="store_true",
+        help="with --survivors, also rerun the mutants that timed out",
     )
     parser.add_argument(
         "--timeout-multiplier",
@@ -261,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_children,
             equivalent,
             survivors=args.survivors,
+            timeouts=args.timeouts,
             timeout_multiplier=args.timeout_multiplier,
         )
         results.append(result)
