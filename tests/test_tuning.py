@@ -2,13 +2,14 @@ import dataclasses
 import functools
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
-from sklearn.metrics import f1_score, get_scorer, log_loss
+from sklearn.metrics import balanced_accuracy_score, f1_score, get_scorer, log_loss
 from sklearn.naive_bayes import GaussianNB
 from sklearn.tree import DecisionTreeClassifier
 
@@ -810,3 +811,500 @@ def test_apply_tuning_needs_no_data_and_warns_when_given_some(digits_cascade):
     np.testing.assert_array_equal(tuned.classes_, cascade.classes_)
     np.testing.assert_array_equal(tuned.predict(X_val), old_call.predict(X_val))
     assert tuned.policy_ == result.policy
+
+
+# ------------------------------------------------- the search against every policy by hand
+# Small problems whose every routing is enumerated here: a threshold at each distinct
+# confidence of a stage (or infinity) gives every split of its samples. With integer costs
+# and weights, every score and mean cost is an exact ratio, so they compare with ==.
+_HAND_COSTS = (1.0, 2.0, 5.0, 11.0)
+
+
+def _hand_tables(n_stages, n_samples, seed):
+    """Stage probabilities of rising skill on three classes (no two confidences equal)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n_samples)
+    tables = []
+    for s in range(n_stages):
+        logits = rng.normal(size=(n_samples, 3))
+        logits[np.arange(n_samples), y] += (1 + 2 * s) * rng.random(n_samples)
+        proba = np.exp(logits)
+        tables.append(proba / proba.sum(axis=1, keepdims=True))
+    return np.stack(tables), y
+
+
+def _exits_by_hand(conf, thresholds):
+    """Each sample stops at the first non-final stage whose confidence reaches its threshold."""
+    n_stages, n_samples = conf.shape
+    exits = []
+    for i in range(n_samples):
+        stops = [s for s, t in enumerate(thresholds) if conf[s, i] >= t]
+        exits.append(stops[0] if stops else n_stages - 1)
+    return np.array(exits)
+
+
+def _labels_by_hand(tables, exits, combine, weight=0.5):
+    """The exiting stage votes 1, each stage before it ``weight`` (0: "last", 1: "mean")."""
+    escalating = {"last": 0.0, "mean": 1.0}.get(combine, weight)
+    return np.array(
+        [
+            np.argmax(tables[e, i] + escalating * tables[:e, i].sum(axis=0))
+            for i, e in enumerate(exits)
+        ]
+    )
+
+
+def _every_policy(tables, y, costs, combine="last", *, weight=0.5, sample_weight=None, metric=None):
+    """(thresholds, accuracy or ``metric``, mean cost) of every routing of the samples."""
+    n_stages, n_samples, _ = tables.shape
+    conf = tables.max(axis=2)
+    paid = np.cumsum(costs)
+    w = np.ones(n_samples) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    grids = [[*sorted(set(conf[s].tolist())), math.inf] for s in range(n_stages - 1)]
+    policies = []
+    for thresholds in itertools.product(*grids):
+        exits = _exits_by_hand(conf, thresholds)
+        labels = _labels_by_hand(tables, exits, combine, weight)
+        score = (w @ (labels == y)) / w.sum() if metric is None else metric(y, labels)
+        policies.append((thresholds, score, (w @ paid[exits]) / w.sum()))
+    return policies
+
+
+def _front_by_hand(policies):
+    """The (cost, score) pairs no policy beats: as cheap and better, or cheaper and as good."""
+    pairs = {(cost, score) for _, score, cost in policies}
+    return sorted(
+        (c, s)
+        for c, s in pairs
+        if not any((c2 <= c and s2 > s) or (c2 < c and s2 >= s) for c2, s2 in pairs)
+    )
+
+
+def _hand_rule(n_stages, combine, weight=0.5):
+    return RoutingRule.from_params(
+        None, n_stages=n_stages, combine=combine, escalation_weight=weight
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_stages", "n_samples", "combine", "seed"),
+    [
+        (2, 9, "last", 0),
+        (3, 12, "last", 0),
+        (3, 12, "vote", 2),
+        (3, 12, "mean", 1),
+        (4, 10, "vote", 1),  # exhaustive: 11 * 11 candidate pairs before the last stage
+        (4, 16, "last", 2),  # coordinate descent: 17 * 17 pairs is more than 256
+    ],
+)
+def test_frontier_is_the_exact_front_of_every_routing(n_stages, n_samples, combine, seed):
+    tables, y = _hand_tables(n_stages, n_samples, seed)
+    costs = _HAND_COSTS[:n_stages]
+    policies = _every_policy(tables, y, costs, combine)
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(n_stages, combine), stage_cost=costs
+    )
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+    conf = tables.max(axis=2)
+    paid = np.cumsum(costs)
+    for point in result.frontier:  # each point's thresholds route as it says
+        exits = _exits_by_hand(conf, point.thresholds)
+        assert np.mean(_labels_by_hand(tables, exits, combine) == y) == point.score
+        assert np.mean(paid[exits]) == point.mean_cost
+    # Unconstrained: the best score, at the lowest cost that reaches it.
+    best = max(score for _, score, _ in policies)
+    assert result.score == best
+    assert result.mean_cost == min(cost for _, score, cost in policies if score == best)
+    assert result.chosen == result.frontier[result.chosen_index] == result.frontier[-1]
+    assert result.thresholds == result.policy.thresholds == result.rule.thresholds[:-1]
+    assert result.objective == "max_score"
+    assert result.feasible
+    assert result.stage_cost == costs
+    assert result.order == tuple(range(n_stages))
+    assert result.n_stages == n_stages
+    assert result.stage_names == tuple(f"stage{s}" for s in range(n_stages))
+    assert result.scoring == "accuracy"
+    alone = [np.mean(np.argmax(t, axis=1) == y) for t in tables]
+    assert result.stage_scores == tuple(alone)
+
+
+@pytest.mark.parametrize("combine", ["last", "vote"])
+def test_budget_and_target_choose_as_every_routing_says(combine):
+    tables, y = _hand_tables(3, 12, seed=3)
+    costs = _HAND_COSTS[:3]
+    policies = _every_policy(tables, y, costs, combine)
+    front = _front_by_hand(policies)
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, combine), "stage_cost": costs}
+    # Budgets at a frontier cost (which it meets exactly), between two, and past the last.
+    middle = (front[1][0] + front[2][0]) / 2
+    for budget in (front[0][0], front[1][0], middle, front[-2][0], 100.0):
+        result = tune_cascade_from_proba(tables, y, max_cost=budget, **kwargs)
+        best = max(score for _, score, cost in policies if cost <= budget)
+        cheapest = min(cost for _, score, cost in policies if score == best and cost <= budget)
+        assert (result.score, result.mean_cost) == (best, cheapest), budget
+        assert result.objective == "max_score_under_budget"
+        assert result.feasible
+        assert result.frontier[result.chosen_index] == result.chosen
+    # Targets at a frontier score (which it meets exactly), between two, and the lowest.
+    for target in (front[0][1], front[1][1], (front[1][1] + front[2][1]) / 2, front[-1][1]):
+        result = tune_cascade_from_proba(tables, y, min_score=target, **kwargs)
+        cheapest = min(cost for _, score, cost in policies if score >= target)
+        best = max(score for _, score, cost in policies if cost == cheapest)
+        assert (result.mean_cost, result.score) == (cheapest, best), target
+        assert result.objective == "min_cost_for_score"
+        assert result.feasible
+        assert result.frontier[result.chosen_index] == result.chosen
+
+
+def test_integer_weights_and_zero_weights_tune_as_every_weighted_routing_says():
+    tables, y = _hand_tables(3, 12, seed=3)
+    costs = _HAND_COSTS[:3]
+    weights = np.array([3, 0, 1, 2, 0, 1, 4, 1, 0, 2, 1, 1])
+    policies = _every_policy(tables, y, costs, "vote", sample_weight=weights)
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, "vote"), "stage_cost": costs}
+    result = tune_cascade_from_proba(tables, y, sample_weight=weights, **kwargs)
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+    # A sample of weight zero counts nowhere, not even in where the candidate thresholds
+    # are: the frontier, thresholds included, is the one of the other samples alone.
+    kept = weights > 0
+    without = tune_cascade_from_proba(
+        tables[:, kept], y[kept], sample_weight=weights[kept], **kwargs
+    )
+    assert result.frontier == without.frontier
+    assert result.rule == without.rule
+    # "best_stage" is the best weighted single-stage accuracy.
+    alone = [(weights @ (np.argmax(t, axis=1) == y)) / weights.sum() for t in tables]
+    target = tune_cascade_from_proba(
+        tables, y, sample_weight=weights, min_score="best_stage", **kwargs
+    )
+    cheapest = min(cost for _, score, cost in policies if score >= max(alone))
+    assert target.mean_cost == cheapest
+    assert target.stage_scores == pytest.approx(alone, abs=1e-15)
+
+
+# ------------------------------------------------------------ each input check, word for word
+_SMALL = np.array(
+    [
+        [[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]],
+        [[0.7, 0.3], [0.2, 0.8], [0.1, 0.9], [0.6, 0.4]],
+        [[0.95, 0.05], [0.1, 0.9], [0.05, 0.95], [0.1, 0.9]],
+    ]
+)
+_SMALL_Y = np.array([0, 1, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"stage_proba": _SMALL[0]},
+            "stage_proba must have shape (n_stages, n_samples, n_classes), got (4, 2)",
+        ),
+        ({"classes": [0, 1, 2]}, "classes must hold 2 labels (one per column), got shape (3,)"),
+        ({"classes": [[0, 1]]}, "classes must hold 2 labels (one per column), got shape (1, 2)"),
+        ({"y": [0, 1, 1]}, "y has 3 labels but stage_proba has 4 samples"),
+        (
+            {"stage_proba": _SMALL[:, :0], "y": []},
+            "stage_proba and y hold no samples; tuning needs at least one validation sample",
+        ),
+        (
+            {"stage_cost": [1.0, 2.0]},
+            "stage_cost must hold 3 finite non-negative numbers (one per stage), got [1.0, 2.0]",
+        ),
+        (
+            {"stage_cost": [1.0, math.inf, 2.0]},
+            (
+                "stage_cost must hold 3 finite non-negative numbers (one per stage), "
+                "got [1.0, inf, 2.0]"
+            ),
+        ),
+        (
+            {"stage_cost": [math.nan, 1.0, 2.0]},
+            (
+                "stage_cost must hold 3 finite non-negative numbers (one per stage), "
+                "got [nan, 1.0, 2.0]"
+            ),
+        ),
+        (
+            {"stage_cost": [1.0, -0.5, 2.0]},
+            (
+                "stage_cost must hold 3 finite non-negative numbers (one per stage), "
+                "got [1.0, -0.5, 2.0]"
+            ),
+        ),
+        ({"n_candidates": 1}, "n_candidates must be an integer >= 2, got 1"),
+        ({"n_candidates": True}, "n_candidates must be an integer >= 2, got True"),
+        ({"n_candidates": 8.0}, "n_candidates must be an integer >= 2, got 8.0"),
+        ({"n_candidates": "8"}, "n_candidates must be an integer >= 2, got '8'"),
+        ({"stage_names": ["a"]}, "stage_names has 1 names but there are 3 stages"),
+        ({"rule": "vote"}, "rule must be a RoutingRule or None, got 'vote'"),
+        ({"rule": _rule(2)}, "rule is for 2 stages but stage_proba has 3"),
+        (
+            {"max_cost": 2.0, "min_score": 0.5},
+            (
+                "give max_cost (maximise the score under a cost budget) or min_score (minimise the "
+                "cost for a score target), not both"
+            ),
+        ),
+        ({"max_cost": True}, "max_cost must be a finite number >= 0 or None, got True"),
+        ({"max_cost": "2"}, "max_cost must be a finite number >= 0 or None, got '2'"),
+        ({"max_cost": math.inf}, "max_cost must be a finite number >= 0 or None, got inf"),
+        ({"max_cost": math.nan}, "max_cost must be a finite number >= 0 or None, got nan"),
+        ({"max_cost": -0.5}, "max_cost must be a finite number >= 0 or None, got -0.5"),
+        ({"min_score": True}, "min_score must be a number, 'best_stage' or None, got True"),
+        ({"min_score": "best"}, "min_score must be a number, 'best_stage' or None, got 'best'"),
+        ({"min_score": math.nan}, "min_score must be a number, 'best_stage' or None, got nan"),
+        (
+            {"combine": "max"},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got 'max'"
+            ),
+        ),
+        (
+            {"combine": []},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got []"
+            ),
+        ),
+        (
+            {"combine": ["vote", "max"]},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got ['vote', 'max']"
+            ),
+        ),
+        (
+            {"combine": b"vote"},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got b'vote'"
+            ),
+        ),
+        (
+            {"combine": ("last", "mean"), "escalation_weight_grid": [0.5]},
+            (
+                "escalation_weight_grid needs 'vote' among the combiners (the weights are the "
+                "vote's), got combine=('last', 'mean')"
+            ),
+        ),
+        (
+            {"rule": _rule(3, "last"), "escalation_weight_grid": [0.5]},
+            (
+                "escalation_weight_grid needs the rule's combine='vote' (a weight of 0 is the "
+                "exiting stage alone), got combine='last'"
+            ),
+        ),
+        (
+            {"escalation_weight_grid": "0.5"},
+            "escalation_weight_grid must be a non-empty sequence of weights, got '0.5'",
+        ),
+        (
+            {"escalation_weight_grid": {0.5}},
+            "escalation_weight_grid must be a non-empty sequence of weights, got {0.5}",
+        ),
+        (
+            {"escalation_weight_grid": ()},
+            "escalation_weight_grid must be a non-empty sequence of weights, got ()",
+        ),
+        (
+            {"escalation_weight_grid": [0.5, 1.5]},
+            "escalation_weight must be a number in [0, 1] (or one per stage), got 1.5",
+        ),
+    ],
+)
+def test_each_input_check_names_its_parameter_and_value(change, message):
+    inputs = {"stage_proba": _SMALL, "y": _SMALL_Y, "classes": [0, 1]} | change
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(inputs.pop("stage_proba"), inputs.pop("y"), **inputs)
+
+
+@pytest.mark.parametrize(
+    ("stage", "row", "values", "what"),
+    [
+        (0, 2, [0.3, 0.3], "values summing to 0.6 (min 0.3)"),
+        (1, 0, [1.5, -0.5], "values summing to 1 (min -0.5)"),
+        (2, 3, [2.5, 0.5], "values summing to 3 (min 0.5)"),
+        (1, 1, [math.nan, 1.0], "NaN or infinite values"),
+        (1, 2, [math.inf, 0.0], "NaN or infinite values"),
+    ],
+)
+def test_a_row_that_is_not_probabilities_is_named_with_its_stage(stage, row, values, what):
+    tables = _SMALL.copy()
+    tables[stage, row] = values
+    if row < 3:  # a later bad row of the same stage is not the one named
+        tables[stage, row + 1] = [3.0, 3.0]
+    if stage < 2:  # nor one of a later stage
+        tables[2, 0] = [3.0, 3.0]
+    names = ["cheap", "mid", "big"]
+    message = (
+        f"stage_proba[{stage}] (stage {names[stage]!r}) row {row} holds {what}; each row must "
+        "be probabilities (>= 0, summing to 1 within 0.001): compute them with "
+        "stage_probabilities"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1], stage_names=names)
+
+
+def test_rows_within_the_tolerance_and_edge_settings_are_accepted():
+    tables = _SMALL.copy()
+    tables[1, 0] = [0.7, 0.3009]  # sums to 1.0009: within 1e-3 of one
+    tables[2, 0] = [0.0, 1.0]  # a probability of exactly 0 is one
+    rule = _rule(3, "last")
+    # Free stages: every sample stops at the first one, at cost 0, within a budget of 0.
+    free = tune_cascade_from_proba(
+        tables, _SMALL_Y, classes=[0, 1], rule=rule, stage_cost=[0, 0, 0], max_cost=0,
+        n_candidates=2,
+    )  # fmt: skip
+    assert free.mean_cost == 0.0
+    assert free.feasible
+    # n_candidates=2 is the fewest: thresholds 0 and infinity, plus the midpoint below the
+    # highest confidence, (0.8 + 0.9) / 2 on both free stages.
+    few = tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1], rule=rule, n_candidates=2)
+    assert {t for p in few.frontier for t in p.thresholds} <= {0.0, (0.8 + 0.9) / 2, math.inf}
+    # Without stage_cost every stage costs 1: the mean cost is the mean number of stages
+    # visited, here 1 (everyone stops at the first stage), 3 (nobody stops) or between.
+    default = tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1], rule=rule)
+    assert default.stage_cost == (1.0, 1.0, 1.0)
+    costs, _ = default.frontier_arrays()
+    assert set(costs * 4) <= set(range(4, 13))
+    # The cascade's default rule is tuned when no rule and no combiner are given... and then
+    # the combiners are tried too: every candidate's thresholds are for max-probability.
+    auto = tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1])
+    assert auto.rule.measure == "max_proba"
+    assert auto.stage_names == ("stage0", "stage1", "stage2")
+    assert tune_cascade_from_proba(
+        tables, _SMALL_Y, classes=[0, 1], stage_names=[7, 8, 9]
+    ).stage_names == ("7", "8", "9")
+
+
+# --------------------------------------------- choosing the combiner, ties, the message of failure
+_AUTO_CANDIDATES = (("last", 0.0), ("vote", 0.25), ("vote", 0.5), ("vote", 0.75), ("mean", 1.0))
+
+
+def _best_by_hand(policies, max_cost=None, min_score=None):
+    """(score, cost) a tuner must choose from ``policies``, or None when none is feasible."""
+    if min_score is not None:
+        costs = [cost for _, score, cost in policies if score >= min_score]
+        if not costs:
+            return None
+        return max(score for _, score, cost in policies if cost == min(costs)), min(costs)
+    within = [(score, cost) for _, score, cost in policies if max_cost is None or cost <= max_cost]
+    if not within:
+        return None
+    best = max(score for score, _ in within)
+    return best, min(cost for score, cost in within if score == best)
+
+
+def _combiner_by_hand(tables, y, costs, max_cost=None, min_score=None):
+    """The candidate of "auto" to keep: the best score (or, for a target, the lowest cost),
+    then the cheaper (the higher score), then the earlier."""
+    chosen = [
+        _best_by_hand(_every_policy(tables, y, costs, c, weight=w), max_cost, min_score)
+        for c, w in _AUTO_CANDIDATES
+    ]
+    feasible = [i for i, point in enumerate(chosen) if point is not None]
+    if min_score is not None:
+        i = min(feasible, key=lambda i: (chosen[i][1], -chosen[i][0], i))
+    else:
+        i = min(feasible, key=lambda i: (-chosen[i][0], chosen[i][1], i))
+    return _AUTO_CANDIDATES[i], chosen[i]
+
+
+def _candidate_of(result):
+    combine = result.rule.combine
+    if combine != "vote":
+        return combine, {"last": 0.0, "mean": 1.0}[combine]
+    (weight,) = set(result.rule.escalation_weights)
+    return combine, weight
+
+
+@pytest.mark.parametrize(
+    ("seed", "objective"),
+    [
+        (2, {}),  # vote at 0.5 alone reaches 1.0
+        (2, {"max_cost": 3.0}),  # "last" ties two votes at 0.75; "mean" is cheaper but worse
+        (5, {"max_cost": 3.0}),  # "mean" alone reaches 0.833 within the budget
+        (6, {"min_score": 0.75}),  # vote at 0.75 and "mean" tie; the earlier is kept
+        (6, {"max_cost": 3.0}),
+        (0, {"min_score": 0.8}),  # three votes tie; the first (0.25) is kept
+    ],
+)
+def test_auto_keeps_the_candidate_every_routing_says(seed, objective):
+    tables, y = _hand_tables(3, 12, seed)
+    costs = _HAND_COSTS[:3]
+    result = tune_cascade_from_proba(tables, y, classes=[0, 1, 2], stage_cost=costs, **objective)
+    candidate, (score, cost) = _combiner_by_hand(tables, y, costs, **objective)
+    assert _candidate_of(result) == candidate
+    assert (result.score, result.mean_cost) == (score, cost)
+    # A list of combiners is tried in its order, repeats once: the same choice.
+    listed = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], stage_cost=costs, combine=["last", "vote", "mean", "last"],
+        escalation_weight_grid=[0.25, 0.5, 0.25, 0.75], **objective,
+    )  # fmt: skip
+    assert _candidate_of(listed) == candidate
+
+
+def test_a_score_target_keeps_the_cheapest_combiner_not_the_best_scoring():
+    # Two stages, all labels 0, every sample wrong at the first stage. Sample a (first to
+    # escalate: its first-stage confidence is lower) is right at the second stage under
+    # "last" and a vote weight below 0.3 only; samples b and b' (same confidence) are right
+    # at the second stage under every combiner. Escalating a alone costs 4/3 and scores
+    # 1/3 with "last"; the other combiners need all three at stage 1: cost 2, score 2/3+.
+    a = [[0.1, 0.9], [0.62, 0.38]]
+    b = [[0.05, 0.95], [0.99, 0.01]]
+    tables = np.transpose(np.array([a, b, b]), (1, 0, 2))
+    y = np.zeros(3, dtype=int)
+    kwargs = {"classes": [0, 1], "stage_cost": [1.0, 1.0]}
+    for target in (1 / 3, 0.3):
+        cheap = tune_cascade_from_proba(tables, y, min_score=target, **kwargs)
+        assert _candidate_of(cheap) == ("last", 0.0)
+        assert (cheap.score, cheap.mean_cost) == (1 / 3, 4 / 3)
+        assert cheap.thresholds == ((0.9 + 0.95) / 2,)
+    # Past 1/3, "last" needs every sample at stage 1 too, and scores best there.
+    assert _candidate_of(tune_cascade_from_proba(tables, y, min_score=0.5, **kwargs)) == (
+        "last",
+        0.0,
+    )
+    best = tune_cascade_from_proba(tables, y, **kwargs)
+    assert (best.score, best.mean_cost, best.thresholds) == (1.0, 2.0, (math.inf,))
+    # Without "last" and the low vote weight, the target costs 2 at a score of 2/3.
+    mean = tune_cascade_from_proba(tables, y, min_score=1 / 3, combine="mean", **kwargs)
+    assert (mean.score, mean.mean_cost) == (2 / 3, 2.0)
+    # The same with sample weights in place of the repeated sample.
+    weighted = tune_cascade_from_proba(
+        tables[:, :2], y[:2], min_score=1 / 3, sample_weight=[1, 2], **kwargs
+    )
+    assert _candidate_of(weighted) == ("last", 0.0)
+    assert (weighted.score, weighted.mean_cost) == (1 / 3, 4 / 3)
+
+
+def test_infeasible_constraints_name_the_closest_policy_found():
+    tables, y = _hand_tables(3, 12, seed=2)
+    kwargs = {"classes": [0, 1, 2], "stage_cost": [2.0, 1.0, 3.0]}
+    message = (
+        "no thresholds meet max_cost=1.5: the cheapest policy found costs 2 per sample (the "
+        "first stage alone costs 2)"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(tables, y, max_cost=1.5, **kwargs)
+    # The best score of any candidate of "auto" (here the vote at 0.5: 12 of 12).
+    best = max(
+        score
+        for c, w in _AUTO_CANDIDATES
+        for _, score, _ in _every_policy(tables, y, [1, 1, 1], c, weight=w)
+    )
+    assert best == 1.0
+    message = "no thresholds reach min_score=1.5 (accuracy); the best found is 1"
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(tables, y, min_score=1.5, **kwargs)
+    policies = _every_policy(tables, y, [1, 1, 1], "last", metric=balanced_accuracy_score)
+    last = max(score for _, score, _ in policies)
+    message = (
+        f"no thresholds reach min_score=0.95 (balanced_accuracy); the best found is {last:.6g}"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(
+            tables, y, min_score=0.95, scoring="balanced_accuracy", combine="last", **kwargs
+        )
