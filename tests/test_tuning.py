@@ -21,6 +21,7 @@ from cascademl import (
     RoutingRule,
 )
 from cascademl.tuning import (
+    FrontierPoint,
     OrderSearchResult,
     apply_tuning,
     order_by_accuracy,
@@ -957,7 +958,7 @@ def test_budget_and_target_choose_as_every_routing_says(combine):
 
 
 def test_integer_weights_and_zero_weights_tune_as_every_weighted_routing_says():
-    tables, y = _hand_tables(3, 12, seed=3)
+    tables, y = _hand_tables(3, 12, seed=9)
     costs = _HAND_COSTS[:3]
     weights = np.array([3, 0, 1, 2, 0, 1, 4, 1, 0, 2, 1, 1])
     policies = _every_policy(tables, y, costs, "vote", sample_weight=weights)
@@ -1197,19 +1198,21 @@ def _best_by_hand(policies, max_cost=None, min_score=None):
     return best, min(cost for score, cost in within if score == best)
 
 
-def _combiner_by_hand(tables, y, costs, max_cost=None, min_score=None):
-    """The candidate of "auto" to keep: the best score (or, for a target, the lowest cost),
-    then the cheaper (the higher score), then the earlier."""
+def _combiner_by_hand(
+    tables, y, costs, *, max_cost=None, min_score=None, candidates=_AUTO_CANDIDATES
+):
+    """The candidate to keep: the best score (or, for a target, the lowest cost), then the
+    cheaper (the higher score), then the earlier."""
     chosen = [
         _best_by_hand(_every_policy(tables, y, costs, c, weight=w), max_cost, min_score)
-        for c, w in _AUTO_CANDIDATES
+        for c, w in candidates
     ]
     feasible = [i for i, point in enumerate(chosen) if point is not None]
     if min_score is not None:
         i = min(feasible, key=lambda i: (chosen[i][1], -chosen[i][0], i))
     else:
         i = min(feasible, key=lambda i: (-chosen[i][0], chosen[i][1], i))
-    return _AUTO_CANDIDATES[i], chosen[i]
+    return candidates[i], chosen[i]
 
 
 def _candidate_of(result):
@@ -1308,3 +1311,167 @@ def test_infeasible_constraints_name_the_closest_policy_found():
         tune_cascade_from_proba(
             tables, y, min_score=0.95, scoring="balanced_accuracy", combine="last", **kwargs
         )
+
+
+@pytest.mark.parametrize(
+    ("seed", "combine", "grid", "rule", "candidates"),
+    [
+        # A list of combiners without a grid: the vote at the rule's weight only (here the
+        # default 0.5), not the three weights of "auto" (the vote at 0.75 would win).
+        (6, ("last", "vote", "mean"), None, None, (("last", 0.0), ("vote", 0.5), ("mean", 1.0))),
+        # A grid weight of 1 is "mean" and 0 is "last": not searched again as votes, so the
+        # combiner named is kept, not the vote listed before it that ties it.
+        (5, ("vote", "mean"), (1.0, 0.5), None, (("vote", 0.5), ("mean", 1.0))),
+        (9, ("vote", "last"), (0.0, 0.5), None, (("vote", 0.5), ("last", 0.0))),
+        # Without a grid, the rule's own vote is searched even at weight 0: listed first, it
+        # wins the tie with "last".
+        (9, ("vote", "last"), None, 0.0, (("vote", 0.0), ("last", 0.0))),
+    ],
+)
+def test_listed_combiners_and_grids_search_the_candidates_named(
+    seed, combine, grid, rule, candidates
+):
+    tables, y = _hand_tables(3, 12, seed)
+    costs = _HAND_COSTS[:3]
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], stage_cost=costs, max_cost=3.0, combine=combine,
+        escalation_weight_grid=grid, rule=None if rule is None else _hand_rule(3, "vote", rule),
+    )  # fmt: skip
+    candidate, point = _combiner_by_hand(tables, y, costs, max_cost=3.0, candidates=candidates)
+    assert _candidate_of(result) == candidate
+    assert (result.score, result.mean_cost) == point
+
+
+def test_a_budget_is_met_within_a_tolerance_of_1e_9():
+    tables, y = _hand_tables(3, 12, seed=3)
+    costs = _HAND_COSTS[:3]
+    front = _front_by_hand(_every_policy(tables, y, costs, "last"))
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, "last")}
+    (_, below), (cost, score) = front[1], front[2]
+    # 1e-10 short of a frontier cost still buys it (a rounding error of the mean cost)...
+    result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=cost - 1e-10, **kwargs)
+    assert (result.score, result.mean_cost) == (score, cost)
+    assert result.feasible
+    # ... 1e-6 short does not.
+    result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=cost - 1e-6, **kwargs)
+    assert result.score == below
+    # A budget of 0 buys a stage that costs less than 1e-9, and refuses one that costs more.
+    tiny = tune_cascade_from_proba(tables, y, stage_cost=[5e-10, 1.0, 1.0], max_cost=0.0, **kwargs)
+    assert (tiny.mean_cost, tiny.thresholds[0]) == (5e-10, 0.0)
+    with pytest.raises(PolicyError, match=r"cheapest policy found costs 2e-09 per sample"):
+        tune_cascade_from_proba(tables, y, stage_cost=[2e-9, 1.0, 1.0], max_cost=0.0, **kwargs)
+
+
+def test_search_effort_is_counted_alike_on_every_scoring_path():
+    tables, y = _hand_tables(3, 12, seed=1)
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, "vote"), "stage_cost": _HAND_COSTS[:3]}
+
+    def accuracy(y_true, y_pred):  # scored once per configuration, not swept
+        return float(np.mean(y_true == y_pred))
+
+    swept = tune_cascade_from_proba(tables, y, **kwargs)
+    called = tune_cascade_from_proba(tables, y, scoring=accuracy, **kwargs)
+    assert called.frontier == swept.frontier
+    assert called.n_evaluations == swept.n_evaluations
+    # The exhaustive sweep alone scores each of the 13 * 13 candidate pairs.
+    assert swept.n_evaluations >= 13 * 13
+    one = tune_cascade_from_proba(tables[:1], y, classes=[0, 1, 2], rule=_hand_rule(1, "vote"))
+    assert one.n_evaluations == 1
+
+
+def test_score_thresholds_routes_as_by_hand_with_its_default_rule():
+    tables, y = _hand_tables(3, 12, seed=2)
+    conf = tables.max(axis=2)
+    weights = np.array([1, 2, 0, 1, 3, 1, 1, 2, 1, 0, 1, 1])
+    for thresholds in [(0.6, 0.7), (0.0, 0.5), (math.inf, 0.8), (0.75, math.inf)]:
+        exits = _exits_by_hand(conf, thresholds)
+        hits = _labels_by_hand(tables, exits, "vote", 0.5) == y
+        # Default rule: max-probability confidence, "vote" at 0.5; each stage costs 1.
+        point = score_thresholds(tables, y, list(thresholds), classes=[0, 1, 2])
+        assert point == FrontierPoint(thresholds, np.mean(hits), np.mean(exits + 1.0))
+        weighted = score_thresholds(
+            tables, y, thresholds, classes=[0, 1, 2], stage_cost=[1, 2, 4], sample_weight=weights
+        )
+        paid = np.array([1.0, 3.0, 7.0])[exits]
+        assert weighted.score == pytest.approx((weights @ hits) / weights.sum(), abs=1e-15)
+        assert weighted.mean_cost == pytest.approx((weights @ paid) / weights.sum(), rel=1e-15)
+        # A whole rule: its thresholds (but the final one) and its combiner.
+        rule = _hand_rule(3, "last").with_thresholds(thresholds)
+        last = _labels_by_hand(tables, exits, "last") == y
+        assert score_thresholds(tables, y, rule, classes=[0, 1, 2]).score == np.mean(last)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "rule"),
+    [
+        ({"measure": "margin"}, RoutingRule.from_params(ConfidencePolicy("margin"), n_stages=3)),
+        ({"combine": "last"}, _rule(3, "last")),
+        ({"escalation_weight": 0.25}, _rule(3, "vote", 0.25)),
+    ],
+)
+def test_score_thresholds_deprecated_keywords_default_to_the_cascades_rule(keywords, rule):
+    tables, y = _hand_tables(3, 12, seed=4)
+    expected = score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2], rule=rule)
+    measure = keywords.get("measure", "max_proba")
+    combine = keywords.get("combine", "vote")
+    message = (
+        "score_thresholds: the measure, combine and escalation_weight keywords are deprecated; "
+        f"pass rule=RoutingRule.from_params(ConfidencePolicy({measure!r}), n_stages=3, "
+        f"combine={combine!r}, escalation_weight=...) instead"
+    )
+    with pytest.warns(DeprecationWarning, match=f"^{re.escape(message)}$") as caught:
+        point = score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2], **keywords)
+    assert point == expected
+    assert [w.filename for w in caught] == [__file__]  # the caller's line
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "keywords", "message"),
+    [
+        ([0.5], {}, "thresholds must hold 2 numbers (one per non-final stage), got [0.5]"),
+        (
+            (0.5, math.nan),
+            {},
+            "thresholds must hold 2 numbers (one per non-final stage), got [0.5, nan]",
+        ),
+        (
+            [0.5, 0.5, 0.5],
+            {},
+            "thresholds must hold 2 numbers (one per non-final stage), got [0.5, 0.5, 0.5]",
+        ),
+        (
+            [0.5, 0.5],
+            {"rule": _rule(3), "combine": "last"},
+            "give rule= or the deprecated measure/combine/escalation_weight, not both",
+        ),
+        (
+            _rule(3).with_thresholds([0.5, 0.5]),
+            {"rule": _rule(3)},
+            "give the thresholds as a RoutingRule or as numbers with rule=, not both",
+        ),
+        ([0.5, 0.5], {"rule": _rule(2)}, "rule is for 2 stages but stage_proba has 3"),
+        (_rule(2), {}, "rule is for 2 stages but stage_proba has 3"),
+        ([0.5, 0.5], {"stage_cost": [1, 2]}, "stage_cost must hold 3 finite non-negative "),
+    ],
+)
+def test_score_thresholds_refuses_with_a_message_naming_the_value(thresholds, keywords, message):
+    tables, y = _hand_tables(3, 12, seed=4)
+    pattern = f"^{re.escape(message)}" + ("" if message.endswith(" ") else "$")
+    with pytest.raises(PolicyError, match=pattern):
+        score_thresholds(tables, y, thresholds, classes=[0, 1, 2], **keywords)
+
+
+def test_a_metric_without_sample_weight_is_refused_with_weights_when_scoring_thresholds():
+    tables, y = _hand_tables(3, 12, seed=4)
+
+    def accuracy(y_true, y_pred):
+        return float(np.mean(y_true == y_pred))
+
+    message = (
+        "scoring 'accuracy' does not take sample_weight, so it cannot score weighted samples: "
+        "give it a sample_weight parameter, or tune without sample_weight"
+    )
+    for call in (score_thresholds, tune_cascade_from_proba):
+        args = (tables, y, [0.5, 0.5]) if call is score_thresholds else (tables, y)
+        with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+            call(*args, classes=[0, 1, 2], scoring=accuracy, sample_weight=np.ones(12))
