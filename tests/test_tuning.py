@@ -818,7 +818,7 @@ def test_apply_tuning_needs_no_data_and_warns_when_given_some(digits_cascade):
 # Small problems whose every routing is enumerated here: a threshold at each distinct
 # confidence of a stage (or infinity) gives every split of its samples. With integer costs
 # and weights, every score and mean cost is an exact ratio, so they compare with ==.
-_HAND_COSTS = (1.0, 2.0, 5.0, 11.0)
+_HAND_COSTS = (1.0, 2.0, 5.0, 11.0, 23.0)
 
 
 def _hand_tables(n_stages, n_samples, seed):
@@ -837,22 +837,19 @@ def _hand_tables(n_stages, n_samples, seed):
 def _exits_by_hand(conf, thresholds):
     """Each sample stops at the first non-final stage whose confidence reaches its threshold."""
     n_stages, n_samples = conf.shape
-    exits = []
-    for i in range(n_samples):
-        stops = [s for s, t in enumerate(thresholds) if conf[s, i] >= t]
-        exits.append(stops[0] if stops else n_stages - 1)
-    return np.array(exits)
+    exits = np.full(n_samples, n_stages - 1)
+    for s in reversed(range(n_stages - 1)):  # from the last, so that the first stop wins
+        exits = np.where(conf[s] >= thresholds[s], s, exits)
+    return exits
 
 
 def _labels_by_hand(tables, exits, combine, weight=0.5):
     """The exiting stage votes 1, each stage before it ``weight`` (0: "last", 1: "mean")."""
     escalating = {"last": 0.0, "mean": 1.0}.get(combine, weight)
-    return np.array(
-        [
-            np.argmax(tables[e, i] + escalating * tables[:e, i].sum(axis=0))
-            for i, e in enumerate(exits)
-        ]
-    )
+    before = np.cumsum(tables, axis=0) - tables  # the sum of the stages before each one
+    samples = np.arange(tables.shape[1])
+    votes = tables[exits, samples] + escalating * before[exits, samples]
+    return np.argmax(votes, axis=1)
 
 
 def _every_policy(tables, y, costs, combine="last", *, weight=0.5, sample_weight=None, metric=None):
@@ -895,7 +892,13 @@ def _hand_rule(n_stages, combine, weight=0.5):
         (3, 12, "vote", 2),
         (3, 12, "mean", 1),
         (4, 10, "vote", 1),  # exhaustive: 11 * 11 candidate pairs before the last stage
-        (4, 16, "last", 2),  # coordinate descent: 17 * 17 pairs is more than 256
+        # Coordinate descent (more than 256 candidate combinations before the last stage):
+        # on these problems it finds the whole front too.
+        (4, 16, "last", 2),
+        (4, 16, "vote", 0),
+        (4, 16, "mean", 1),
+        (5, 8, "last", 0),
+        (5, 8, "vote", 2),
     ],
 )
 def test_frontier_is_the_exact_front_of_every_routing(n_stages, n_samples, combine, seed):
@@ -927,15 +930,20 @@ def test_frontier_is_the_exact_front_of_every_routing(n_stages, n_samples, combi
     assert result.scoring == "accuracy"
     alone = [np.mean(np.argmax(t, axis=1) == y) for t in tables]
     assert result.stage_scores == tuple(alone)
+    if n_stages == 2:  # each candidate threshold scored once: 0, 8 midpoints, infinity
+        assert result.n_evaluations == n_samples + 1
 
 
-@pytest.mark.parametrize("combine", ["last", "vote"])
-def test_budget_and_target_choose_as_every_routing_says(combine):
-    tables, y = _hand_tables(3, 12, seed=3)
-    costs = _HAND_COSTS[:3]
+@pytest.mark.parametrize(
+    ("n_stages", "n_samples", "combine", "seed"),
+    [(3, 12, "last", 3), (3, 12, "vote", 3), (4, 16, "vote", 0), (5, 8, "last", 0)],
+)
+def test_budget_and_target_choose_as_every_routing_says(n_stages, n_samples, combine, seed):
+    tables, y = _hand_tables(n_stages, n_samples, seed)
+    costs = _HAND_COSTS[:n_stages]
     policies = _every_policy(tables, y, costs, combine)
     front = _front_by_hand(policies)
-    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, combine), "stage_cost": costs}
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(n_stages, combine), "stage_cost": costs}
     # Budgets at a frontier cost (which it meets exactly), between two, and past the last.
     middle = (front[1][0] + front[2][0]) / 2
     for budget in (front[0][0], front[1][0], middle, front[-2][0], 100.0):
