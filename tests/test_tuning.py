@@ -3,6 +3,7 @@ import functools
 import itertools
 import math
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -1137,6 +1138,7 @@ def test_each_input_check_names_its_parameter_and_value(change, message):
         (2, 3, [2.5, 0.5], "values summing to 3 (min 0.5)"),
         (1, 1, [math.nan, 1.0], "NaN or infinite values"),
         (1, 2, [math.inf, 0.0], "NaN or infinite values"),
+        (2, 1, [1.5, -0.5], "values summing to 1 (min -0.5)"),  # a later row's negative
     ],
 )
 def test_a_row_that_is_not_probabilities_is_named_with_its_stage(stage, row, values, what):
@@ -1240,6 +1242,7 @@ def _candidate_of(result):
         (6, {"min_score": 0.75}),  # vote at 0.75 and "mean" tie; the earlier is kept
         (6, {"max_cost": 3.0}),
         (0, {"min_score": 0.8}),  # three votes tie; the first (0.25) is kept
+        (8, {}),  # the vote at 0.25 reaches 1.0 at a cost of 4.5; "last" 0.917 at 1.67
     ],
 )
 def test_auto_keeps_the_candidate_every_routing_says(seed, objective):
@@ -1418,8 +1421,10 @@ def test_score_thresholds_routes_as_by_hand_with_its_default_rule():
     ],
 )
 def test_score_thresholds_deprecated_keywords_default_to_the_cascades_rule(keywords, rule):
-    tables, y = _hand_tables(3, 12, seed=4)
+    tables, y = _hand_tables(3, 12, seed=2)
     expected = score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2], rule=rule)
+    # Each keyword alone changes the score: the default rule scores otherwise.
+    assert expected != score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2])
     measure = keywords.get("measure", "max_proba")
     combine = keywords.get("combine", "vote")
     message = (
@@ -1427,10 +1432,9 @@ def test_score_thresholds_deprecated_keywords_default_to_the_cascades_rule(keywo
         f"pass rule=RoutingRule.from_params(ConfidencePolicy({measure!r}), n_stages=3, "
         f"combine={combine!r}, escalation_weight=...) instead"
     )
-    with pytest.warns(DeprecationWarning, match=f"^{re.escape(message)}$") as caught:
+    with pytest.warns(DeprecationWarning, match=f"^{re.escape(message)}$"):
         point = score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2], **keywords)
     assert point == expected
-    assert [w.filename for w in caught] == [__file__]  # the caller's line
 
 
 @pytest.mark.parametrize(
@@ -1483,3 +1487,123 @@ def test_a_metric_without_sample_weight_is_refused_with_weights_when_scoring_thr
         args = (tables, y, [0.5, 0.5]) if call is score_thresholds else (tables, y)
         with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
             call(*args, classes=[0, 1, 2], scoring=accuracy, sample_weight=np.ones(12))
+
+
+def test_one_stage_has_nothing_to_tune_and_reports_that_stage():
+    tables, y = _hand_tables(1, 12, seed=7)
+    accuracy = float(np.mean(np.argmax(tables[0], axis=1) == y))
+    rule = RoutingRule.from_params(ConfidencePolicy("margin"), n_stages=1, combine="last")
+    for objective, name in [
+        ({}, "max_score"),
+        ({"max_cost": 2.5}, "max_score_under_budget"),
+        ({"min_score": "best_stage"}, "min_cost_for_score"),
+    ]:
+        result = tune_cascade_from_proba(
+            tables, y, classes=[0, 1, 2], rule=rule, stage_cost=[2.5], stage_names=["only"],
+            **objective,
+        )  # fmt: skip
+        # Every sample stops at the only stage: a threshold of 0.
+        assert result.policy == ConfidencePolicy("margin", 0.0)
+        assert result.rule == rule.with_thresholds(())
+        assert result.frontier == (FrontierPoint((), accuracy, 2.5),)
+        assert (result.chosen_index, result.chosen) == (0, result.frontier[0])
+        assert (result.score, result.mean_cost, result.feasible) == (accuracy, 2.5, True)
+        assert (result.objective, result.scoring, result.n_evaluations) == (name, "accuracy", 1)
+        assert (result.stage_cost, result.stage_scores) == ((2.5,), (accuracy,))
+        assert (result.stage_names, result.order, result.n_stages) == (("only",), (0,), 1)
+    with pytest.raises(PolicyError, match=r"^no thresholds meet max_cost=2\.4: .* costs 2\.5 "):
+        tune_cascade_from_proba(tables, y, classes=[0, 1, 2], stage_cost=[2.5], max_cost=2.4)
+    with pytest.raises(PolicyError, match=rf"^no thresholds reach .* found is {accuracy:.6g}$"):
+        tune_cascade_from_proba(tables, y, classes=[0, 1, 2], min_score=accuracy + 0.01)
+
+
+def test_exact_fractions_are_probabilities_and_costs_like_their_floats():
+    third, half = Fraction(1, 3), Fraction(1, 2)
+    exact = [
+        [[Fraction(9, 10), Fraction(1, 10)], [half, half], [third, 2 * third]],
+        [[third, 2 * third], [Fraction(1, 5), Fraction(4, 5)], [Fraction(1, 10), Fraction(9, 10)]],
+    ]
+    floats = np.array(exact, dtype=float)
+    y = [0, 1, 1]
+    exact_costs, float_costs = [third, 2 * third], [1 / 3, 2 / 3]
+    result = tune_cascade_from_proba(exact, y, classes=[0, 1], stage_cost=exact_costs)
+    again = tune_cascade_from_proba(floats, y, classes=[0, 1], stage_cost=float_costs)
+    assert result.frontier == again.frontier
+    assert result.stage_cost == (1 / 3, 2 / 3)
+    # All right when the undecided second sample alone goes on: (1/3 + 1/3 + 1) / 3.
+    assert (result.score, result.mean_cost) == (1.0, pytest.approx(5 / 9, rel=1e-15))
+    point = score_thresholds(exact, y, [0.7], classes=[0, 1], stage_cost=exact_costs)
+    assert point == score_thresholds(floats, y, [0.7], classes=[0, 1], stage_cost=float_costs)
+
+
+def test_best_stage_is_the_best_single_stage_in_the_score_tuned():
+    tables, y = _hand_tables(3, 12, seed=5)
+    alone = [-log_loss(y, t, labels=[0, 1, 2]) for t in tables]
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "last"), stage_cost=_HAND_COSTS[:3],
+        scoring="neg_log_loss", min_score="best_stage",
+    )  # fmt: skip
+    assert result.stage_scores == pytest.approx(alone, rel=1e-12)
+    assert result.feasible
+    assert result.score >= max(alone)
+    costs, scores = result.frontier_arrays()
+    assert result.mean_cost == costs[scores >= max(alone)].min()
+
+
+def test_a_one_name_list_and_a_vote_over_a_rule_of_another_combiner():
+    tables, y = _hand_tables(3, 12, seed=6)
+    kwargs = {"classes": [0, 1, 2], "stage_cost": _HAND_COSTS[:3], "max_cost": 3.0}
+    listed = tune_cascade_from_proba(tables, y, combine=["last"], **kwargs)
+    named = tune_cascade_from_proba(tables, y, combine="last", **kwargs)
+    assert _candidate_of(listed) == _candidate_of(named) == ("last", 0.0)
+    assert listed.frontier == named.frontier
+    # combine="vote" over a rule of "last" tunes the vote, with the rule's measure.
+    last_margin = RoutingRule.from_params(ConfidencePolicy("margin"), n_stages=3, combine="last")
+    vote = tune_cascade_from_proba(tables, y, rule=last_margin, combine="vote", **kwargs)
+    assert (vote.rule.combine, vote.rule.measure) == ("vote", "margin")
+    grid = tune_cascade_from_proba(
+        tables, y, rule=last_margin, combine=["vote"], escalation_weight_grid=[0.25], **kwargs
+    )
+    assert (grid.rule.combine, grid.rule.escalation_weights) == ("vote", (0.25, 0.25, 0.25))
+
+
+def test_order_search_names_the_closest_order_when_none_is_feasible():
+    tables, y = _hand_tables(3, 12, seed=2)
+    last = _hand_rule(3, "last")
+    kwargs = {"classes": [0, 1, 2], "rule": last, "stage_cost": [3.0, 2.0, 5.0]}
+    orders = [(0, 1, 2), (2,), (1, 0, 2), (0,)]
+    message = (
+        "no thresholds meet max_cost=1: the cheapest policy found costs 2 per sample (the "
+        "first stage alone costs 2)"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        search_orders_from_proba(tables, y, orders=orders, max_cost=1, **kwargs)
+    # The best score of any order, each routed by hand with its stages in that order.
+    best = max(
+        score
+        for order in orders
+        for _, score, _ in _every_policy(tables[list(order)], y, [1] * len(order), "last")
+    )
+    message = f"no thresholds reach min_score=2 (accuracy); the best found is {best:.6g}"
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        search_orders_from_proba(tables, y, orders=orders[::-1], min_score=2, **kwargs)
+
+
+def test_default_candidates_and_penalties_are_64_and_12():
+    tables, y, classes = _synthetic(n_stages=4, n_samples=150, seed=2)  # 150 confidences
+    kwargs = {"classes": classes, "rule": _rule(4), "stage_cost": [1.0, 2.0, 5.0, 20.0]}
+    default = tune_cascade_from_proba(tables, y, **kwargs)
+    given = tune_cascade_from_proba(tables, y, n_candidates=64, n_lambdas=12, **kwargs)
+    assert default.frontier == given.frontier
+    assert default.n_evaluations == given.n_evaluations
+
+
+def test_score_thresholds_with_a_label_scorer_is_sklearns_on_the_routed_labels():
+    tables, y = _hand_tables(3, 12, seed=2)
+    conf = tables.max(axis=2)
+    for thresholds in [(0.6, 0.7), (math.inf, 0.5)]:
+        labels = _labels_by_hand(tables, _exits_by_hand(conf, thresholds), "vote", 0.5)
+        point = score_thresholds(
+            tables, y, thresholds, classes=[0, 1, 2], scoring="balanced_accuracy"
+        )
+        assert point.score == pytest.approx(balanced_accuracy_score(y, labels), abs=1e-15)
