@@ -982,6 +982,17 @@ def test_integer_weights_and_zero_weights_tune_as_every_weighted_routing_says():
     )
     assert result.frontier == without.frontier
     assert result.rule == without.rule
+    # With two candidates per stage (0, infinity and the midpoint below the highest
+    # confidence), the highest confidences are those of samples that count: here samples
+    # 1 and 3, the most confident at stages 0 and 1, weigh nothing.
+    sparse = np.array([3, 0, 1, 0, 0, 1, 4, 1, 0, 2, 1, 1])
+    conf = tables.max(axis=2)[:, sparse > 0]
+    few = tune_cascade_from_proba(tables, y, sample_weight=sparse, n_candidates=2, **kwargs)
+    for s in range(2):
+        second, top = sorted(conf[s])[-2:]
+        used = {p.thresholds[s] for p in few.frontier}
+        assert (second + top) / 2 in used
+        assert used <= {0.0, (second + top) / 2, math.inf}
     # "best_stage" is the best weighted single-stage accuracy.
     alone = [(weights @ (np.argmax(t, axis=1) == y)) / weights.sum() for t in tables]
     target = tune_cascade_from_proba(
@@ -1607,3 +1618,22 @@ def test_score_thresholds_with_a_label_scorer_is_sklearns_on_the_routed_labels()
             tables, y, thresholds, classes=[0, 1, 2], scoring="balanced_accuracy"
         )
         assert point.score == pytest.approx(balanced_accuracy_score(y, labels), abs=1e-15)
+
+
+def test_weights_reach_a_scorer_called_once_per_configuration():
+    tables, y = _hand_tables(3, 12, seed=9)
+    costs = _HAND_COSTS[:3]
+    weights = np.array([3, 0, 1, 2, 0, 1, 4, 1, 0, 2, 1, 1])
+
+    def weighted_accuracy(estimator, X, y_true, sample_weight=None):  # a scorer: not swept
+        return float(np.average(estimator.predict(X) == y_true, weights=sample_weight))
+
+    kwargs = {"classes": [0, 1, 2], "stage_cost": costs, "sample_weight": weights}
+    policies = _every_policy(tables, y, costs, "vote", sample_weight=weights)
+    result = tune_cascade_from_proba(
+        tables, y, rule=_hand_rule(3, "vote"), scoring=weighted_accuracy, **kwargs
+    )
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+    for thresholds, score, cost in policies[::7]:
+        point = score_thresholds(tables, y, thresholds, scoring=weighted_accuracy, **kwargs)
+        assert (point.score, point.mean_cost) == (score, cost)
