@@ -1637,3 +1637,16 @@ def test_weights_reach_a_scorer_called_once_per_configuration():
     for thresholds, score, cost in policies[::7]:
         point = score_thresholds(tables, y, thresholds, scoring=weighted_accuracy, **kwargs)
         assert (point.score, point.mean_cost) == (score, cost)
+
+
+def test_one_validation_sample_is_scored_like_any_other():
+    # The first stage is wrong about the only sample, the second right: stop at the second.
+    tables = np.array([[[0.3, 0.7]], [[0.8, 0.2]]])
+    kwargs = {"classes": [0, 1], "rule": _hand_rule(2, "last"), "stage_cost": [1.0, 4.0]}
+    result = tune_cascade_from_proba(tables, [0], **kwargs)
+    assert [(p.mean_cost, p.score) for p in result.frontier] == [(1.0, 0.0), (5.0, 1.0)]
+    assert (result.score, result.mean_cost, result.thresholds) == (1.0, 5.0, (math.inf,))
+    point = score_thresholds(tables, [0], [0.5], **kwargs)
+    assert (point.score, point.mean_cost) == (0.0, 1.0)
+    point = score_thresholds(tables, [0], [0.75], **kwargs)
+    assert (point.score, point.mean_cost) == (1.0, 5.0)
