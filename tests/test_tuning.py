@@ -1650,3 +1650,20 @@ def test_one_validation_sample_is_scored_like_any_other():
     assert (point.score, point.mean_cost) == (0.0, 1.0)
     point = score_thresholds(tables, [0], [0.75], **kwargs)
     assert (point.score, point.mean_cost) == (1.0, 5.0)
+
+
+def test_a_score_target_keeps_the_best_score_among_the_cheapest_policies():
+    # With weights, two policies can cost the same least amount and both reach the target
+    # (one sample moved to an earlier stage is worth more than the score's margin).
+    tables, y = _hand_tables(3, 6, seed=25)
+    weights = np.array([3, 3, 2, 2, 1, 1])
+    costs = [1.0, 1.0, 1.0]
+    policies = _every_policy(tables, y, costs, "last", sample_weight=weights)
+    for target in (5 / 12, 8 / 12):
+        score, cost = _best_by_hand(policies, min_score=target)
+        assert len({s for _, s, c in policies if c == cost and s >= target}) == 2
+        result = tune_cascade_from_proba(
+            tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "last"), stage_cost=costs,
+            sample_weight=weights, min_score=target,
+        )  # fmt: skip
+        assert (result.score, result.mean_cost) == (score, cost)
