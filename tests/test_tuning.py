@@ -2,13 +2,15 @@ import dataclasses
 import functools
 import itertools
 import math
+import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
-from sklearn.metrics import f1_score, get_scorer, log_loss
+from sklearn.metrics import balanced_accuracy_score, f1_score, get_scorer, log_loss
 from sklearn.naive_bayes import GaussianNB
 from sklearn.tree import DecisionTreeClassifier
 
@@ -20,6 +22,7 @@ from cascademl import (
     RoutingRule,
 )
 from cascademl.tuning import (
+    FrontierPoint,
     OrderSearchResult,
     apply_tuning,
     order_by_accuracy,
@@ -810,3 +813,857 @@ def test_apply_tuning_needs_no_data_and_warns_when_given_some(digits_cascade):
     np.testing.assert_array_equal(tuned.classes_, cascade.classes_)
     np.testing.assert_array_equal(tuned.predict(X_val), old_call.predict(X_val))
     assert tuned.policy_ == result.policy
+
+
+# ------------------------------------------------- the search against every policy by hand
+# Small problems whose every routing is enumerated here: a threshold at each distinct
+# confidence of a stage (or infinity) gives every split of its samples. With integer costs
+# and weights, every score and mean cost is an exact ratio, so they compare with ==.
+_HAND_COSTS = (1.0, 2.0, 5.0, 11.0, 23.0)
+
+
+def _hand_tables(n_stages, n_samples, seed):
+    """Stage probabilities of rising skill on three classes (no two confidences equal)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n_samples)
+    tables = []
+    for s in range(n_stages):
+        logits = rng.normal(size=(n_samples, 3))
+        logits[np.arange(n_samples), y] += (1 + 2 * s) * rng.random(n_samples)
+        proba = np.exp(logits)
+        tables.append(proba / proba.sum(axis=1, keepdims=True))
+    return np.stack(tables), y
+
+
+def _exits_by_hand(conf, thresholds):
+    """Each sample stops at the first non-final stage whose confidence reaches its threshold."""
+    n_stages, n_samples = conf.shape
+    exits = np.full(n_samples, n_stages - 1)
+    for s in reversed(range(n_stages - 1)):  # from the last, so that the first stop wins
+        exits = np.where(conf[s] >= thresholds[s], s, exits)
+    return exits
+
+
+def _labels_by_hand(tables, exits, combine, weight=0.5):
+    """The exiting stage votes 1, each stage before it ``weight`` (0: "last", 1: "mean")."""
+    escalating = {"last": 0.0, "mean": 1.0}.get(combine, weight)
+    before = np.cumsum(tables, axis=0) - tables  # the sum of the stages before each one
+    samples = np.arange(tables.shape[1])
+    votes = tables[exits, samples] + escalating * before[exits, samples]
+    return np.argmax(votes, axis=1)
+
+
+def _every_policy(tables, y, costs, combine="last", *, weight=0.5, sample_weight=None, metric=None):
+    """(thresholds, accuracy or ``metric``, mean cost) of every routing of the samples."""
+    n_stages, n_samples, _ = tables.shape
+    conf = tables.max(axis=2)
+    paid = np.cumsum(costs)
+    w = np.ones(n_samples) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    grids = [[*sorted(set(conf[s].tolist())), math.inf] for s in range(n_stages - 1)]
+    policies = []
+    for thresholds in itertools.product(*grids):
+        exits = _exits_by_hand(conf, thresholds)
+        labels = _labels_by_hand(tables, exits, combine, weight)
+        score = (w @ (labels == y)) / w.sum() if metric is None else metric(y, labels)
+        policies.append((thresholds, score, (w @ paid[exits]) / w.sum()))
+    return policies
+
+
+def _front_by_hand(policies):
+    """The (cost, score) pairs no policy beats: as cheap and better, or cheaper and as good."""
+    pairs = {(cost, score) for _, score, cost in policies}
+    return sorted(
+        (c, s)
+        for c, s in pairs
+        if not any((c2 <= c and s2 > s) or (c2 < c and s2 >= s) for c2, s2 in pairs)
+    )
+
+
+def _hand_rule(n_stages, combine, weight=0.5):
+    return RoutingRule.from_params(
+        None, n_stages=n_stages, combine=combine, escalation_weight=weight
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_stages", "n_samples", "combine", "seed"),
+    [
+        (2, 9, "last", 0),
+        (3, 12, "last", 0),
+        (3, 12, "vote", 2),
+        (3, 12, "mean", 1),
+        (4, 10, "vote", 1),  # exhaustive: 11 * 11 candidate pairs before the last stage
+        # Coordinate descent (more than 256 candidate combinations before the last stage):
+        # on these problems it finds the whole front too.
+        (4, 16, "last", 2),
+        (4, 16, "vote", 0),
+        (4, 16, "mean", 1),
+        (5, 8, "last", 0),
+        (5, 8, "vote", 2),
+    ],
+)
+def test_frontier_is_the_exact_front_of_every_routing(n_stages, n_samples, combine, seed):
+    tables, y = _hand_tables(n_stages, n_samples, seed)
+    costs = _HAND_COSTS[:n_stages]
+    policies = _every_policy(tables, y, costs, combine)
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(n_stages, combine), stage_cost=costs
+    )
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+    conf = tables.max(axis=2)
+    paid = np.cumsum(costs)
+    for point in result.frontier:  # each point's thresholds route as it says
+        exits = _exits_by_hand(conf, point.thresholds)
+        assert np.mean(_labels_by_hand(tables, exits, combine) == y) == point.score
+        assert np.mean(paid[exits]) == point.mean_cost
+    # Unconstrained: the best score, at the lowest cost that reaches it.
+    best = max(score for _, score, _ in policies)
+    assert result.score == best
+    assert result.mean_cost == min(cost for _, score, cost in policies if score == best)
+    assert result.chosen == result.frontier[result.chosen_index] == result.frontier[-1]
+    assert result.thresholds == result.policy.thresholds == result.rule.thresholds[:-1]
+    assert result.objective == "max_score"
+    assert result.feasible
+    assert result.stage_cost == costs
+    assert result.order == tuple(range(n_stages))
+    assert result.n_stages == n_stages
+    assert result.stage_names == tuple(f"stage{s}" for s in range(n_stages))
+    assert result.scoring == "accuracy"
+    alone = [np.mean(np.argmax(t, axis=1) == y) for t in tables]
+    assert result.stage_scores == tuple(alone)
+    if n_stages == 2:  # each candidate threshold scored once: 0, 8 midpoints, infinity
+        assert result.n_evaluations == n_samples + 1
+
+
+@pytest.mark.parametrize(
+    ("n_stages", "n_samples", "combine", "seed"),
+    [(3, 12, "last", 3), (3, 12, "vote", 3), (4, 16, "vote", 0), (5, 8, "last", 0)],
+)
+def test_budget_and_target_choose_as_every_routing_says(n_stages, n_samples, combine, seed):
+    tables, y = _hand_tables(n_stages, n_samples, seed)
+    costs = _HAND_COSTS[:n_stages]
+    policies = _every_policy(tables, y, costs, combine)
+    front = _front_by_hand(policies)
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(n_stages, combine), "stage_cost": costs}
+    # Budgets at a frontier cost (which it meets exactly), between two, and past the last.
+    middle = (front[1][0] + front[2][0]) / 2
+    for budget in (front[0][0], front[1][0], middle, front[-2][0], 100.0):
+        result = tune_cascade_from_proba(tables, y, max_cost=budget, **kwargs)
+        best = max(score for _, score, cost in policies if cost <= budget)
+        cheapest = min(cost for _, score, cost in policies if score == best and cost <= budget)
+        assert (result.score, result.mean_cost) == (best, cheapest), budget
+        assert result.objective == "max_score_under_budget"
+        assert result.feasible
+        assert result.frontier[result.chosen_index] == result.chosen
+    # Targets at a frontier score (which it meets exactly), between two, and the lowest.
+    for target in (front[0][1], front[1][1], (front[1][1] + front[2][1]) / 2, front[-1][1]):
+        result = tune_cascade_from_proba(tables, y, min_score=target, **kwargs)
+        cheapest = min(cost for _, score, cost in policies if score >= target)
+        best = max(score for _, score, cost in policies if cost == cheapest)
+        assert (result.mean_cost, result.score) == (cheapest, best), target
+        assert result.objective == "min_cost_for_score"
+        assert result.feasible
+        assert result.frontier[result.chosen_index] == result.chosen
+
+
+def test_integer_weights_and_zero_weights_tune_as_every_weighted_routing_says():
+    tables, y = _hand_tables(3, 12, seed=9)
+    costs = _HAND_COSTS[:3]
+    weights = np.array([3, 0, 1, 2, 0, 1, 4, 1, 0, 2, 1, 1])
+    policies = _every_policy(tables, y, costs, "vote", sample_weight=weights)
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, "vote"), "stage_cost": costs}
+    result = tune_cascade_from_proba(tables, y, sample_weight=weights, **kwargs)
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+    # A sample of weight zero counts nowhere, not even in where the candidate thresholds
+    # are: the frontier, thresholds included, is the one of the other samples alone.
+    kept = weights > 0
+    without = tune_cascade_from_proba(
+        tables[:, kept], y[kept], sample_weight=weights[kept], **kwargs
+    )
+    assert result.frontier == without.frontier
+    assert result.rule == without.rule
+    # With two candidates per stage (0, infinity and the midpoint below the highest
+    # confidence), the highest confidences are those of samples that count: here samples
+    # 1 and 3, the most confident at stages 0 and 1, weigh nothing.
+    sparse = np.array([3, 0, 1, 0, 0, 1, 4, 1, 0, 2, 1, 1])
+    conf = tables.max(axis=2)[:, sparse > 0]
+    few = tune_cascade_from_proba(tables, y, sample_weight=sparse, n_candidates=2, **kwargs)
+    for s in range(2):
+        second, top = sorted(conf[s])[-2:]
+        used = {p.thresholds[s] for p in few.frontier}
+        assert (second + top) / 2 in used
+        assert used <= {0.0, (second + top) / 2, math.inf}
+    # "best_stage" is the best weighted single-stage accuracy.
+    alone = [(weights @ (np.argmax(t, axis=1) == y)) / weights.sum() for t in tables]
+    target = tune_cascade_from_proba(
+        tables, y, sample_weight=weights, min_score="best_stage", **kwargs
+    )
+    cheapest = min(cost for _, score, cost in policies if score >= max(alone))
+    assert target.mean_cost == cheapest
+    assert target.stage_scores == pytest.approx(alone, abs=1e-15)
+
+
+# ------------------------------------------------------------ each input check, word for word
+_SMALL = np.array(
+    [
+        [[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]],
+        [[0.7, 0.3], [0.2, 0.8], [0.1, 0.9], [0.6, 0.4]],
+        [[0.95, 0.05], [0.1, 0.9], [0.05, 0.95], [0.1, 0.9]],
+    ]
+)
+_SMALL_Y = np.array([0, 1, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"stage_proba": _SMALL[0]},
+            "stage_proba must have shape (n_stages, n_samples, n_classes), got (4, 2)",
+        ),
+        ({"classes": [0, 1, 2]}, "classes must hold 2 labels (one per column), got shape (3,)"),
+        ({"classes": [[0, 1]]}, "classes must hold 2 labels (one per column), got shape (1, 2)"),
+        ({"y": [0, 1, 1]}, "y has 3 labels but stage_proba has 4 samples"),
+        (
+            {"stage_proba": _SMALL[:, :0], "y": []},
+            "stage_proba and y hold no samples; tuning needs at least one validation sample",
+        ),
+        (
+            {"stage_cost": [1.0, 2.0]},
+            "stage_cost must hold 3 finite non-negative numbers (one per stage), got [1.0, 2.0]",
+        ),
+        (
+            {"stage_cost": [1.0, math.inf, 2.0]},
+            (
+                "stage_cost must hold 3 finite non-negative numbers (one per stage), "
+                "got [1.0, inf, 2.0]"
+            ),
+        ),
+        (
+            {"stage_cost": [math.nan, 1.0, 2.0]},
+            (
+                "stage_cost must hold 3 finite non-negative numbers (one per stage), "
+                "got [nan, 1.0, 2.0]"
+            ),
+        ),
+        (
+            {"stage_cost": [1.0, -0.5, 2.0]},
+            (
+                "stage_cost must hold 3 finite non-negative numbers (one per stage), "
+                "got [1.0, -0.5, 2.0]"
+            ),
+        ),
+        ({"n_candidates": 1}, "n_candidates must be an integer >= 2, got 1"),
+        ({"n_candidates": True}, "n_candidates must be an integer >= 2, got True"),
+        ({"n_candidates": 8.0}, "n_candidates must be an integer >= 2, got 8.0"),
+        ({"n_candidates": "8"}, "n_candidates must be an integer >= 2, got '8'"),
+        ({"stage_names": ["a"]}, "stage_names has 1 names but there are 3 stages"),
+        ({"rule": "vote"}, "rule must be a RoutingRule or None, got 'vote'"),
+        ({"rule": _rule(2)}, "rule is for 2 stages but stage_proba has 3"),
+        (
+            {"max_cost": 2.0, "min_score": 0.5},
+            (
+                "give max_cost (maximise the score under a cost budget) or min_score (minimise the "
+                "cost for a score target), not both"
+            ),
+        ),
+        ({"max_cost": True}, "max_cost must be a finite number >= 0 or None, got True"),
+        ({"max_cost": "2"}, "max_cost must be a finite number >= 0 or None, got '2'"),
+        ({"max_cost": math.inf}, "max_cost must be a finite number >= 0 or None, got inf"),
+        ({"max_cost": math.nan}, "max_cost must be a finite number >= 0 or None, got nan"),
+        ({"max_cost": -0.5}, "max_cost must be a finite number >= 0 or None, got -0.5"),
+        ({"min_score": True}, "min_score must be a number, 'best_stage' or None, got True"),
+        ({"min_score": "best"}, "min_score must be a number, 'best_stage' or None, got 'best'"),
+        ({"min_score": math.nan}, "min_score must be a number, 'best_stage' or None, got nan"),
+        (
+            {"combine": "max"},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got 'max'"
+            ),
+        ),
+        (
+            {"combine": []},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got []"
+            ),
+        ),
+        (
+            {"combine": ["vote", "max"]},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got ['vote', 'max']"
+            ),
+        ),
+        (
+            {"combine": b"vote"},
+            (
+                "combine must be 'auto', one of ('vote', 'last', 'mean'), a non-empty sequence of "
+                "them or None (the rule's own), got b'vote'"
+            ),
+        ),
+        (
+            {"combine": ("last", "mean"), "escalation_weight_grid": [0.5]},
+            (
+                "escalation_weight_grid needs 'vote' among the combiners (the weights are the "
+                "vote's), got combine=('last', 'mean')"
+            ),
+        ),
+        (
+            {"rule": _rule(3, "last"), "escalation_weight_grid": [0.5]},
+            (
+                "escalation_weight_grid needs the rule's combine='vote' (a weight of 0 is the "
+                "exiting stage alone), got combine='last'"
+            ),
+        ),
+        (
+            {"escalation_weight_grid": "0.5"},
+            "escalation_weight_grid must be a non-empty sequence of weights, got '0.5'",
+        ),
+        (
+            {"escalation_weight_grid": {0.5}},
+            "escalation_weight_grid must be a non-empty sequence of weights, got {0.5}",
+        ),
+        (
+            {"escalation_weight_grid": ()},
+            "escalation_weight_grid must be a non-empty sequence of weights, got ()",
+        ),
+        (
+            {"escalation_weight_grid": [0.5, 1.5]},
+            "escalation_weight must be a number in [0, 1] (or one per stage), got 1.5",
+        ),
+    ],
+)
+def test_each_input_check_names_its_parameter_and_value(change, message):
+    inputs = {"stage_proba": _SMALL, "y": _SMALL_Y, "classes": [0, 1]} | change
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(inputs.pop("stage_proba"), inputs.pop("y"), **inputs)
+
+
+@pytest.mark.parametrize(
+    ("stage", "row", "values", "what"),
+    [
+        (0, 2, [0.3, 0.3], "values summing to 0.6 (min 0.3)"),
+        (1, 0, [1.5, -0.5], "values summing to 1 (min -0.5)"),
+        (2, 3, [2.5, 0.5], "values summing to 3 (min 0.5)"),
+        (1, 1, [math.nan, 1.0], "NaN or infinite values"),
+        (1, 2, [math.inf, 0.0], "NaN or infinite values"),
+        (2, 1, [1.5, -0.5], "values summing to 1 (min -0.5)"),  # a later row's negative
+    ],
+)
+def test_a_row_that_is_not_probabilities_is_named_with_its_stage(stage, row, values, what):
+    tables = _SMALL.copy()
+    tables[stage, row] = values
+    if row < 3:  # a later bad row of the same stage is not the one named
+        tables[stage, row + 1] = [3.0, 3.0]
+    if stage < 2:  # nor one of a later stage
+        tables[2, 0] = [3.0, 3.0]
+    names = ["cheap", "mid", "big"]
+    message = (
+        f"stage_proba[{stage}] (stage {names[stage]!r}) row {row} holds {what}; each row must "
+        "be probabilities (>= 0, summing to 1 within 0.001): compute them with "
+        "stage_probabilities"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1], stage_names=names)
+
+
+def test_rows_within_the_tolerance_and_edge_settings_are_accepted():
+    tables = _SMALL.copy()
+    tables[1, 0] = [0.7, 0.3009]  # sums to 1.0009: within 1e-3 of one
+    tables[2, 0] = [0.0, 1.0]  # a probability of exactly 0 is one
+    rule = _rule(3, "last")
+    # Free stages: every sample stops at the first one, at cost 0, within a budget of 0.
+    free = tune_cascade_from_proba(
+        tables, _SMALL_Y, classes=[0, 1], rule=rule, stage_cost=[0, 0, 0], max_cost=0,
+        n_candidates=2,
+    )  # fmt: skip
+    assert free.mean_cost == 0.0
+    assert free.feasible
+    # n_candidates=2 is the fewest: thresholds 0 and infinity, plus the midpoint below the
+    # highest confidence, (0.8 + 0.9) / 2 on both free stages.
+    few = tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1], rule=rule, n_candidates=2)
+    assert {t for p in few.frontier for t in p.thresholds} <= {0.0, (0.8 + 0.9) / 2, math.inf}
+    # Without stage_cost every stage costs 1: the mean cost is the mean number of stages
+    # visited, here 1 (everyone stops at the first stage), 3 (nobody stops) or between.
+    default = tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1], rule=rule)
+    assert default.stage_cost == (1.0, 1.0, 1.0)
+    costs, _ = default.frontier_arrays()
+    assert set(costs * 4) <= set(range(4, 13))
+    # The cascade's default rule is tuned when no rule and no combiner are given... and then
+    # the combiners are tried too: every candidate's thresholds are for max-probability.
+    auto = tune_cascade_from_proba(tables, _SMALL_Y, classes=[0, 1])
+    assert auto.rule.measure == "max_proba"
+    assert auto.stage_names == ("stage0", "stage1", "stage2")
+    assert tune_cascade_from_proba(
+        tables, _SMALL_Y, classes=[0, 1], stage_names=[7, 8, 9]
+    ).stage_names == ("7", "8", "9")
+
+
+# --------------------------------------------- choosing the combiner, ties, the message of failure
+_AUTO_CANDIDATES = (("last", 0.0), ("vote", 0.25), ("vote", 0.5), ("vote", 0.75), ("mean", 1.0))
+
+
+def _best_by_hand(policies, max_cost=None, min_score=None):
+    """(score, cost) a tuner must choose from ``policies``, or None when none is feasible."""
+    if min_score is not None:
+        costs = [cost for _, score, cost in policies if score >= min_score]
+        if not costs:
+            return None
+        return max(score for _, score, cost in policies if cost == min(costs)), min(costs)
+    within = [(score, cost) for _, score, cost in policies if max_cost is None or cost <= max_cost]
+    if not within:
+        return None
+    best = max(score for score, _ in within)
+    return best, min(cost for score, cost in within if score == best)
+
+
+def _combiner_by_hand(
+    tables, y, costs, *, max_cost=None, min_score=None, candidates=_AUTO_CANDIDATES
+):
+    """The candidate to keep: the best score (or, for a target, the lowest cost), then the
+    cheaper (the higher score), then the earlier."""
+    chosen = [
+        _best_by_hand(_every_policy(tables, y, costs, c, weight=w), max_cost, min_score)
+        for c, w in candidates
+    ]
+    feasible = [i for i, point in enumerate(chosen) if point is not None]
+    if min_score is not None:
+        i = min(feasible, key=lambda i: (chosen[i][1], -chosen[i][0], i))
+    else:
+        i = min(feasible, key=lambda i: (-chosen[i][0], chosen[i][1], i))
+    return candidates[i], chosen[i]
+
+
+def _candidate_of(result):
+    combine = result.rule.combine
+    if combine != "vote":
+        return combine, {"last": 0.0, "mean": 1.0}[combine]
+    (weight,) = set(result.rule.escalation_weights)
+    return combine, weight
+
+
+@pytest.mark.parametrize(
+    ("seed", "objective"),
+    [
+        (2, {}),  # vote at 0.5 alone reaches 1.0
+        (2, {"max_cost": 3.0}),  # "last" ties two votes at 0.75; "mean" is cheaper but worse
+        (5, {"max_cost": 3.0}),  # "mean" alone reaches 0.833 within the budget
+        (6, {"min_score": 0.75}),  # vote at 0.75 and "mean" tie; the earlier is kept
+        (6, {"max_cost": 3.0}),
+        (0, {"min_score": 0.8}),  # three votes tie; the first (0.25) is kept
+        (8, {}),  # the vote at 0.25 reaches 1.0 at a cost of 4.5; "last" 0.917 at 1.67
+    ],
+)
+def test_auto_keeps_the_candidate_every_routing_says(seed, objective):
+    tables, y = _hand_tables(3, 12, seed)
+    costs = _HAND_COSTS[:3]
+    result = tune_cascade_from_proba(tables, y, classes=[0, 1, 2], stage_cost=costs, **objective)
+    candidate, (score, cost) = _combiner_by_hand(tables, y, costs, **objective)
+    assert _candidate_of(result) == candidate
+    assert (result.score, result.mean_cost) == (score, cost)
+    # A list of combiners is tried in its order, repeats once: the same choice.
+    listed = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], stage_cost=costs, combine=["last", "vote", "mean", "last"],
+        escalation_weight_grid=[0.25, 0.5, 0.25, 0.75], **objective,
+    )  # fmt: skip
+    assert _candidate_of(listed) == candidate
+
+
+def test_a_score_target_keeps_the_cheapest_combiner_not_the_best_scoring():
+    # Two stages, all labels 0, every sample wrong at the first stage. Sample a (first to
+    # escalate: its first-stage confidence is lower) is right at the second stage under
+    # "last" and a vote weight below 0.3 only; samples b and b' (same confidence) are right
+    # at the second stage under every combiner. Escalating a alone costs 4/3 and scores
+    # 1/3 with "last"; the other combiners need all three at stage 1: cost 2, score 2/3+.
+    a = [[0.1, 0.9], [0.62, 0.38]]
+    b = [[0.05, 0.95], [0.99, 0.01]]
+    tables = np.transpose(np.array([a, b, b]), (1, 0, 2))
+    y = np.zeros(3, dtype=int)
+    kwargs = {"classes": [0, 1], "stage_cost": [1.0, 1.0]}
+    for target in (1 / 3, 0.3):
+        cheap = tune_cascade_from_proba(tables, y, min_score=target, **kwargs)
+        assert _candidate_of(cheap) == ("last", 0.0)
+        assert (cheap.score, cheap.mean_cost) == (1 / 3, 4 / 3)
+        assert cheap.thresholds == ((0.9 + 0.95) / 2,)
+    # Past 1/3, "last" needs every sample at stage 1 too, and scores best there.
+    assert _candidate_of(tune_cascade_from_proba(tables, y, min_score=0.5, **kwargs)) == (
+        "last",
+        0.0,
+    )
+    best = tune_cascade_from_proba(tables, y, **kwargs)
+    assert (best.score, best.mean_cost, best.thresholds) == (1.0, 2.0, (math.inf,))
+    # Without "last" and the low vote weight, the target costs 2 at a score of 2/3.
+    mean = tune_cascade_from_proba(tables, y, min_score=1 / 3, combine="mean", **kwargs)
+    assert (mean.score, mean.mean_cost) == (2 / 3, 2.0)
+    # The same with sample weights in place of the repeated sample.
+    weighted = tune_cascade_from_proba(
+        tables[:, :2], y[:2], min_score=1 / 3, sample_weight=[1, 2], **kwargs
+    )
+    assert _candidate_of(weighted) == ("last", 0.0)
+    assert (weighted.score, weighted.mean_cost) == (1 / 3, 4 / 3)
+
+
+def test_infeasible_constraints_name_the_closest_policy_found():
+    tables, y = _hand_tables(3, 12, seed=2)
+    kwargs = {"classes": [0, 1, 2], "stage_cost": [2.0, 1.0, 3.0]}
+    message = (
+        "no thresholds meet max_cost=1.5: the cheapest policy found costs 2 per sample (the "
+        "first stage alone costs 2)"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(tables, y, max_cost=1.5, **kwargs)
+    # The best score of any candidate of "auto" (here the vote at 0.5: 12 of 12).
+    best = max(
+        score
+        for c, w in _AUTO_CANDIDATES
+        for _, score, _ in _every_policy(tables, y, [1, 1, 1], c, weight=w)
+    )
+    assert best == 1.0
+    message = "no thresholds reach min_score=1.5 (accuracy); the best found is 1"
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(tables, y, min_score=1.5, **kwargs)
+    policies = _every_policy(tables, y, [1, 1, 1], "last", metric=balanced_accuracy_score)
+    last = max(score for _, score, _ in policies)
+    message = (
+        f"no thresholds reach min_score=0.95 (balanced_accuracy); the best found is {last:.6g}"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        tune_cascade_from_proba(
+            tables, y, min_score=0.95, scoring="balanced_accuracy", combine="last", **kwargs
+        )
+
+
+@pytest.mark.parametrize(
+    ("seed", "combine", "grid", "rule", "candidates"),
+    [
+        # A list of combiners without a grid: the vote at the rule's weight only (here the
+        # default 0.5), not the three weights of "auto" (the vote at 0.75 would win).
+        (6, ("last", "vote", "mean"), None, None, (("last", 0.0), ("vote", 0.5), ("mean", 1.0))),
+        # A grid weight of 1 is "mean" and 0 is "last": not searched again as votes, so the
+        # combiner named is kept, not the vote listed before it that ties it.
+        (5, ("vote", "mean"), (1.0, 0.5), None, (("vote", 0.5), ("mean", 1.0))),
+        (9, ("vote", "last"), (0.0, 0.5), None, (("vote", 0.5), ("last", 0.0))),
+        # Without a grid, the rule's own vote is searched even at weight 0: listed first, it
+        # wins the tie with "last".
+        (9, ("vote", "last"), None, 0.0, (("vote", 0.0), ("last", 0.0))),
+    ],
+)
+def test_listed_combiners_and_grids_search_the_candidates_named(
+    seed, combine, grid, rule, candidates
+):
+    tables, y = _hand_tables(3, 12, seed)
+    costs = _HAND_COSTS[:3]
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], stage_cost=costs, max_cost=3.0, combine=combine,
+        escalation_weight_grid=grid, rule=None if rule is None else _hand_rule(3, "vote", rule),
+    )  # fmt: skip
+    candidate, point = _combiner_by_hand(tables, y, costs, max_cost=3.0, candidates=candidates)
+    assert _candidate_of(result) == candidate
+    assert (result.score, result.mean_cost) == point
+
+
+def test_a_budget_is_met_within_a_tolerance_of_1e_9():
+    tables, y = _hand_tables(3, 12, seed=3)
+    costs = _HAND_COSTS[:3]
+    front = _front_by_hand(_every_policy(tables, y, costs, "last"))
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, "last")}
+    (_, below), (cost, score) = front[1], front[2]
+    # 1e-10 short of a frontier cost still buys it (a rounding error of the mean cost)...
+    result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=cost - 1e-10, **kwargs)
+    assert (result.score, result.mean_cost) == (score, cost)
+    assert result.feasible
+    # ... 1e-6 short does not.
+    result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=cost - 1e-6, **kwargs)
+    assert result.score == below
+    # A budget of 0 buys a stage that costs less than 1e-9, and refuses one that costs more.
+    tiny = tune_cascade_from_proba(tables, y, stage_cost=[5e-10, 1.0, 1.0], max_cost=0.0, **kwargs)
+    assert (tiny.mean_cost, tiny.thresholds[0]) == (5e-10, 0.0)
+    with pytest.raises(PolicyError, match=r"cheapest policy found costs 2e-09 per sample"):
+        tune_cascade_from_proba(tables, y, stage_cost=[2e-9, 1.0, 1.0], max_cost=0.0, **kwargs)
+
+
+def test_search_effort_is_counted_alike_on_every_scoring_path():
+    tables, y = _hand_tables(3, 12, seed=1)
+    kwargs = {"classes": [0, 1, 2], "rule": _hand_rule(3, "vote"), "stage_cost": _HAND_COSTS[:3]}
+
+    def accuracy(y_true, y_pred):  # scored once per configuration, not swept
+        return float(np.mean(y_true == y_pred))
+
+    swept = tune_cascade_from_proba(tables, y, **kwargs)
+    called = tune_cascade_from_proba(tables, y, scoring=accuracy, **kwargs)
+    assert called.frontier == swept.frontier
+    assert called.n_evaluations == swept.n_evaluations
+    # The exhaustive sweep alone scores each of the 13 * 13 candidate pairs.
+    assert swept.n_evaluations >= 13 * 13
+    one = tune_cascade_from_proba(tables[:1], y, classes=[0, 1, 2], rule=_hand_rule(1, "vote"))
+    assert one.n_evaluations == 1
+
+
+def test_score_thresholds_routes_as_by_hand_with_its_default_rule():
+    tables, y = _hand_tables(3, 12, seed=2)
+    conf = tables.max(axis=2)
+    weights = np.array([1, 2, 0, 1, 3, 1, 1, 2, 1, 0, 1, 1])
+    for thresholds in [(0.6, 0.7), (0.0, 0.5), (math.inf, 0.8), (0.75, math.inf)]:
+        exits = _exits_by_hand(conf, thresholds)
+        hits = _labels_by_hand(tables, exits, "vote", 0.5) == y
+        # Default rule: max-probability confidence, "vote" at 0.5; each stage costs 1.
+        point = score_thresholds(tables, y, list(thresholds), classes=[0, 1, 2])
+        assert point == FrontierPoint(thresholds, np.mean(hits), np.mean(exits + 1.0))
+        weighted = score_thresholds(
+            tables, y, thresholds, classes=[0, 1, 2], stage_cost=[1, 2, 4], sample_weight=weights
+        )
+        paid = np.array([1.0, 3.0, 7.0])[exits]
+        assert weighted.score == pytest.approx((weights @ hits) / weights.sum(), abs=1e-15)
+        assert weighted.mean_cost == pytest.approx((weights @ paid) / weights.sum(), rel=1e-15)
+        # A whole rule: its thresholds (but the final one) and its combiner.
+        rule = _hand_rule(3, "last").with_thresholds(thresholds)
+        last = _labels_by_hand(tables, exits, "last") == y
+        assert score_thresholds(tables, y, rule, classes=[0, 1, 2]).score == np.mean(last)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "rule"),
+    [
+        ({"measure": "margin"}, RoutingRule.from_params(ConfidencePolicy("margin"), n_stages=3)),
+        ({"combine": "last"}, _rule(3, "last")),
+        ({"escalation_weight": 0.25}, _rule(3, "vote", 0.25)),
+    ],
+)
+def test_score_thresholds_deprecated_keywords_default_to_the_cascades_rule(keywords, rule):
+    tables, y = _hand_tables(3, 12, seed=2)
+    expected = score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2], rule=rule)
+    # Each keyword alone changes the score: the default rule scores otherwise.
+    assert expected != score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2])
+    measure = keywords.get("measure", "max_proba")
+    combine = keywords.get("combine", "vote")
+    message = (
+        "score_thresholds: the measure, combine and escalation_weight keywords are deprecated; "
+        f"pass rule=RoutingRule.from_params(ConfidencePolicy({measure!r}), n_stages=3, "
+        f"combine={combine!r}, escalation_weight=...) instead"
+    )
+    with pytest.warns(DeprecationWarning, match=f"^{re.escape(message)}$"):
+        point = score_thresholds(tables, y, [0.7, 0.6], classes=[0, 1, 2], **keywords)
+    assert point == expected
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "keywords", "message"),
+    [
+        ([0.5], {}, "thresholds must hold 2 numbers (one per non-final stage), got [0.5]"),
+        (
+            (0.5, math.nan),
+            {},
+            "thresholds must hold 2 numbers (one per non-final stage), got [0.5, nan]",
+        ),
+        (
+            [0.5, 0.5, 0.5],
+            {},
+            "thresholds must hold 2 numbers (one per non-final stage), got [0.5, 0.5, 0.5]",
+        ),
+        (
+            [0.5, 0.5],
+            {"rule": _rule(3), "combine": "last"},
+            "give rule= or the deprecated measure/combine/escalation_weight, not both",
+        ),
+        (
+            _rule(3).with_thresholds([0.5, 0.5]),
+            {"rule": _rule(3)},
+            "give the thresholds as a RoutingRule or as numbers with rule=, not both",
+        ),
+        ([0.5, 0.5], {"rule": _rule(2)}, "rule is for 2 stages but stage_proba has 3"),
+        (_rule(2), {}, "rule is for 2 stages but stage_proba has 3"),
+        ([0.5, 0.5], {"stage_cost": [1, 2]}, "stage_cost must hold 3 finite non-negative "),
+    ],
+)
+def test_score_thresholds_refuses_with_a_message_naming_the_value(thresholds, keywords, message):
+    tables, y = _hand_tables(3, 12, seed=4)
+    pattern = f"^{re.escape(message)}" + ("" if message.endswith(" ") else "$")
+    with pytest.raises(PolicyError, match=pattern):
+        score_thresholds(tables, y, thresholds, classes=[0, 1, 2], **keywords)
+
+
+def test_a_metric_without_sample_weight_is_refused_with_weights_when_scoring_thresholds():
+    tables, y = _hand_tables(3, 12, seed=4)
+
+    def accuracy(y_true, y_pred):
+        return float(np.mean(y_true == y_pred))
+
+    message = (
+        "scoring 'accuracy' does not take sample_weight, so it cannot score weighted samples: "
+        "give it a sample_weight parameter, or tune without sample_weight"
+    )
+    for call in (score_thresholds, tune_cascade_from_proba):
+        args = (tables, y, [0.5, 0.5]) if call is score_thresholds else (tables, y)
+        with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+            call(*args, classes=[0, 1, 2], scoring=accuracy, sample_weight=np.ones(12))
+
+
+def test_one_stage_has_nothing_to_tune_and_reports_that_stage():
+    tables, y = _hand_tables(1, 12, seed=7)
+    accuracy = float(np.mean(np.argmax(tables[0], axis=1) == y))
+    rule = RoutingRule.from_params(ConfidencePolicy("margin"), n_stages=1, combine="last")
+    for objective, name in [
+        ({}, "max_score"),
+        ({"max_cost": 2.5}, "max_score_under_budget"),
+        ({"min_score": "best_stage"}, "min_cost_for_score"),
+    ]:
+        result = tune_cascade_from_proba(
+            tables, y, classes=[0, 1, 2], rule=rule, stage_cost=[2.5], stage_names=["only"],
+            **objective,
+        )  # fmt: skip
+        # Every sample stops at the only stage: a threshold of 0.
+        assert result.policy == ConfidencePolicy("margin", 0.0)
+        assert result.rule == rule.with_thresholds(())
+        assert result.frontier == (FrontierPoint((), accuracy, 2.5),)
+        assert (result.chosen_index, result.chosen) == (0, result.frontier[0])
+        assert (result.score, result.mean_cost, result.feasible) == (accuracy, 2.5, True)
+        assert (result.objective, result.scoring, result.n_evaluations) == (name, "accuracy", 1)
+        assert (result.stage_cost, result.stage_scores) == ((2.5,), (accuracy,))
+        assert (result.stage_names, result.order, result.n_stages) == (("only",), (0,), 1)
+    with pytest.raises(PolicyError, match=r"^no thresholds meet max_cost=2\.4: .* costs 2\.5 "):
+        tune_cascade_from_proba(tables, y, classes=[0, 1, 2], stage_cost=[2.5], max_cost=2.4)
+    with pytest.raises(PolicyError, match=rf"^no thresholds reach .* found is {accuracy:.6g}$"):
+        tune_cascade_from_proba(tables, y, classes=[0, 1, 2], min_score=accuracy + 0.01)
+
+
+def test_exact_fractions_are_probabilities_and_costs_like_their_floats():
+    third, half = Fraction(1, 3), Fraction(1, 2)
+    exact = [
+        [[Fraction(9, 10), Fraction(1, 10)], [half, half], [third, 2 * third]],
+        [[third, 2 * third], [Fraction(1, 5), Fraction(4, 5)], [Fraction(1, 10), Fraction(9, 10)]],
+    ]
+    floats = np.array(exact, dtype=float)
+    y = [0, 1, 1]
+    exact_costs, float_costs = [third, 2 * third], [1 / 3, 2 / 3]
+    result = tune_cascade_from_proba(exact, y, classes=[0, 1], stage_cost=exact_costs)
+    again = tune_cascade_from_proba(floats, y, classes=[0, 1], stage_cost=float_costs)
+    assert result.frontier == again.frontier
+    assert result.stage_cost == (1 / 3, 2 / 3)
+    # All right when the undecided second sample alone goes on: (1/3 + 1/3 + 1) / 3.
+    assert (result.score, result.mean_cost) == (1.0, pytest.approx(5 / 9, rel=1e-15))
+    point = score_thresholds(exact, y, [0.7], classes=[0, 1], stage_cost=exact_costs)
+    assert point == score_thresholds(floats, y, [0.7], classes=[0, 1], stage_cost=float_costs)
+
+
+def test_best_stage_is_the_best_single_stage_in_the_score_tuned():
+    tables, y = _hand_tables(3, 12, seed=5)
+    alone = [-log_loss(y, t, labels=[0, 1, 2]) for t in tables]
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "last"), stage_cost=_HAND_COSTS[:3],
+        scoring="neg_log_loss", min_score="best_stage",
+    )  # fmt: skip
+    assert result.stage_scores == pytest.approx(alone, rel=1e-12)
+    assert result.feasible
+    assert result.score >= max(alone)
+    costs, scores = result.frontier_arrays()
+    assert result.mean_cost == costs[scores >= max(alone)].min()
+
+
+def test_a_one_name_list_and_a_vote_over_a_rule_of_another_combiner():
+    tables, y = _hand_tables(3, 12, seed=6)
+    kwargs = {"classes": [0, 1, 2], "stage_cost": _HAND_COSTS[:3], "max_cost": 3.0}
+    listed = tune_cascade_from_proba(tables, y, combine=["last"], **kwargs)
+    named = tune_cascade_from_proba(tables, y, combine="last", **kwargs)
+    assert _candidate_of(listed) == _candidate_of(named) == ("last", 0.0)
+    assert listed.frontier == named.frontier
+    # combine="vote" over a rule of "last" tunes the vote, with the rule's measure.
+    last_margin = RoutingRule.from_params(ConfidencePolicy("margin"), n_stages=3, combine="last")
+    vote = tune_cascade_from_proba(tables, y, rule=last_margin, combine="vote", **kwargs)
+    assert (vote.rule.combine, vote.rule.measure) == ("vote", "margin")
+    grid = tune_cascade_from_proba(
+        tables, y, rule=last_margin, combine=["vote"], escalation_weight_grid=[0.25], **kwargs
+    )
+    assert (grid.rule.combine, grid.rule.escalation_weights) == ("vote", (0.25, 0.25, 0.25))
+
+
+def test_order_search_names_the_closest_order_when_none_is_feasible():
+    tables, y = _hand_tables(3, 12, seed=2)
+    last = _hand_rule(3, "last")
+    kwargs = {"classes": [0, 1, 2], "rule": last, "stage_cost": [3.0, 2.0, 5.0]}
+    orders = [(0, 1, 2), (2,), (1, 0, 2), (0,)]
+    message = (
+        "no thresholds meet max_cost=1: the cheapest policy found costs 2 per sample (the "
+        "first stage alone costs 2)"
+    )
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        search_orders_from_proba(tables, y, orders=orders, max_cost=1, **kwargs)
+    # The best score of any order, each routed by hand with its stages in that order.
+    best = max(
+        score
+        for order in orders
+        for _, score, _ in _every_policy(tables[list(order)], y, [1] * len(order), "last")
+    )
+    message = f"no thresholds reach min_score=2 (accuracy); the best found is {best:.6g}"
+    with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+        search_orders_from_proba(tables, y, orders=orders[::-1], min_score=2, **kwargs)
+
+
+def test_default_candidates_and_penalties_are_64_and_12():
+    tables, y, classes = _synthetic(n_stages=4, n_samples=150, seed=2)  # 150 confidences
+    kwargs = {"classes": classes, "rule": _rule(4), "stage_cost": [1.0, 2.0, 5.0, 20.0]}
+    default = tune_cascade_from_proba(tables, y, **kwargs)
+    given = tune_cascade_from_proba(tables, y, n_candidates=64, n_lambdas=12, **kwargs)
+    assert default.frontier == given.frontier
+    assert default.n_evaluations == given.n_evaluations
+
+
+def test_score_thresholds_with_a_label_scorer_is_sklearns_on_the_routed_labels():
+    tables, y = _hand_tables(3, 12, seed=2)
+    conf = tables.max(axis=2)
+    for thresholds in [(0.6, 0.7), (math.inf, 0.5)]:
+        labels = _labels_by_hand(tables, _exits_by_hand(conf, thresholds), "vote", 0.5)
+        point = score_thresholds(
+            tables, y, thresholds, classes=[0, 1, 2], scoring="balanced_accuracy"
+        )
+        assert point.score == pytest.approx(balanced_accuracy_score(y, labels), abs=1e-15)
+
+
+def test_weights_reach_a_scorer_called_once_per_configuration():
+    tables, y = _hand_tables(3, 12, seed=9)
+    costs = _HAND_COSTS[:3]
+    weights = np.array([3, 0, 1, 2, 0, 1, 4, 1, 0, 2, 1, 1])
+
+    def weighted_accuracy(estimator, X, y_true, sample_weight=None):  # a scorer: not swept
+        return float(np.average(estimator.predict(X) == y_true, weights=sample_weight))
+
+    kwargs = {"classes": [0, 1, 2], "stage_cost": costs, "sample_weight": weights}
+    policies = _every_policy(tables, y, costs, "vote", sample_weight=weights)
+    result = tune_cascade_from_proba(
+        tables, y, rule=_hand_rule(3, "vote"), scoring=weighted_accuracy, **kwargs
+    )
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+    for thresholds, score, cost in policies[::7]:
+        point = score_thresholds(tables, y, thresholds, scoring=weighted_accuracy, **kwargs)
+        assert (point.score, point.mean_cost) == (score, cost)
+
+
+def test_one_validation_sample_is_scored_like_any_other():
+    # The first stage is wrong about the only sample, the second right: stop at the second.
+    tables = np.array([[[0.3, 0.7]], [[0.8, 0.2]]])
+    kwargs = {"classes": [0, 1], "rule": _hand_rule(2, "last"), "stage_cost": [1.0, 4.0]}
+    result = tune_cascade_from_proba(tables, [0], **kwargs)
+    assert [(p.mean_cost, p.score) for p in result.frontier] == [(1.0, 0.0), (5.0, 1.0)]
+    assert (result.score, result.mean_cost, result.thresholds) == (1.0, 5.0, (math.inf,))
+    point = score_thresholds(tables, [0], [0.5], **kwargs)
+    assert (point.score, point.mean_cost) == (0.0, 1.0)
+    point = score_thresholds(tables, [0], [0.75], **kwargs)
+    assert (point.score, point.mean_cost) == (1.0, 5.0)
+
+
+def test_a_score_target_keeps_the_best_score_among_the_cheapest_policies():
+    # With weights, two policies can cost the same least amount and both reach the target
+    # (one sample moved to an earlier stage is worth more than the score's margin).
+    tables, y = _hand_tables(3, 6, seed=25)
+    weights = np.array([3, 3, 2, 2, 1, 1])
+    costs = [1.0, 1.0, 1.0]
+    policies = _every_policy(tables, y, costs, "last", sample_weight=weights)
+    for target in (5 / 12, 8 / 12):
+        score, cost = _best_by_hand(policies, min_score=target)
+        assert len({s for _, s, c in policies if c == cost and s >= target}) == 2
+        result = tune_cascade_from_proba(
+            tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "last"), stage_cost=costs,
+            sample_weight=weights, min_score=target,
+        )  # fmt: skip
+        assert (result.score, result.mean_cost) == (score, cost)
