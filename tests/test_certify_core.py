@@ -441,6 +441,16 @@ def test_selective_with_a_given_margin_rule_matches_the_reference(pool):
     assert cert.rule == rule  # thresholds and all: only the reject threshold is certified
 
 
+def test_selective_skips_combiners_whose_path_part_predicts_nothing():
+    # Confidences that say nothing about correctness: with "last" (and "mean", "vote" at
+    # 0.75) no reject threshold of the path part predicts a pass at target 0.95; the
+    # votes of the two stages do, so a vote variant is routed and tested.
+    tables, y = dyadic_pool(3, 600, accuracies=(0.7, 0.9), informative=False)
+    cert = certify(tables, target=0.95, guarantee="selective", y=y, stage_cost=[1.0, 4.0])
+    check_selective(cert, tables, y, target=0.95, delta=0.05, costs=[1.0, 4.0])
+    assert {p.combine for p in cert.path} == {"vote"}
+
+
 def test_one_stage_selective_matches_the_reference():
     tables, y = dyadic_pool(4, 500, accuracies=(0.85,))
     cert = certify(tables, target=0.93, guarantee="selective", y=y)
