@@ -12,6 +12,7 @@ import math
 import os
 import re
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -326,7 +327,8 @@ def check_selective(cert, tables, y, *, target, delta, costs, given=None, random
 
 
 def certify(tables, **kwargs):
-    kwargs.setdefault("classes", np.arange(tables.shape[2]))
+    if "classes" not in kwargs:
+        kwargs["classes"] = np.arange(tables.shape[2])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CertificationWarning)
         return certify_cascade_from_proba(tables, **kwargs)
@@ -380,6 +382,30 @@ def test_an_unreachable_target_keeps_the_safe_rule_and_its_own_bound(pool):
     assert cert.cost_share_all == pytest.approx(cert.mean_cost / 2.0)
 
 
+def test_accuracy_can_choose_a_vote_combiner():
+    # The vote at 0.75 is predicted, on the path part, to reach the lowest cost.
+    tables, y = dyadic_pool(3, 600, accuracies=(0.72, 0.82, 0.94))
+    costs = [1.0, 3.0, 10.0]
+    cert = certify(tables, target=0.85, guarantee="accuracy", y=y, stage_cost=costs)
+    chosen = check_rate(
+        cert, tables, y, target=0.85, delta=0.05, costs=costs, guarantee="accuracy"
+    )  # fmt: skip
+    assert chosen > 0
+    assert (cert.rule.combine, cert.rule.escalation_weights) == ("vote", (0.75, 0.75, 0.75))
+
+
+def test_an_unreachable_target_keeps_the_safe_rule_of_the_given_measure(pool):
+    tables, y = pool
+    rule = RoutingRule.from_params(ConfidencePolicy("margin"), n_stages=3, combine="last")
+    cert = certify(tables, target=0.97, guarantee="accuracy", y=y, rule=rule)
+    check_rate(
+        cert, tables, y, target=0.97, delta=0.05, costs=[1.0, 1.0, 1.0], guarantee="accuracy",
+        given=rule,
+    )  # fmt: skip
+    assert not cert.certified
+    assert cert.rule == RoutingRule("margin", (math.inf,) * 3, "last", (0.5,) * 3)
+
+
 def test_default_costs_are_one_per_stage_call():
     tables, _ = dyadic_pool(1, 700, accuracies=(0.8, 0.95))
     cert = certify(tables, target=0.9, random_state=3)
@@ -395,7 +421,21 @@ def test_default_costs_are_one_per_stage_call():
 
 def test_free_stages_have_no_cost_shares():
     tables, _ = dyadic_pool(2, 400, accuracies=(0.8, 0.95))
-    cert = certify(tables, target=0.9, stage_cost=[0, 0])
+    rule = RoutingRule.from_params(None, n_stages=2, combine="vote")
+    with pytest.warns(CertificationWarning, match="only the last stage alone"):
+        cert = certify_cascade_from_proba(
+            tables, classes=np.arange(4), target=0.9, stage_cost=[0, 0], rule=rule
+        )
+    ref = np.argmax(tables[-1], axis=1)
+    chosen = check_rate(
+        cert, tables, ref, target=0.9, delta=0.05, costs=[0.0, 0.0], guarantee="agreement",
+        given=rule,
+    )  # fmt: skip
+    # Every setting costs nothing: of the two certified, the one with the higher estimate
+    # (the last stage's agreement with itself, 1) is chosen: the last stage alone.
+    assert [p.passed for p in cert.path] == [True, True]
+    assert cert.path[1].estimate < cert.path[0].estimate == 1.0
+    assert chosen == 0
     assert cert.mean_cost == 0.0
     assert math.isnan(cert.cost_share_last)
     assert math.isnan(cert.cost_share_all)
@@ -415,6 +455,38 @@ def test_one_stage_has_a_path_of_the_safe_rule_alone(guarantee):
     assert len(cert.path) == 1
     assert cert.chosen_index == 0
     assert cert.rule == RoutingRule("max_proba", (math.inf,), "last", (0.5,))
+
+
+def test_one_stage_with_a_given_rule():
+    tables, y = dyadic_pool(3, 400, accuracies=(0.97,))
+    rule = RoutingRule("margin", (0.5,), "vote", (0.25,))
+    cert = certify(tables, target=0.9, guarantee="accuracy", y=y, rule=rule)
+    check_rate(
+        cert, tables, y, target=0.9, delta=0.05, costs=[1.0], guarantee="accuracy", given=rule
+    )
+    assert cert.rule == RoutingRule("margin", (math.inf,), "last", (0.5,))
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "y", "guarantee"),
+    [
+        ([6, 20, 29, 62, 18], [14, 10, 32, 55, 41], [1, 1, 1, 0, 0], "accuracy"),
+        ([34, 32, 12, 30, 63], [59, 39, 30, 55, 1], [1, 1, 1, 0, 1], "selective"),
+    ],
+)
+def test_a_p_value_equal_to_delta_passes(first, last, y, guarantee):
+    """Target 0.5 and delta 0.5 ** 3 with 3 testing samples: no error gives p = delta."""
+    tables = np.stack([np.stack([a, 64 - np.array(a)], axis=1) / 64 for a in (first, last)])
+    y = np.array(y)
+    cert = certify(tables, target=0.5, delta=0.125, guarantee=guarantee, y=y, stage_cost=[1, 3])
+    kwargs = {"target": 0.5, "delta": 0.125, "costs": [1.0, 3.0]}
+    if guarantee == "selective":
+        check_selective(cert, tables, y, **kwargs)
+    else:
+        check_rate(cert, tables, y, guarantee=guarantee, **kwargs)
+    assert cert.n_test == 3
+    if guarantee == "accuracy":
+        assert [(p.p_value, p.passed) for p in cert.path[:1]] == [(0.125, True)]
 
 
 # --------------------------------------------------------------------------- selective
@@ -456,6 +528,50 @@ def test_one_stage_selective_matches_the_reference():
     tables, y = dyadic_pool(4, 500, accuracies=(0.85,))
     cert = certify(tables, target=0.93, guarantee="selective", y=y)
     assert check_selective(cert, tables, y, target=0.93, delta=0.05, costs=[1.0]) is not None
+
+
+def test_selective_certified_at_its_first_threshold_does_not_warn():
+    tables, y = dyadic_pool(5, 300, accuracies=(0.7, 0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cert = certify_cascade_from_proba(
+            tables, classes=np.arange(4), target=0.95, guarantee="selective", y=y,
+            stage_cost=[1, 3],
+        )  # fmt: skip
+    assert check_selective(cert, tables, y, target=0.95, delta=0.05, costs=[1, 3]) == 0
+    assert len(cert.path) > 1
+
+
+@pytest.mark.parametrize("measure", ["max_proba", "margin"])
+def test_the_selective_fallback_abstains_by_the_rule_measure(measure):
+    tables, y = dyadic_pool(5, 500, accuracies=(0.6, 0.7), informative=False)
+    # A last-stage row whose runner-up is below half a unit in the last place of 1: its
+    # largest probability is 1, its margin is not.
+    tables[-1, 3] = [1.0, 8e-17, 0.0, 0.0]
+    n_sure = int(np.sum(tables[-1].max(axis=1) == 1.0)) - 1  # the other rows of 64/64
+    rule = RoutingRule.from_params(ConfidencePolicy(measure), n_stages=2, combine="last")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CertificationWarning)
+        warnings.simplefilter("error", RuntimeWarning)  # no mean of an empty selection
+        cert = certify_cascade_from_proba(
+            tables, classes=np.arange(4), target=0.99, guarantee="selective", y=y, rule=rule
+        )
+    check_selective(cert, tables, y, target=0.99, delta=0.05, costs=[1.0, 1.0], given=rule)
+    assert cert.rule.measure == measure
+    assert cert.coverage == (n_sure + (measure == "max_proba")) / 500
+
+
+def test_a_selective_fallback_that_decides_nothing_has_no_estimate():
+    tables, y = dyadic_pool(5, 450, accuracies=(0.6, 0.7), informative=False)
+    sure = tables[-1].max(axis=1) == 1.0
+    tables[-1, sure] = [0.75, 0.25, 0.0, 0.0]  # no row of the last stage is sure
+    with pytest.warns(CertificationWarning, match="not certified"):  # and no RuntimeWarning
+        cert = certify_cascade_from_proba(
+            tables, classes=np.arange(4), target=0.99, guarantee="selective", y=y
+        )
+    check_selective(cert, tables, y, target=0.99, delta=0.05, costs=[1.0, 1.0])
+    assert cert.coverage == 0.0
+    assert math.isnan(cert.estimate)
 
 
 def test_unreachable_selective_target_abstains_below_full_confidence():
@@ -562,6 +678,12 @@ def test_required_calibration_size_small_cases():
         ({"target": False}, "target must be a number strictly between 0 and 1, got False"),
         ({"delta": 0.0}, "delta must be a number strictly between 0 and 1, got 0.0"),
         ({"delta": None}, "delta must be a number strictly between 0 and 1, got None"),
+        ({"delta": 1.0}, "delta must be a number strictly between 0 and 1, got 1.0"),
+        ({"target": 1}, "target must be a number strictly between 0 and 1, got 1"),
+        (
+            {"path_fraction": 1.0},
+            "path_fraction must be a number strictly between 0 and 1, got 1.0",
+        ),
         ({"path_fraction": 0}, "path_fraction must be a number strictly between 0 and 1, got 0"),
         (
             {"path_fraction": math.nan},
@@ -681,6 +803,29 @@ def test_stage_proba_of_another_shape_is_refused(shape):
     )
     with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
         certify_cascade_from_proba(np.full(shape, 0.25), classes=np.arange(4), target=0.9)
+
+
+def test_exact_fractions_are_read_as_floats():
+    tables, y = dyadic_pool(11, 300, accuracies=(0.8, 0.9))
+    as_fractions = [[[Fraction(int(v * 64), 64) for v in row] for row in t] for t in tables]
+    costs = [Fraction(1, 2), Fraction(3)]
+    a = certify(
+        as_fractions, classes=np.arange(4), target=0.9, guarantee="accuracy", y=y, stage_cost=costs
+    )
+    b = certify(tables, target=0.9, guarantee="accuracy", y=y, stage_cost=[0.5, 3.0])
+    assert a.to_dict() == b.to_dict()
+    assert a.stage_cost == (0.5, 3.0)
+
+
+def test_a_row_that_is_not_probabilities_is_named():
+    tables, _ = dyadic_pool(12, 200, accuracies=(0.8, 0.9))
+    tables[1, 4] = [0.5, 0.5, 0.5, 0.5]
+    with pytest.raises(PolicyError) as info:
+        certify(tables, target=0.9, stage_names=["small", "large"])
+    assert str(info.value).startswith(
+        "stage_proba[1] (stage 'large') row 4 holds values summing to 2 (min 0.5); each row "
+        "must be probabilities (>= 0, summing to 1 within"
+    )
 
 
 def test_agreement_ignores_y_and_its_length():
