@@ -2,8 +2,9 @@
 
 The reference routes every sample by hand (the first stage whose confidence reaches its
 threshold answers, with the visited stages' votes), takes binomial tails and
-Clopper-Pearson bounds from scipy, and rebuilds the split, the path's tests, the choice of
-the certified setting and of the combiner, and every field of the certificate. The
+Clopper-Pearson bounds from scipy and each combiner's frontier on the path part from the
+public tuner, and rebuilds the split, the path's tests, the choice of the certified setting
+and of the combiner, and every field of the certificate. The
 probability tables hold multiples of 1/64, so sums and weighted votes are exact and the
 reference routes bit for bit as the library does.
 """
