@@ -78,7 +78,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["src/cascademl/tuning/_thresholds.py"],
         _TUNING_TESTS,
     ),
-    "certify._core": (["src/cascademl/certify/_core.py"], _CERTIFY_TESTS),
+    "certify._core": (
+        ["src/cascademl/certify/_core.py"],
+        [*_CERTIFY_TESTS, "tests/test_certify_core.py"],
+    ),
     "certify._stats": (["src/cascademl/certify/_stats.py"], _CERTIFY_TESTS),
     "certify._apply": (["src/cascademl/certify/_apply.py"], _CERTIFY_TESTS),
     "certify._certificate": (["src/cascademl/certify/_certificate.py"], _CERTIFY_TESTS),
