@@ -229,6 +229,7 @@ class _Collector:
     def __init__(
         self, n_stages: int, n_classes: int, *, n: int | None, want: Want, keep: Keep
     ) -> None:
+        self.want = want
         self.label_index = _Store((), (), np.intp, 0, n)
         self.proba = _Store((), (n_classes,), np.float64, np.nan, n) if want != "labels" else None
         full = want == "result"
