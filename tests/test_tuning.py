@@ -1667,3 +1667,21 @@ def test_a_score_target_keeps_the_best_score_among_the_cheapest_policies():
             sample_weight=weights, min_score=target,
         )  # fmt: skip
         assert (result.score, result.mean_cost) == (score, cost)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_label_scorer_sweeps_as_every_routing_says(weighted):
+    # Scored from (true, predicted) pair counts: each configuration's count table.
+    tables, y = _hand_tables(3, 12, seed=2)
+    costs = _HAND_COSTS[:3]
+    weights = np.array([3, 0, 1, 2, 0, 1, 4, 1, 0, 2, 1, 1]) if weighted else None
+
+    def balanced(y_true, y_pred):
+        return balanced_accuracy_score(y_true, y_pred, sample_weight=weights)
+
+    policies = _every_policy(tables, y, costs, "vote", sample_weight=weights, metric=balanced)
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "vote"), stage_cost=costs,
+        scoring="balanced_accuracy", sample_weight=weights,
+    )  # fmt: skip
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
