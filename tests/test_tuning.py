@@ -894,12 +894,17 @@ def _hand_rule(n_stages, combine, weight=0.5):
         (3, 12, "mean", 1),
         (4, 10, "vote", 1),  # exhaustive: 11 * 11 candidate pairs before the last stage
         # Coordinate descent (more than 256 candidate combinations before the last stage):
-        # on these problems it finds the whole front too.
+        # on these problems it finds the whole front too, and a search with fewer penalties,
+        # budgets, sweeps or restarts misses a point of it (the last four).
         (4, 16, "last", 2),
         (4, 16, "vote", 0),
         (4, 16, "mean", 1),
         (5, 8, "last", 0),
         (5, 8, "vote", 2),
+        (4, 20, "last", 3),
+        (4, 24, "vote", 0),
+        (4, 24, "vote", 1),
+        (4, 24, "vote", 3),
     ],
 )
 def test_frontier_is_the_exact_front_of_every_routing(n_stages, n_samples, combine, seed):
@@ -1595,6 +1600,11 @@ def test_order_search_names_the_closest_order_when_none_is_feasible():
         for order in orders
         for _, score, _ in _every_policy(tables[list(order)], y, [1] * len(order), "last")
     )
+    # Kept in an order search, an order that misses the budget reports its cheapest policy.
+    search = search_orders_from_proba(tables, y, orders=orders, max_cost=2.5, **kwargs)
+    over = search.for_order((0, 1, 2))
+    assert (over.feasible, over.mean_cost, over.chosen_index) == (False, 3.0, 0)
+    assert over.score == np.mean(np.argmax(tables[0], axis=1) == y)
     message = f"no thresholds reach min_score=2 (accuracy); the best found is {best:.6g}"
     with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
         search_orders_from_proba(tables, y, orders=orders[::-1], min_score=2, **kwargs)
