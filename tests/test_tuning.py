@@ -1382,6 +1382,16 @@ def test_a_budget_is_met_within_a_tolerance_of_1e_9():
     # ... 1e-6 short does not.
     result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=cost - 1e-6, **kwargs)
     assert result.score == below
+    # A cost c fits a budget b when c <= b * (1 + 1e-9) + 1e-9: at the edge, it still fits.
+    edge = (cost - 1e-9) / (1 + 1e-9)
+    for _ in range(100):
+        reach = edge * (1 + 1e-9) + 1e-9
+        if reach == cost:
+            break
+        edge = np.nextafter(edge, math.inf if reach < cost else -math.inf)
+    assert edge * (1 + 1e-9) + 1e-9 == cost
+    result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=edge, **kwargs)
+    assert (result.score, result.mean_cost) == (score, cost)
     # A budget of 0 buys a stage that costs less than 1e-9, and refuses one that costs more.
     tiny = tune_cascade_from_proba(tables, y, stage_cost=[5e-10, 1.0, 1.0], max_cost=0.0, **kwargs)
     assert (tiny.mean_cost, tiny.thresholds[0]) == (5e-10, 0.0)
