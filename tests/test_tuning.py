@@ -860,10 +860,14 @@ def _every_policy(tables, y, costs, combine="last", *, weight=0.5, sample_weight
     paid = np.cumsum(costs)
     w = np.ones(n_samples) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     grids = [[*sorted(set(conf[s].tolist())), math.inf] for s in range(n_stages - 1)]
+    # The label of each sample if it exits at each stage.
+    label_at = np.array(
+        [_labels_by_hand(tables, np.full(n_samples, e), combine, weight) for e in range(n_stages)]
+    )
     policies = []
     for thresholds in itertools.product(*grids):
         exits = _exits_by_hand(conf, thresholds)
-        labels = _labels_by_hand(tables, exits, combine, weight)
+        labels = label_at[exits, np.arange(n_samples)]
         score = (w @ (labels == y)) / w.sum() if metric is None else metric(y, labels)
         policies.append((thresholds, score, (w @ paid[exits]) / w.sum()))
     return policies
@@ -871,12 +875,9 @@ def _every_policy(tables, y, costs, combine="last", *, weight=0.5, sample_weight
 
 def _front_by_hand(policies):
     """The (cost, score) pairs no policy beats: as cheap and better, or cheaper and as good."""
-    pairs = {(cost, score) for _, score, cost in policies}
-    return sorted(
-        (c, s)
-        for c, s in pairs
-        if not any((c2 <= c and s2 > s) or (c2 < c and s2 >= s) for c2, s2 in pairs)
-    )
+    pairs = sorted({(cost, score) for _, score, cost in policies})
+    c2, s2 = np.array(pairs).T
+    return [(c, s) for c, s in pairs if not np.any(((c2 <= c) & (s2 > s)) | ((c2 < c) & (s2 >= s)))]
 
 
 def _hand_rule(n_stages, combine, weight=0.5):
@@ -1705,3 +1706,25 @@ def test_a_label_scorer_sweeps_as_every_routing_says(weighted):
         scoring="balanced_accuracy", sample_weight=weights,
     )  # fmt: skip
     assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+
+
+@pytest.mark.parametrize(
+    ("n_samples", "combine", "scale", "n_lambdas"),
+    [
+        # Cheap stages (costs under 1 in all): the penalties scale with the costs.
+        (24, "vote", 1 / 64, 12),
+        (24, "last", 1 / 64, 12),
+        # 16 * 16 = 256 candidate pairs before the last stage: still searched exhaustively,
+        # which finds the front without any penalty.
+        (15, "last", 1.0, 0),
+    ],
+)
+def test_frontier_is_exact_with_cheap_stages_or_no_penalties(n_samples, combine, scale, n_lambdas):
+    tables, y = _hand_tables(4, n_samples, seed=0)
+    costs = [c * scale for c in _HAND_COSTS[:4]]
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(4, combine), stage_cost=costs,
+        n_lambdas=n_lambdas,
+    )  # fmt: skip
+    front = _front_by_hand(_every_policy(tables, y, costs, combine))
+    assert [(p.mean_cost, p.score) for p in result.frontier] == front
