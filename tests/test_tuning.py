@@ -1728,3 +1728,30 @@ def test_frontier_is_exact_with_cheap_stages_or_no_penalties(n_samples, combine,
     )  # fmt: skip
     front = _front_by_hand(_every_policy(tables, y, costs, combine))
     assert [(p.mean_cost, p.score) for p in result.frontier] == front
+
+
+def test_equally_good_thresholds_resolve_to_the_highest():
+    # Thresholds that route the samples alike (or differently, at the same score and cost)
+    # are equally good; the chosen policy reports the highest, the first stage's first: it
+    # stops the fewest samples early on data the thresholds were not tuned on.
+    tables, y = _hand_tables(3, 12, seed=3)
+    costs = _HAND_COSTS[:3]
+    conf = tables.max(axis=2)
+    grids = []
+    for s in range(2):  # the candidates: 0, the midpoints between confidences, infinity
+        values = sorted(set(conf[s].tolist()))
+        grids.append([0.0, *((a + b) / 2 for a, b in itertools.pairwise(values)), math.inf])
+    paid = np.cumsum(costs)
+    for objective in ({}, {"max_cost": 3.0}, {"min_score": 0.75}):
+        result = tune_cascade_from_proba(
+            tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "last"), stage_cost=costs,
+            **objective,
+        )  # fmt: skip
+        tied = []
+        for thresholds in itertools.product(*grids):
+            exits = _exits_by_hand(conf, thresholds)
+            labels = _labels_by_hand(tables, exits, "last")
+            if (np.mean(labels == y), np.mean(paid[exits])) == (result.score, result.mean_cost):
+                tied.append(thresholds)
+        assert len(tied) > 1
+        assert result.thresholds == max(tied)
