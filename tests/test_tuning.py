@@ -1732,8 +1732,8 @@ def test_frontier_is_exact_with_cheap_stages_or_no_penalties(n_samples, combine,
 
 def test_equally_good_thresholds_resolve_to_the_highest():
     # Thresholds that route the samples alike (or differently, at the same score and cost)
-    # are equally good; the chosen policy reports the highest, the first stage's first: it
-    # stops the fewest samples early on data the thresholds were not tuned on.
+    # are equally good; the chosen policy reports the highest of them, compared stage by
+    # stage from the first (as tuples).
     tables, y = _hand_tables(3, 12, seed=3)
     costs = _HAND_COSTS[:3]
     conf = tables.max(axis=2)
