@@ -1688,6 +1688,8 @@ def test_a_score_target_keeps_the_best_score_among_the_cheapest_policies():
             sample_weight=weights, min_score=target,
         )  # fmt: skip
         assert (result.score, result.mean_cost) == (score, cost)
+        # Of two policies of equal cost, the frontier keeps only the better.
+        assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
