@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -78,7 +80,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["src/cascademl/tuning/_thresholds.py"],
         _TUNING_TESTS,
     ),
-    "certify._core": (["src/cascademl/certify/_core.py"], _CERTIFY_TESTS),
+    "certify._core": (
+        ["src/cascademl/certify/_core.py"],
+        [*_CERTIFY_TESTS, "tests/test_certify_core.py"],
+    ),
     "certify._stats": (["src/cascademl/certify/_stats.py"], _CERTIFY_TESTS),
     "certify._apply": (["src/cascademl/certify/_apply.py"], _CERTIFY_TESTS),
     "certify._certificate": (["src/cascademl/certify/_certificate.py"], _CERTIFY_TESTS),
@@ -107,6 +112,31 @@ STATUSES = (
 )
 
 
+# Written into the working copy's tests: a failing example ends the run at once (no
+# shrinking, which can outlast mutmut's timeout and turn a kill into a "timeout"), and the
+# same examples every run (derandomized, no example database), so a rerun is comparable.
+_HYPOTHESIS_PROFILE = """\
+from hypothesis import Phase, settings
+
+settings.register_profile(
+    "mutation", phases=[Phase.explicit, Phase.generate], derandomize=True, database=None
+)
+settings.load_profile("mutation")
+"""
+
+
+def _copy_tests(workdir: Path) -> None:
+    if (workdir / "tests").exists():
+        shutil.rmtree(workdir / "tests")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    conftest = workdir / "tests" / "conftest.py"
+    if conftest.exists():  # pragma: no cover - the project has none today
+        msg = f"{conftest} exists; merge the mutation profile into it by hand"
+        raise SystemExit(msg)
+    conftest.write_text(_HYPOTHESIS_PROFILE, encoding="utf-8")
+
+
 def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
@@ -117,7 +147,7 @@ def _prepare(workdir: Path, files: list[str], tests: list[str], deselect: list[s
     workdir.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
     shutil.copytree(ROOT / "src", workdir / "src", ignore=ignore)
-    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    _copy_tests(workdir)
     settings = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     settings = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", settings)
     settings += (
@@ -151,6 +181,29 @@ def _counts(workdir: Path) -> dict[str, list[str]]:
     return by_status
 
 
+def _sample(files: list[str], size: int, seed: int) -> set[str]:
+    """A seeded uniform sample of ``size`` of the mutants mutmut makes of ``files``."""
+    from mutmut.mutation.file_mutation import mutate_file_contents  # noqa: PLC0415
+
+    names = []
+    for file in files:
+        dotted = file.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        code = (ROOT / file).read_text(encoding="utf-8")
+        names += [f"{dotted}.{n}" for n in mutate_file_contents(file, code).mutant_names]
+    return set(random.Random(seed).sample(sorted(names), min(size, len(names))))
+
+
+def _interval(killed: int, n: int) -> list[float]:
+    """Exact (Clopper-Pearson) 95% interval of a score of ``killed`` out of ``n``."""
+    from scipy.stats import beta  # noqa: PLC0415 - scikit-learn's dependency
+
+    if n == 0:
+        return [math.nan, math.nan]
+    low = 0.0 if killed == 0 else float(beta.ppf(0.025, killed, n - killed + 1))
+    high = 1.0 if killed == n else float(beta.ppf(0.975, killed + 1, n - killed))
+    return [round(low, 4), round(high, 4)]
+
+
 def _equivalent(extra: list[str]) -> set[str]:
     names = set(extra)
     if EQUIVALENT_FILE.exists():
@@ -168,29 +221,39 @@ def run_module(
     equivalent: set[str],
     *,
     survivors: bool = False,
+    timeouts: bool = False,
     timeout_multiplier: float | None = None,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> dict[str, object]:
     """Run mutmut on one module; return its counts, score and surviving mutants.
 
     With ``survivors``, reuse the working copy of an earlier run of the module: copy the
     current tests into it and rerun only the mutants that survived there (or that no test
-    reached). Tests are only ever added, so a mutant killed before stays killed.
+    reached). Tests are only ever added, so a mutant killed before stays killed. With
+    ``timeouts`` too, the mutants that timed out are rerun as well (a timeout counts as
+    killed, but a tight ``timeout_multiplier`` on a busy machine can cut a survivor short).
+
+    With ``sample``, only a seeded uniform sample of that many of the module's mutants is
+    run and scored (an estimate, with its exact 95% interval); a working copy that already
+    holds results is kept, and only the sampled mutants it has not checked are run.
     """
     files, tests = MODULES[key]
     workdir = base / key
+    chosen = _sample(files, sample, seed) if sample is not None else None
     rerun: list[str] = []
     if survivors and (workdir / "mutants").is_dir():
         before = _counts(workdir)
-        rerun = [
-            n
-            for n in before["survived"] + before["no tests"] + before["not checked"]
-            if n not in equivalent
-        ]
-        shutil.rmtree(workdir / "tests")
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-        shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+        again = before["survived"] + before["no tests"] + before["not checked"]
+        if timeouts:
+            again += before["timeout"]
+        rerun = [n for n in again if n not in equivalent and (chosen is None or n in chosen)]
+        _copy_tests(workdir)
+    elif chosen is not None and (workdir / "mutants").is_dir():
+        rerun = sorted(set(_counts(workdir)["not checked"]) & chosen)
     else:
         _prepare(workdir, files, tests, DESELECT.get(key, []))
+        rerun = sorted(chosen) if chosen is not None else []
     if timeout_multiplier is not None:  # [tool.mutmut] is the file's last section
         path = workdir / "pyproject.toml"
         settings = re.sub(r"(?m)^timeout_multiplier = .*\n", "", path.read_text(encoding="utf-8"))
@@ -204,20 +267,27 @@ def run_module(
     subprocess.run(command, cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)  # noqa: S603
     seconds = time.perf_counter() - start
     by_status = _counts(workdir)
+    if chosen is not None:
+        by_status = {s: [n for n in names if n in chosen] for s, names in by_status.items()}
     total = sum(len(v) for v in by_status.values())
-    survived = by_status["survived"] + by_status["no tests"]
-    equiv = sorted(n for n in survived if n in equivalent)
-    killed = len(by_status["killed"]) + len(by_status["timeout"])
+    # An equivalent mutant leaves the score whatever mutmut said of it (a slow equivalent
+    # can time out, which mutmut counts as killed).
+    equiv = sorted(n for names in by_status.values() for n in names if n in equivalent)
+    survived = [n for n in by_status["survived"] + by_status["no tests"] if n not in equivalent]
+    killed = sum(n not in equivalent for n in by_status["killed"] + by_status["timeout"])
     denominator = total - len(equiv)
     return {
         "module": key,
         "total": total,
         "killed": killed,
-        "survived": len(survived) - len(equiv),
+        "timeouts": sum(n not in equivalent for n in by_status["timeout"]),
+        "survived": len(survived),
         "equivalent": len(equiv),
         "score": killed / denominator if denominator else float("nan"),
         "seconds": round(seconds, 1),
-        "survivors": sorted(set(survived) - set(equiv)),
+        "survivors": sorted(survived),
+        "sample": None if chosen is None else {"size": len(chosen), "seed": seed},
+        "interval_95": _interval(killed, denominator),
         "other": {s: len(v) for s, v in by_status.items() if s not in {"killed", "survived"}},
     }
 
@@ -236,10 +306,21 @@ def main(argv: list[str] | None = None) -> int:
         help="rerun only the survivors of an earlier run in --workdir, with the current tests",
     )
     parser.add_argument(
+        "--timeouts",
+        action="store_true",
+        help="with --survivors, also rerun the mutants that timed out",
+    )
+    parser.add_argument(
         "--timeout-multiplier",
         type=float,
         help="mutmut's timeout_multiplier (default 15): lower it where mutants loop forever",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        help="run and score only a seeded uniform sample of this many mutants (an estimate)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if args.list or not args.modules:
@@ -261,13 +342,17 @@ def main(argv: list[str] | None = None) -> int:
             args.max_children,
             equivalent,
             survivors=args.survivors,
+            timeouts=args.timeouts,
             timeout_multiplier=args.timeout_multiplier,
+            sample=args.sample,
+            seed=args.seed,
         )
         results.append(result)
         print(
             f"{key}: {result['killed']} killed / ({result['total']} total - "
             f"{result['equivalent']} equivalent) = {result['score']:.1%}; "
             f"{result['survived']} survived; {result['seconds']} s; other {result['other']}"
+            f"; 95% interval {result['interval_95']}; sample {result['sample']}"
         )
         for name in result["survivors"]:  # type: ignore[attr-defined]
             print(f"    survived: {name}")

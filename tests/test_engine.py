@@ -292,7 +292,7 @@ class _Recorder:
 
     def predict_proba(self, X):
         self.received.append(X)
-        ids = np.asarray(X)[:, 0].astype(int)
+        ids = np.asarray(X).reshape(len(X), -1)[:, 0].astype(int)
         if self.clock is not None:
             self.clock[0] += self.seconds_per_row * ids.size
         return self.table[ids]
@@ -407,7 +407,9 @@ def test_latency_is_the_stage_time_per_sample_it_ran_on(monkeypatch):
     last = _Recorder(_TABLE, clock=clock, seconds_per_row=3.0)
     never = _Recorder(_TABLE, clock=clock, seconds_per_row=5.0)
     thresholds = (0.65, 0, math.inf)
-    outcome = _run([first, last, never], np.arange(5).reshape(-1, 1), thresholds=thresholds)
+    X = np.arange(5).reshape(-1, 1)
+    outcome = _run([first, last, never], X, thresholds=thresholds, batch_size=2)
+    assert [len(x) for x in first.received] == [2, 2, 1]  # every batch's time is counted
     report = outcome.result.cost_report
     assert report.stage_calls == (5, 2, 0)
     assert report.latency_per_sample[:2] == (2.0, 3.0)
@@ -470,3 +472,71 @@ def test_invalid_batch_sizes_are_named():
         PolicyError, match=r"^batch_size of stage 's1' must be a positive integer, got -2$"
     ):
         _run(stages, X)
+
+
+def test_an_engine_keeps_everything_by_default():
+    stages = [_Recorder(_TABLE), _Recorder(_TABLE)]
+    engine = _engine.Engine(
+        stages,
+        _engine.MemorySource(np.arange(5).reshape(-1, 1), 5),
+        names=("s0", "s1"),
+        sizes=[5, 5],
+        columns=[None, None],
+        rule=RoutingRule(measure="max_proba", thresholds=(0.65, math.inf), combine="last"),
+        n_classes=2,
+    )
+    engine.feed(5, None)
+    engine.finish()
+    result = engine.outcome(np.array(["a", "b"]), wall_time=1.0).result
+    assert result is not None
+    np.testing.assert_array_equal(result.stage_proba[0], _TABLE)  # keep="all"
+    np.testing.assert_array_equal(result.stage_proba[1, [2, 4]], _TABLE[[2, 4]])
+
+
+class _GappySource(_engine.MemorySource):
+    """An in-memory source whose first chunk is empty, as a stream's first batch can be."""
+
+    def chunks(self, size):
+        yield 0, None
+        yield from super().chunks(size)
+
+
+@pytest.mark.parametrize(
+    ("source_type", "batch_size"), [(_engine.MemorySource, 1), (_GappySource, 3)]
+)
+def test_flops_are_counted_once_on_the_first_row(source_type, batch_size):
+    examples = []
+
+    def count(example):
+        examples.append(len(example))
+        return 10.0
+
+    X = np.arange(5).reshape(-1, 1)
+    outcome = _engine.run(
+        [_Recorder(_TABLE, flops_per_sample=count), _Recorder(_TABLE)],
+        source_type(X, 5),
+        rule=RoutingRule(measure="max_proba", thresholds=(0.65, math.inf), combine="last"),
+        stage_names=["s0", "s1"],
+        classes=np.array(["a", "b"]),
+        batch_size=batch_size,
+    )
+    assert examples == [1]
+    assert outcome.result.cost_report.flops_per_sample[0] == 10.0
+
+
+def test_flops_of_a_stream_are_counted_on_its_first_row():
+    torch = pytest.importorskip("torch")
+    from cascademl import inference
+
+    X = (torch.arange(10, dtype=torch.float64) // 2).reshape(5, 1, 1, 2)  # row i: [[[i, i]]]
+    counted = _Recorder(_TABLE, flops_per_sample=lambda example: 100.0 * example.numel())
+    outcome = _engine.run(
+        [counted, _Recorder(_TABLE)],
+        inference._TensorStream(X),  # the torch source of the engine
+        rule=RoutingRule(measure="max_proba", thresholds=(0.65, math.inf), combine="last"),
+        stage_names=["s0", "s1"],
+        classes=np.array(["a", "b"]),
+        batch_size=3,
+    )
+    assert outcome.result.cost_report.flops_per_sample[0] == 200.0  # one row of two values
+    assert outcome.labels.tolist() == ["a", "b", "a", "b", "a"]

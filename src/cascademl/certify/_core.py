@@ -222,7 +222,10 @@ def required_calibration_size(target: float, delta: float, path_fraction: float 
     delta = _check_unit(delta, "delta")
     path_fraction = _check_unit(path_fraction, "path_fraction")
     need = required_test_size(target, delta)
-    n = max(2, math.floor(need / (1.0 - path_fraction)) - 1)
+    # n samples leave n - floor(path_fraction * n + 0.5) <= (1 - path_fraction) * n + 0.5 for
+    # testing, so no n below (need - 0.5) / (1 - path_fraction) passes; both parts only grow
+    # with n, so the first n that passes, searching up from there, is the fewest.
+    n = max(2, math.floor((need - 0.5) / (1.0 - path_fraction)))
     while True:
         n_path, n_test = _split_sizes(n, path_fraction)
         if n_path >= 1 and n_test >= need:
