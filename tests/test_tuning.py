@@ -860,10 +860,14 @@ def _every_policy(tables, y, costs, combine="last", *, weight=0.5, sample_weight
     paid = np.cumsum(costs)
     w = np.ones(n_samples) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     grids = [[*sorted(set(conf[s].tolist())), math.inf] for s in range(n_stages - 1)]
+    # The label of each sample if it exits at each stage.
+    label_at = np.array(
+        [_labels_by_hand(tables, np.full(n_samples, e), combine, weight) for e in range(n_stages)]
+    )
     policies = []
     for thresholds in itertools.product(*grids):
         exits = _exits_by_hand(conf, thresholds)
-        labels = _labels_by_hand(tables, exits, combine, weight)
+        labels = label_at[exits, np.arange(n_samples)]
         score = (w @ (labels == y)) / w.sum() if metric is None else metric(y, labels)
         policies.append((thresholds, score, (w @ paid[exits]) / w.sum()))
     return policies
@@ -871,12 +875,9 @@ def _every_policy(tables, y, costs, combine="last", *, weight=0.5, sample_weight
 
 def _front_by_hand(policies):
     """The (cost, score) pairs no policy beats: as cheap and better, or cheaper and as good."""
-    pairs = {(cost, score) for _, score, cost in policies}
-    return sorted(
-        (c, s)
-        for c, s in pairs
-        if not any((c2 <= c and s2 > s) or (c2 < c and s2 >= s) for c2, s2 in pairs)
-    )
+    pairs = sorted({(cost, score) for _, score, cost in policies})
+    c2, s2 = np.array(pairs).T
+    return [(c, s) for c, s in pairs if not np.any(((c2 <= c) & (s2 > s)) | ((c2 < c) & (s2 >= s)))]
 
 
 def _hand_rule(n_stages, combine, weight=0.5):
@@ -894,12 +895,17 @@ def _hand_rule(n_stages, combine, weight=0.5):
         (3, 12, "mean", 1),
         (4, 10, "vote", 1),  # exhaustive: 11 * 11 candidate pairs before the last stage
         # Coordinate descent (more than 256 candidate combinations before the last stage):
-        # on these problems it finds the whole front too.
+        # on these problems it finds the whole front too, and a search with fewer penalties,
+        # budgets, sweeps or restarts misses a point of it (the last four).
         (4, 16, "last", 2),
         (4, 16, "vote", 0),
         (4, 16, "mean", 1),
         (5, 8, "last", 0),
         (5, 8, "vote", 2),
+        (4, 20, "last", 3),
+        (4, 24, "vote", 0),
+        (4, 24, "vote", 1),
+        (4, 24, "vote", 3),
     ],
 )
 def test_frontier_is_the_exact_front_of_every_routing(n_stages, n_samples, combine, seed):
@@ -1377,6 +1383,16 @@ def test_a_budget_is_met_within_a_tolerance_of_1e_9():
     # ... 1e-6 short does not.
     result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=cost - 1e-6, **kwargs)
     assert result.score == below
+    # A cost c fits a budget b when c <= b * (1 + 1e-9) + 1e-9: at the edge, it still fits.
+    edge = (cost - 1e-9) / (1 + 1e-9)
+    for _ in range(100):
+        reach = edge * (1 + 1e-9) + 1e-9
+        if reach == cost:
+            break
+        edge = np.nextafter(edge, math.inf if reach < cost else -math.inf)
+    assert edge * (1 + 1e-9) + 1e-9 == cost
+    result = tune_cascade_from_proba(tables, y, stage_cost=costs, max_cost=edge, **kwargs)
+    assert (result.score, result.mean_cost) == (score, cost)
     # A budget of 0 buys a stage that costs less than 1e-9, and refuses one that costs more.
     tiny = tune_cascade_from_proba(tables, y, stage_cost=[5e-10, 1.0, 1.0], max_cost=0.0, **kwargs)
     assert (tiny.mean_cost, tiny.thresholds[0]) == (5e-10, 0.0)
@@ -1595,6 +1611,11 @@ def test_order_search_names_the_closest_order_when_none_is_feasible():
         for order in orders
         for _, score, _ in _every_policy(tables[list(order)], y, [1] * len(order), "last")
     )
+    # Kept in an order search, an order that misses the budget reports its cheapest policy.
+    search = search_orders_from_proba(tables, y, orders=orders, max_cost=2.5, **kwargs)
+    over = search.for_order((0, 1, 2))
+    assert (over.feasible, over.mean_cost, over.chosen_index) == (False, 3.0, 0)
+    assert over.score == np.mean(np.argmax(tables[0], axis=1) == y)
     message = f"no thresholds reach min_score=2 (accuracy); the best found is {best:.6g}"
     with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
         search_orders_from_proba(tables, y, orders=orders[::-1], min_score=2, **kwargs)
@@ -1667,3 +1688,72 @@ def test_a_score_target_keeps_the_best_score_among_the_cheapest_policies():
             sample_weight=weights, min_score=target,
         )  # fmt: skip
         assert (result.score, result.mean_cost) == (score, cost)
+        # Of two policies of equal cost, the frontier keeps only the better.
+        assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_label_scorer_sweeps_as_every_routing_says(weighted):
+    # Scored from (true, predicted) pair counts: each configuration's count table.
+    tables, y = _hand_tables(3, 12, seed=2)
+    costs = _HAND_COSTS[:3]
+    weights = np.array([3, 0, 1, 2, 0, 1, 4, 1, 0, 2, 1, 1]) if weighted else None
+
+    def balanced(y_true, y_pred):
+        return balanced_accuracy_score(y_true, y_pred, sample_weight=weights)
+
+    policies = _every_policy(tables, y, costs, "vote", sample_weight=weights, metric=balanced)
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "vote"), stage_cost=costs,
+        scoring="balanced_accuracy", sample_weight=weights,
+    )  # fmt: skip
+    assert [(p.mean_cost, p.score) for p in result.frontier] == _front_by_hand(policies)
+
+
+@pytest.mark.parametrize(
+    ("n_samples", "combine", "scale", "n_lambdas"),
+    [
+        # Cheap stages (costs under 1 in all): the penalties scale with the costs.
+        (24, "vote", 1 / 64, 12),
+        (24, "last", 1 / 64, 12),
+        # 16 * 16 = 256 candidate pairs before the last stage: still searched exhaustively,
+        # which finds the front without any penalty.
+        (15, "last", 1.0, 0),
+    ],
+)
+def test_frontier_is_exact_with_cheap_stages_or_no_penalties(n_samples, combine, scale, n_lambdas):
+    tables, y = _hand_tables(4, n_samples, seed=0)
+    costs = [c * scale for c in _HAND_COSTS[:4]]
+    result = tune_cascade_from_proba(
+        tables, y, classes=[0, 1, 2], rule=_hand_rule(4, combine), stage_cost=costs,
+        n_lambdas=n_lambdas,
+    )  # fmt: skip
+    front = _front_by_hand(_every_policy(tables, y, costs, combine))
+    assert [(p.mean_cost, p.score) for p in result.frontier] == front
+
+
+def test_equally_good_thresholds_resolve_to_the_highest():
+    # Thresholds that route the samples alike (or differently, at the same score and cost)
+    # are equally good; the chosen policy reports the highest of them, compared stage by
+    # stage from the first (as tuples).
+    tables, y = _hand_tables(3, 12, seed=3)
+    costs = _HAND_COSTS[:3]
+    conf = tables.max(axis=2)
+    grids = []
+    for s in range(2):  # the candidates: 0, the midpoints between confidences, infinity
+        values = sorted(set(conf[s].tolist()))
+        grids.append([0.0, *((a + b) / 2 for a, b in itertools.pairwise(values)), math.inf])
+    paid = np.cumsum(costs)
+    for objective in ({}, {"max_cost": 3.0}, {"min_score": 0.75}):
+        result = tune_cascade_from_proba(
+            tables, y, classes=[0, 1, 2], rule=_hand_rule(3, "last"), stage_cost=costs,
+            **objective,
+        )  # fmt: skip
+        tied = []
+        for thresholds in itertools.product(*grids):
+            exits = _exits_by_hand(conf, thresholds)
+            labels = _labels_by_hand(tables, exits, "last")
+            if (np.mean(labels == y), np.mean(paid[exits])) == (result.score, result.mean_cost):
+                tied.append(thresholds)
+        assert len(tied) > 1
+        assert result.thresholds == max(tied)
