@@ -225,6 +225,7 @@ def run_module(
     timeout_multiplier: float | None = None,
     sample: int | None = None,
     seed: int = 0,
+    score_only: bool = False,
 ) -> dict[str, object]:
     """Run mutmut on one module; return its counts, score and surviving mutants.
 
@@ -236,13 +237,20 @@ def run_module(
 
     With ``sample``, only a seeded uniform sample of that many of the module's mutants is
     run and scored (an estimate, with its exact 95% interval); a working copy that already
-    holds results is kept, and only the sampled mutants it has not checked are run.
+    holds results is kept, and only the sampled mutants it has not checked are run. With
+    ``score_only``, nothing runs: the working copy's results are scored as they stand
+    (with the equivalents as listed now).
     """
     files, tests = MODULES[key]
     workdir = base / key
     chosen = _sample(files, sample, seed) if sample is not None else None
     rerun: list[str] = []
-    if survivors and (workdir / "mutants").is_dir():
+    selective = score_only or survivors or chosen is not None  # an empty list runs nothing
+    if score_only:
+        if not (workdir / "mutants").is_dir():
+            msg = f"--score-only needs the results of an earlier run in {workdir}"
+            raise SystemExit(msg)
+    elif survivors and (workdir / "mutants").is_dir():
         before = _counts(workdir)
         again = before["survived"] + before["no tests"] + before["not checked"]
         if timeouts:
@@ -254,7 +262,7 @@ def run_module(
     else:
         _prepare(workdir, files, tests, DESELECT.get(key, []))
         rerun = sorted(chosen) if chosen is not None else []
-    if timeout_multiplier is not None:  # [tool.mutmut] is the file's last section
+    if timeout_multiplier is not None and not score_only:  # [tool.mutmut] comes last
         path = workdir / "pyproject.toml"
         settings = re.sub(r"(?m)^timeout_multiplier = .*\n", "", path.read_text(encoding="utf-8"))
         settings += f"timeout_multiplier = {float(timeout_multiplier)}\n"
@@ -264,7 +272,8 @@ def run_module(
     command = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run"]
     command += ["--max-children", str(max_children), *rerun]
     start = time.perf_counter()
-    subprocess.run(command, cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)  # noqa: S603
+    if rerun or not selective:
+        subprocess.run(command, cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)  # noqa: S603
     seconds = time.perf_counter() - start
     by_status = _counts(workdir)
     if chosen is not None:
@@ -287,7 +296,7 @@ def run_module(
         "seconds": round(seconds, 1),
         "survivors": sorted(survived),
         "sample": None if chosen is None else {"size": len(chosen), "seed": seed},
-        "interval_95": _interval(killed, denominator),
+        "interval_95": None if chosen is None else _interval(killed, denominator),
         "other": {s: len(v) for s, v in by_status.items() if s not in {"killed", "survived"}},
     }
 
@@ -321,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run and score only a seeded uniform sample of this many mutants (an estimate)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="run nothing: score the results already in --workdir (with today's equivalents)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     if args.list or not args.modules:
@@ -346,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_multiplier=args.timeout_multiplier,
             sample=args.sample,
             seed=args.seed,
+            score_only=args.score_only,
         )
         results.append(result)
         print(
