@@ -327,10 +327,12 @@ class _FrameLike:
 _TABLE = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.3, 0.7], [0.6, 0.4]])
 
 
-def _run(stages, X, *, thresholds=(0.65, math.inf), batch_size=None, want="result", **rule):
+def _run(
+    stages, X, *, thresholds=(0.65, math.inf), batch_size=None, want="result", source=None, **rule
+):
     return _engine.run(
         stages,
-        _engine.MemorySource(X, len(X)),
+        _engine.MemorySource(X, len(X)) if source is None else source,
         rule=RoutingRule(measure="max_proba", thresholds=tuple(thresholds), combine="last", **rule),
         stage_names=[f"s{s}" for s in range(len(stages))],
         classes=np.array(["a", "b"]),
@@ -512,14 +514,8 @@ def test_flops_are_counted_once_on_the_first_row(source_type, batch_size):
         return 10.0
 
     X = np.arange(5).reshape(-1, 1)
-    outcome = _engine.run(
-        [_Recorder(_TABLE, flops_per_sample=count), _Recorder(_TABLE)],
-        source_type(X, 5),
-        rule=RoutingRule(measure="max_proba", thresholds=(0.65, math.inf), combine="last"),
-        stage_names=["s0", "s1"],
-        classes=np.array(["a", "b"]),
-        batch_size=batch_size,
-    )
+    stages = [_Recorder(_TABLE, flops_per_sample=count), _Recorder(_TABLE)]
+    outcome = _run(stages, X, batch_size=batch_size, source=source_type(X, 5))
     assert examples == [1]
     assert outcome.result.cost_report.flops_per_sample[0] == 10.0
 
@@ -530,13 +526,7 @@ def test_flops_of_a_stream_are_counted_on_its_first_row():
 
     X = (torch.arange(10, dtype=torch.float64) // 2).reshape(5, 1, 1, 2)  # row i: [[[i, i]]]
     counted = _Recorder(_TABLE, flops_per_sample=lambda example: 100.0 * example.numel())
-    outcome = _engine.run(
-        [counted, _Recorder(_TABLE)],
-        inference._TensorStream(X),  # the torch source of the engine
-        rule=RoutingRule(measure="max_proba", thresholds=(0.65, math.inf), combine="last"),
-        stage_names=["s0", "s1"],
-        classes=np.array(["a", "b"]),
-        batch_size=3,
-    )
+    stream = inference._TensorStream(X)  # the torch source of the engine
+    outcome = _run([counted, _Recorder(_TABLE)], X, batch_size=3, source=stream)
     assert outcome.result.cost_report.flops_per_sample[0] == 200.0  # one row of two values
     assert outcome.labels.tolist() == ["a", "b", "a", "b", "a"]
