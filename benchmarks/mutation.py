@@ -100,6 +100,9 @@ DESELECT: dict[str, list[str]] = {
     ],
 }
 
+#: What is never copied into a working copy.
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+
 STATUSES = (
     "killed",
     "survived",
@@ -128,8 +131,7 @@ settings.load_profile("mutation")
 def _copy_tests(workdir: Path) -> None:
     if (workdir / "tests").exists():
         shutil.rmtree(workdir / "tests")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=ignore)
+    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=_IGNORE)
     conftest = workdir / "tests" / "conftest.py"
     if conftest.exists():  # pragma: no cover - the project has none today
         msg = f"{conftest} exists; merge the mutation profile into it by hand"
@@ -145,8 +147,7 @@ def _prepare(workdir: Path, files: list[str], tests: list[str], deselect: list[s
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    shutil.copytree(ROOT / "src", workdir / "src", ignore=ignore)
+    shutil.copytree(ROOT / "src", workdir / "src", ignore=_IGNORE)
     _copy_tests(workdir)
     settings = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     settings = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", settings)
