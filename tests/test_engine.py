@@ -279,11 +279,11 @@ def test_routing_rule_reaches_the_engine_unchanged():
 from cascademl import _engine  # noqa: E402 - the tests below drive the engine directly
 
 
-class _Recorder:
-    """A stage that answers fixed probabilities by row id and records what it receives."""
+class _Recorder(TableStage):
+    """A table stage that also keeps what it receives and can advance a clock per row."""
 
     def __init__(self, table, *, clock=None, seconds_per_row=0.0, **attributes):
-        self.table = np.asarray(table, dtype=np.float64)
+        super().__init__(np.asarray(table, dtype=np.float64), np.array(["a", "b"]))
         self.received: list = []
         self.clock = clock
         self.seconds_per_row = seconds_per_row
@@ -292,10 +292,9 @@ class _Recorder:
 
     def predict_proba(self, X):
         self.received.append(X)
-        ids = np.asarray(X).reshape(len(X), -1)[:, 0].astype(int)
         if self.clock is not None:
-            self.clock[0] += self.seconds_per_row * ids.size
-        return self.table[ids]
+            self.clock[0] += self.seconds_per_row * len(X)
+        return super().predict_proba(np.asarray(X).reshape(len(X), -1))  # row id: first value
 
 
 class _FrameLike:
